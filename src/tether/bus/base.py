@@ -1,0 +1,67 @@
+"""The bus interface: how gateway, presence and logic talk to each other.
+
+Two primitives, both carrying opaque bytes (encoded `tether.bus.v1.Envelope` messages):
+
+- pub/sub: `publish(channel, payload)` reaches every current subscriber of the channel, or no
+  one. Used for deliveries, presence changes and replies, where the subscriber set is the
+  routing.
+- streams: `append(stream, payload)` queues a request that exactly one consumer handles.
+  Used for requests to the logic layer, which must survive a logic restart on a durable bus.
+
+Handlers run on the event loop, one at a time, never inside the call that published or
+appended, so a handler may publish without re-entering itself.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable
+
+__all__ = ["Bus", "MessageHandler", "StreamHandler"]
+
+# Called with (channel, payload) for each message on a subscribed channel.
+MessageHandler = Callable[[str, bytes], None]
+# Called with a batch of payloads taken from a stream, in order.
+StreamHandler = Callable[[list[bytes]], Awaitable[None]]
+
+
+class Bus(abc.ABC):
+    """Pub/sub channels and request streams shared by all parts of tether."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Connect and start delivering messages."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop delivering and release connections; later calls raise BusError."""
+
+    @abc.abstractmethod
+    def subscribe(self, channel: str, handler: MessageHandler) -> None:
+        """Deliver messages published on channel from now on to handler.
+
+        A handler subscribes to a channel at most once; a second call for the same pair is
+        ignored.
+        """
+
+    @abc.abstractmethod
+    def unsubscribe(self, channel: str, handler: MessageHandler) -> None:
+        """Stop delivering channel's messages to handler; unknown pairs are ignored."""
+
+    @abc.abstractmethod
+    def publish(self, channel: str, payload: bytes) -> None:
+        """Send payload to every subscriber of channel.
+
+        Raises BusOverloaded when the bus cannot accept more messages right now.
+        """
+
+    @abc.abstractmethod
+    def append(self, stream: str, payload: bytes) -> None:
+        """Queue payload for one consumer of stream.
+
+        Raises BusOverloaded when the stream's bounded queue is full.
+        """
+
+    @abc.abstractmethod
+    def consume(self, stream: str, handler: StreamHandler) -> None:
+        """Hand the entries of stream to handler in batches until the bus closes."""

@@ -1,0 +1,79 @@
+"""`tether contacts`: change contacts through a running server, or in the database directly."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tether.auth import validate_user_id
+from tether.logic import Store, StoreError, default_database
+from tether.server import send_admin_request
+
+__all__ = ["contacts"]
+
+
+async def contacts(arguments: argparse.Namespace) -> int:
+    """Run `tether contacts add|remove A B` or `tether contacts list A`."""
+    action = arguments.action
+    users = arguments.users
+    expected = 1 if action == "list" else 2
+    if len(users) != expected:
+        print(
+            f"tether contacts {action}: expected {expected} user ids, got {len(users)}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        for user in users:
+            validate_user_id(user)
+    except ValueError as error:
+        print(f"tether contacts: {error}", file=sys.stderr)
+        return 2
+
+    if action == "list":
+        return _list(arguments, users[0])
+
+    try:
+        result = await send_admin_request(arguments.data_dir, f"contacts.{action}", users)
+    except (OSError, TimeoutError, ConnectionError) as error:
+        print(f"tether contacts: the running server did not answer: {error}", file=sys.stderr)
+        return 1
+    if result is not None:
+        if result.error_code:
+            print(
+                f"tether contacts: {result.error_message} (code {result.error_code})",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"{action}: {users[0]} <-> {users[1]} (live)")
+        return 0
+
+    # No server is running on this data folder: edit the database directly.
+    try:
+        store = Store(default_database(arguments.data_dir))
+        try:
+            if action == "add":
+                store.add_contacts(users[0], users[1])
+            else:
+                store.remove_contacts(users[0], users[1])
+        finally:
+            store.close()
+    except (StoreError, ValueError) as error:
+        print(f"tether contacts: {error}", file=sys.stderr)
+        return 1
+    print(f"{action}: {users[0]} <-> {users[1]} (stored; no server running)")
+    return 0
+
+
+def _list(arguments: argparse.Namespace, user: str) -> int:
+    try:
+        store = Store(default_database(arguments.data_dir))
+        try:
+            for contact in store.contacts(user):
+                print(contact)
+        finally:
+            store.close()
+    except StoreError as error:
+        print(f"tether contacts: {error}", file=sys.stderr)
+        return 1
+    return 0

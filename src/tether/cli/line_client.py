@@ -1,0 +1,151 @@
+"""`tether client`: a client for trying tether by hand or from scripts.
+
+It reads commands from stdin, one per line, and prints every event as one JSON object per
+line on stdout:
+
+    send USER TEXT                        -> {"event": "ack", ...} or {"event": "error", ...}
+    status online|away|busy|invisible     -> {"event": "status", ...}
+    quit                                  (or end of input) closes the connection
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+from tether.auth import issue_token
+from tether.client import Client
+from tether.client import events as ev
+from tether.protocol.errors import ConnectionClosed, RequestError
+from tether.server import load_or_create_secret
+
+__all__ = ["event_to_json", "line_client"]
+
+
+def event_to_json(event: ev.Event) -> dict[str, Any]:
+    """Return the JSON object printed for an event."""
+    if isinstance(event, ev.SessionOpened):
+        return {
+            "event": "connected",
+            "user": event.user_id,
+            "session": event.session_id,
+            "heartbeat_interval": event.heartbeat_interval,
+        }
+    if isinstance(event, ev.PresenceSnapshot):
+        return {
+            "event": "snapshot",
+            "contacts": {user: _presence(p) for user, p in sorted(event.contacts.items())},
+        }
+    if isinstance(event, ev.PresenceChanged):
+        return {"event": "presence", "user": event.presence.user_id, **_presence(event.presence)}
+    if isinstance(event, ev.Message):
+        return {
+            "event": "message",
+            "from": event.sender,
+            "to": event.recipient,
+            "device": event.sender_device,
+            "text": event.body.decode("utf-8", errors="replace"),
+            "conversation": event.conversation_id,
+            "sequence": event.sequence,
+            "message_id": event.message_id,
+        }
+    if isinstance(event, ev.ContactsChanged):
+        return {"event": "contacts", "added": event.added, "removed": event.removed}
+    if isinstance(event, ev.Disconnected):
+        return {
+            "event": "disconnected",
+            "code": event.code,
+            "reason": event.reason,
+            "reconnecting": event.reconnecting,
+        }
+    raise TypeError(f"unknown event {event!r}")
+
+
+def _presence(presence: ev.Presence) -> dict[str, Any]:
+    return {"status": presence.status, "last_seen_ms": presence.last_seen_ms}
+
+
+def _print(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+async def line_client(arguments: argparse.Namespace) -> int:
+    """Connect as a user and run stdin commands until quit, end of input or a final close."""
+    token = arguments.token or issue_token(
+        arguments.secret or load_or_create_secret(arguments.data_dir), arguments.user
+    )
+    client = Client(arguments.url, token, arguments.device, client_name="tether-cli")
+    try:
+        await client.connect()
+    except (ConnectionClosed, TimeoutError) as error:
+        _print({"event": "error", "message": f"connect failed: {error}"})
+        return 1
+
+    printer = asyncio.create_task(_print_events(client))
+    reader = asyncio.StreamReader()
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    sends: set[asyncio.Task[None]] = set()
+    try:
+        while True:
+            line_bytes = await reader.readline()
+            if not line_bytes:
+                break
+            line = line_bytes.decode().strip()
+            if not line:
+                continue
+            command, _, rest = line.partition(" ")
+            if command == "quit":
+                break
+            if command == "send":
+                recipient, _, text = rest.strip().partition(" ")
+                task = asyncio.create_task(_send(client, recipient, text))
+                sends.add(task)
+                task.add_done_callback(sends.discard)
+            elif command == "status":
+                try:
+                    await client.set_status(rest.strip())
+                    _print({"event": "status", "status": rest.strip()})
+                except ValueError as error:
+                    _print({"event": "error", "message": str(error)})
+            else:
+                _print(
+                    {
+                        "event": "error",
+                        "message": f"unknown command {command!r}; use send, status or quit",
+                    }
+                )
+        if sends:
+            await asyncio.wait(sends, timeout=client.ack_timeout)
+    finally:
+        await client.close()
+        printer.cancel()
+    return 0
+
+
+async def _send(client: Client, recipient: str, text: str) -> None:
+    try:
+        ack = await client.send(recipient, text)
+    except RequestError as error:
+        _print({"event": "error", "to": recipient, "code": error.code, "message": error.message})
+    except (TimeoutError, ConnectionClosed) as error:
+        _print({"event": "error", "to": recipient, "message": f"not acknowledged: {error}"})
+    else:
+        _print(
+            {
+                "event": "ack",
+                "to": recipient,
+                "message_id": ack.message_id,
+                "conversation": ack.conversation_id,
+                "sequence": ack.sequence,
+            }
+        )
+
+
+async def _print_events(client: Client) -> None:
+    async for event in client.events():
+        _print(event_to_json(event))

@@ -1,0 +1,241 @@
+"""The `tether` command: serve, token, contacts and client."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from tether.cli.settings import add_option, default_data_dir, port_value
+
+__all__ = ["main", "run"]
+
+
+def run(coroutine: Coroutine[Any, Any, int]) -> int:
+    """Run a coroutine on uvloop when it is installed, else on the default loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coroutine)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coroutine)
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    add_option(
+        parser,
+        "--data-dir",
+        convert=Path,
+        default=default_data_dir(),
+        help="folder for the database, the development secret and the control socket",
+    )
+    add_option(
+        parser,
+        "--secret",
+        convert=str,
+        default="",
+        secret=True,
+        help="HS256 token secret; empty uses the one stored in the data folder",
+    )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tether", description="Connection gateway and online-presence service."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run gateway, presence and logic in one process")
+    _add_data_options(serve)
+    add_option(serve, "--host", convert=str, default="127.0.0.1", help="address to listen on")
+    add_option(
+        serve,
+        "--tcp-port",
+        convert=port_value,
+        default=7400,
+        help="TCP port (0 picks a free port, 'off' disables)",
+    )
+    add_option(
+        serve,
+        "--ws-port",
+        convert=port_value,
+        default=7401,
+        help="WebSocket port (0 picks a free port, 'off' disables)",
+    )
+    add_option(serve, "--ws-path", convert=str, default="/ws", help="WebSocket URL path")
+    add_option(
+        serve,
+        "--heartbeat-interval",
+        convert=_positive,
+        default=4.0,
+        help="seconds between client heartbeats, told to clients",
+    )
+    add_option(
+        serve,
+        "--offline-timeout",
+        convert=_positive,
+        default=60.0,
+        help="seconds of silence after which a device is offline",
+    )
+    add_option(
+        serve,
+        "--grace-period",
+        convert=_positive,
+        default=5.0,
+        help="seconds a user's last device may be gone before contacts see offline",
+    )
+    add_option(
+        serve,
+        "--connect-timeout",
+        convert=_positive,
+        default=5.0,
+        help="seconds a new connection has to send its Connect frame",
+    )
+    add_option(
+        serve,
+        "--request-timeout",
+        convert=_positive,
+        default=5.0,
+        help="seconds to wait for the logic layer to answer",
+    )
+    add_option(
+        serve,
+        "--max-frame-bytes",
+        convert=_positive_int,
+        default=65_536,
+        help="largest frame accepted from a client, in bytes",
+    )
+    add_option(
+        serve,
+        "--max-body-bytes",
+        convert=_positive_int,
+        default=32_768,
+        help="largest message body, in bytes",
+    )
+    add_option(
+        serve,
+        "--max-outgoing-bytes",
+        convert=_positive_int,
+        default=1_048_576,
+        help="bytes queued to one client before it is closed as a slow consumer",
+    )
+    add_option(
+        serve, "--log-level", convert=str, default="info", help="debug, info, warning or error"
+    )
+
+    token = commands.add_parser("token", help="print a development token for a user")
+    token.add_argument("user", help="user id (the token's sub claim)")
+    add_option(
+        token,
+        "--ttl",
+        convert=_positive,
+        default=None,
+        help="seconds until the token expires (none: never)",
+    )
+    _add_data_options(token)
+
+    contacts = commands.add_parser("contacts", help="add, remove or list mutual contacts")
+    contacts.add_argument("action", choices=["add", "remove", "list"])
+    contacts.add_argument(
+        "users", nargs="+", metavar="USER", help="two users for add and remove, one for list"
+    )
+    _add_data_options(contacts)
+
+    client = commands.add_parser(
+        "client",
+        help="line-oriented client: commands on stdin, events as JSON lines on stdout",
+        description=(
+            "Commands, one per line: 'send USER TEXT', 'status online|away|busy|invisible', "
+            "'quit'. Every event is printed as one JSON object per line."
+        ),
+    )
+    client.add_argument("user", help="user id to connect as")
+    add_option(
+        client,
+        "--url",
+        convert=str,
+        default="tcp://127.0.0.1:7400",
+        help="gateway URL: tcp://host:port or ws://host:port/ws",
+    )
+    add_option(client, "--device", convert=str, default="cli", help="device id")
+    add_option(
+        client,
+        "--token",
+        convert=str,
+        default="",
+        secret=True,
+        help="token to present; empty makes one from the data folder's secret",
+    )
+    _add_data_options(client)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `tether` console script."""
+    arguments = _build_parser().parse_args(argv)
+    if arguments.command == "serve":
+        from tether.cli.serve import serve
+
+        return run(serve(arguments))
+    if arguments.command == "token":
+        return _token(arguments)
+    if arguments.command == "contacts":
+        from tether.cli.contacts import contacts
+
+        return run(contacts(arguments))
+    if arguments.command == "client":
+        from tether.cli.line_client import line_client
+
+        return run(line_client(arguments))
+    raise AssertionError(arguments.command)
+
+
+def _token(arguments: argparse.Namespace) -> int:
+    from tether.auth import issue_token
+    from tether.server import load_or_create_secret
+
+    secret = arguments.secret or load_or_create_secret(arguments.data_dir)
+    try:
+        print(issue_token(secret, arguments.user, ttl=arguments.ttl))
+    except ValueError as error:
+        print(f"tether token: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    """Set stop on SIGINT or SIGTERM."""
+    loop = asyncio.get_running_loop()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(number, stop.set)
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

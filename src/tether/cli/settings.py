@@ -1,0 +1,57 @@
+"""Command-line options whose defaults come from `TETHER_*` environment variables.
+
+Precedence: a flag on the command line, then the environment variable, then the built-in
+default. Each option's help names its variable and unit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_option", "default_data_dir", "port_value"]
+
+
+def default_data_dir() -> Path:
+    """Return $XDG_DATA_HOME/tether, or ~/.local/share/tether."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "tether"
+
+
+def port_value(text: str) -> int | None:
+    """Parse a port number; "off" disables the listener."""
+    if text.lower() == "off":
+        return None
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0 to 65535 or 'off', got {text}")
+    return port
+
+
+def add_option(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    *,
+    convert: Callable[[str], Any],
+    default: Any,
+    help: str,
+    secret: bool = False,
+) -> None:
+    """Add --flag, defaulting to $TETHER_FLAG (upper case, dashes as underscores) or default."""
+    variable = "TETHER_" + flag.removeprefix("--").replace("-", "_").upper()
+    raw = os.environ.get(variable)
+    if raw is not None:
+        try:
+            default = convert(raw)
+        except (ValueError, argparse.ArgumentTypeError) as error:
+            parser.error(f"invalid {variable}={'***' if secret else raw!r}: {error}")
+    shown = "(set)" if secret and default else default
+    parser.add_argument(
+        flag,
+        type=convert,
+        default=default,
+        help=f"{help} [env {variable}, default {shown}]",
+    )

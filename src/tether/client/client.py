@@ -1,0 +1,347 @@
+"""The asyncio client SDK.
+
+    async with Client("tcp://127.0.0.1:7400", token, device_id="laptop") as client:
+        ack = await client.send("bob", b"hello")
+        async for event in client.events():
+            ...
+
+The client sends heartbeats at the interval the server gives, reconnects with exponential
+backoff and full jitter (never sooner than a delay the server asks for), resends messages
+that were not acknowledged before a reconnect (the server recognises them by
+client_message_id), and stops after a final disconnect code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import uuid
+from collections.abc import AsyncIterator
+from types import TracebackType
+
+from tether.client import events as ev
+from tether.client.transport import ClientTransport, open_transport
+from tether.protocol import tether_pb2 as pb
+from tether.protocol.codes import is_final
+from tether.protocol.connection import PROTOCOL_VERSION
+from tether.protocol.errors import ConnectionClosed, RequestError
+
+__all__ = ["Client"]
+
+logger = logging.getLogger("tether.client")
+
+_ACTIVITIES = {"online": pb.ACTIVITY_ACTIVE, "away": pb.ACTIVITY_IDLE}
+_MODES = {
+    "online": pb.MODE_AVAILABLE,
+    "away": pb.MODE_AVAILABLE,
+    "busy": pb.MODE_BUSY,
+    "invisible": pb.MODE_INVISIBLE,
+}
+# Close code reported when the transport failed without a Disconnect frame.
+TRANSPORT_LOST = 1006
+
+
+class Client:
+    """A connection to a tether gateway that survives network failures."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        device_id: str,
+        *,
+        platform: int = pb.PLATFORM_OTHER,
+        client_name: str = "tether-python",
+        status: str = "online",
+        reconnect: bool = True,
+        connect_timeout: float = 10.0,
+        ack_timeout: float = 10.0,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        max_events: int = 10_000,
+        auto_ack: bool = True,
+    ) -> None:
+        """Prepare a client; `connect()` opens it.
+
+        Times are in seconds. `max_events` bounds the events waiting for `events()`: when it
+        is full the client stops reading from the socket. `auto_ack` sends a DeliverAck for
+        every message as soon as it is queued.
+        """
+        self.url = url
+        self.token = token
+        self.device_id = device_id
+        self.platform = platform
+        self.client_name = client_name
+        self.reconnect = reconnect
+        self.connect_timeout = connect_timeout
+        self.ack_timeout = ack_timeout
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.auto_ack = auto_ack
+        self.session: ev.SessionOpened | None = None
+        self.presence: dict[str, ev.Presence] = {}
+        self._status = _status_frame(status)
+        self._events: asyncio.Queue[ev.Event] = asyncio.Queue(max_events)
+        self._pending: dict[str, tuple[pb.Send, asyncio.Future[pb.SendAck]]] = {}
+        self._transport: ClientTransport | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._first_session: asyncio.Future[ev.SessionOpened] | None = None
+        self._closing = False
+        self._nonce = 0
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> ev.SessionOpened:
+        """Open the connection and return once the server accepted it.
+
+        Raises ConnectionClosed if the server rejected the connection with a final code (or
+        any code when reconnect is off), and TimeoutError if no session opened in time.
+        """
+        if self._runner is not None:
+            raise RuntimeError("connect() was called already")
+        self._first_session = asyncio.get_running_loop().create_future()
+        self._runner = asyncio.create_task(self._run(), name=f"tether-client-{self.device_id}")
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._first_session), self.connect_timeout)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Send Disconnect, close the connection and stop reconnecting."""
+        self._closing = True
+        transport = self._transport
+        if transport is not None:
+            with contextlib.suppress(Exception):
+                await transport.send(
+                    pb.Frame(
+                        disconnect=pb.Disconnect(code=1000, reason="client closed")
+                    ).SerializeToString()
+                )
+            transport.close()
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+            self._runner = None
+        self._fail_pending(ConnectionClosed(1000, "client closed"))
+
+    async def send(
+        self, recipient: str, body: bytes | str, *, client_message_id: str | None = None
+    ) -> pb.SendAck:
+        """Send a direct message and return the server's ack once it is stored.
+
+        Raises RequestError if the server rejected it, TimeoutError after ack_timeout, and
+        ConnectionClosed if the client stopped. Before a reconnect, unacknowledged messages
+        are resent with the same client_message_id, so they are stored once.
+        """
+        if isinstance(body, str):
+            body = body.encode()
+        message_id = client_message_id or uuid.uuid4().hex
+        send = pb.Send(client_message_id=message_id, recipient=recipient, body=body)
+        future: asyncio.Future[pb.SendAck] = asyncio.get_running_loop().create_future()
+        self._pending[message_id] = (send, future)
+        try:
+            if self.session is not None and self._transport is not None:
+                with contextlib.suppress(ConnectionError, OSError):
+                    await self._transport.send(pb.Frame(send=send).SerializeToString())
+            return await asyncio.wait_for(future, self.ack_timeout)
+        finally:
+            self._pending.pop(message_id, None)
+
+    async def set_status(self, status: str) -> None:
+        """Set "online", "away", "busy" or "invisible"; kept across reconnects."""
+        self._status = _status_frame(status)
+        if self.session is not None and self._transport is not None:
+            await self._transport.send(pb.Frame(set_status=self._status).SerializeToString())
+
+    async def events(self) -> AsyncIterator[ev.Event]:
+        """Yield events until the client stops for good."""
+        while True:
+            event = await self._events.get()
+            yield event
+            if isinstance(event, ev.Disconnected) and not event.reconnecting:
+                return
+
+    async def next_event(self, timeout: float | None = None) -> ev.Event:
+        """Return the next event, waiting at most timeout seconds."""
+        return await asyncio.wait_for(self._events.get(), timeout)
+
+    # Connection loop.
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self._closing:
+            code, reason, server_delay, opened = await self._connect_once()
+            if opened:
+                attempt = 0
+            final = (
+                self._closing or not self.reconnect or (code != TRANSPORT_LOST and is_final(code))
+            )
+            await self._emit(ev.Disconnected(code, reason, reconnecting=not final))
+            if final:
+                error = ConnectionClosed(code, reason)
+                if self._first_session is not None and not self._first_session.done():
+                    self._first_session.set_exception(error)
+                self._fail_pending(error)
+                return
+            delay = max(server_delay, self._backoff(attempt))
+            attempt += 1
+            logger.info("reconnecting %s in %.2f s after code %d", self.device_id, delay, code)
+            await asyncio.sleep(delay)
+
+    async def _connect_once(self) -> tuple[int, str, float, bool]:
+        """Run one connection; return (code, reason, server delay in s, whether it opened)."""
+        try:
+            transport = await open_transport(self.url, timeout=self.connect_timeout)
+        except (OSError, TimeoutError, ConnectionError) as error:
+            return TRANSPORT_LOST, f"connect failed: {error}", 0.0, False
+        except Exception as error:  # picows raises its own handshake errors
+            return TRANSPORT_LOST, f"connect failed: {error}", 0.0, False
+        self._transport = transport
+        heartbeat: asyncio.Task[None] | None = None
+        opened = False
+        code, reason, delay = TRANSPORT_LOST, "connection lost", 0.0
+        try:
+            connect = pb.Connect(
+                protocol_version=PROTOCOL_VERSION,
+                token=self.token,
+                device_id=self.device_id,
+                platform=self.platform,  # type: ignore[arg-type]
+                client_name=self.client_name,
+                status=self._status,
+            )
+            await transport.send(pb.Frame(connect=connect).SerializeToString())
+            while True:
+                payload = await self._receive(transport)
+                if payload is None:
+                    break
+                frame = pb.Frame.FromString(payload)
+                kind = frame.WhichOneof("kind")
+                if kind == "disconnect":
+                    code = frame.disconnect.code
+                    reason = frame.disconnect.reason
+                    delay = frame.disconnect.reconnect_delay_ms / 1000
+                    break
+                if kind == "connected":
+                    opened = True
+                    heartbeat = asyncio.create_task(self._heartbeat(transport, frame.connected))
+                    await self._on_connected(transport, frame.connected)
+                else:
+                    await self._on_frame(transport, kind, frame)
+        except (ConnectionError, OSError) as error:
+            reason = f"connection lost: {error}"
+        finally:
+            self.session = None
+            self._transport = None
+            if heartbeat is not None:
+                heartbeat.cancel()
+            transport.close()
+        return code, reason, delay, opened
+
+    async def _receive(self, transport: ClientTransport) -> bytes | None:
+        """Return the next frame, or None if the server has been silent past its timeout."""
+        timeout = self.session.offline_timeout if self.session is not None else self.connect_timeout
+        try:
+            return await asyncio.wait_for(transport.receive(), timeout)
+        except TimeoutError:
+            logger.warning("server silent for %.1f s; reconnecting", timeout)
+            return None
+
+    async def _on_connected(self, transport: ClientTransport, connected: pb.Connected) -> None:
+        session = ev.SessionOpened(
+            connected.session_id,
+            connected.user_id,
+            connected.heartbeat_interval_ms / 1000,
+            connected.offline_timeout_ms / 1000,
+        )
+        self.session = session
+        for send, _future in list(self._pending.values()):
+            await transport.send(pb.Frame(send=send).SerializeToString())
+        if self._first_session is not None and not self._first_session.done():
+            self._first_session.set_result(session)
+        await self._emit(session)
+
+    async def _on_frame(
+        self, transport: ClientTransport, kind: str | None, frame: pb.Frame
+    ) -> None:
+        if kind == "send_ack":
+            entry = self._pending.get(frame.send_ack.client_message_id)
+            if entry is not None and not entry[1].done():
+                entry[1].set_result(frame.send_ack)
+        elif kind == "error":
+            error = frame.error
+            entry = self._pending.get(error.ref)
+            if entry is not None and not entry[1].done():
+                entry[1].set_exception(RequestError(error.code, error.message))
+            elif entry is None:
+                logger.warning("server error %d: %s", error.code, error.message)
+        elif kind == "deliver":
+            for message in frame.deliver.messages:
+                await self._emit(ev.Message.from_proto(message))
+                if self.auto_ack:
+                    ack = pb.DeliverAck(
+                        conversation_id=message.conversation_id, sequence=message.sequence
+                    )
+                    await transport.send(pb.Frame(deliver_ack=ack).SerializeToString())
+        elif kind == "presence_update":
+            presence = ev.Presence.from_proto(frame.presence_update.presence)
+            known = self.presence.get(presence.user_id)
+            if known is None or known.version <= presence.version:
+                self.presence[presence.user_id] = presence
+                await self._emit(ev.PresenceChanged(presence))
+        elif kind == "presence_snapshot":
+            contacts = {
+                item.user_id: ev.Presence.from_proto(item)
+                for item in frame.presence_snapshot.contacts
+            }
+            self.presence = dict(contacts)
+            await self._emit(ev.PresenceSnapshot(contacts))
+        elif kind == "contacts_changed":
+            changed = frame.contacts_changed
+            for user_id in changed.removed:
+                self.presence.pop(user_id, None)
+            await self._emit(ev.ContactsChanged(list(changed.added), list(changed.removed)))
+        elif kind != "heartbeat_ack":
+            logger.debug("ignored frame of kind %s", kind)
+
+    async def _heartbeat(self, transport: ClientTransport, connected: pb.Connected) -> None:
+        interval = connected.heartbeat_interval_ms / 1000
+        with contextlib.suppress(ConnectionError, OSError):
+            while True:
+                await asyncio.sleep(interval)
+                self._nonce += 1
+                await transport.send(
+                    pb.Frame(heartbeat=pb.Heartbeat(nonce=self._nonce)).SerializeToString()
+                )
+
+    async def _emit(self, event: ev.Event) -> None:
+        await self._events.put(event)
+
+    def _backoff(self, attempt: int) -> float:
+        """Return a delay drawn uniformly below the exponential bound (full jitter)."""
+        bound = min(self.backoff_max, self.backoff_initial * (2**attempt))
+        return random.uniform(self.backoff_initial / 2, max(bound, self.backoff_initial / 2))
+
+    def _fail_pending(self, error: Exception) -> None:
+        for _send, future in self._pending.values():
+            if not future.done():
+                future.set_exception(error)
+
+
+def _status_frame(status: str) -> pb.SetStatus:
+    if status not in _MODES:
+        raise ValueError(f"invalid status {status!r}: use online, away, busy or invisible")
+    return pb.SetStatus(activity=_ACTIVITIES.get(status, 0), mode=_MODES[status])  # type: ignore[arg-type]

@@ -1,0 +1,113 @@
+"""Events a client receives, as plain dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tether.protocol import tether_pb2 as pb
+
+__all__ = [
+    "ContactsChanged",
+    "Disconnected",
+    "Event",
+    "Message",
+    "Presence",
+    "PresenceChanged",
+    "PresenceSnapshot",
+    "SessionOpened",
+    "status_name",
+]
+
+
+def status_name(status: int) -> str:
+    """Return "online", "away", "busy" or "offline" for a `tether.v1.Status` value."""
+    return pb.Status.Name(status).removeprefix("STATUS_").lower()  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """Presence of one user."""
+
+    user_id: str
+    status: str  # "online", "away", "busy" or "offline"
+    last_seen_ms: int
+    version: int
+
+    @classmethod
+    def from_proto(cls, presence: pb.UserPresence) -> Presence:
+        return cls(
+            presence.user_id, status_name(presence.status), presence.last_seen_ms, presence.version
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOpened:
+    """The server accepted the connection (sent after every reconnect too)."""
+
+    session_id: str
+    user_id: str
+    heartbeat_interval: float
+    offline_timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceSnapshot:
+    """Presence of every contact, sent once per connection."""
+
+    contacts: dict[str, Presence]
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceChanged:
+    """One contact's presence changed."""
+
+    presence: Presence
+
+
+@dataclass(frozen=True, slots=True)
+class ContactsChanged:
+    added: list[str]
+    removed: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A direct message for this user (from a contact or from this user's other device)."""
+
+    message_id: int
+    conversation_id: str
+    sequence: int
+    sender: str
+    sender_device: str
+    recipient: str
+    body: bytes
+    timestamp_ms: int
+    client_message_id: str
+
+    @classmethod
+    def from_proto(cls, message: pb.Message) -> Message:
+        return cls(
+            message.message_id,
+            message.conversation_id,
+            message.sequence,
+            message.sender,
+            message.sender_device,
+            message.recipient,
+            message.body,
+            message.timestamp_ms,
+            message.client_message_id,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    """The connection closed. `reconnecting` is False after a final code or `close()`."""
+
+    code: int
+    reason: str
+    reconnecting: bool
+
+
+Event = (
+    SessionOpened | PresenceSnapshot | PresenceChanged | ContactsChanged | Message | Disconnected
+)

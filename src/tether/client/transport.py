@@ -1,0 +1,151 @@
+"""Client transports: TCP with varint-delimited frames, and WebSocket with one frame per message.
+
+Both expose the same three calls to the client: `send(payload)`, `receive()` (the next frame
+payload, or None once the connection is gone) and `close()`. Incoming frames wait in a bounded
+buffer; when it fills, the transport stops reading from the socket, so a client that does not
+consume events slows the server down instead of growing without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from typing import Any
+from urllib.parse import urlsplit
+
+import picows
+
+from tether.protocol.framing import StreamDecoder, prefix_frame
+
+__all__ = ["ClientTransport", "open_transport"]
+
+MAX_INCOMING_FRAME = 16 * 1024 * 1024
+_READ_SIZE = 65_536
+_BUFFERED_FRAMES = 1024  # frames read ahead of the consumer before reading pauses
+
+
+class ClientTransport:
+    """One connection to a gateway."""
+
+    async def send(self, payload: bytes) -> None:
+        raise NotImplementedError
+
+    async def receive(self) -> bytes | None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class _TcpTransport(ClientTransport):
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._decoder = StreamDecoder(MAX_INCOMING_FRAME)
+        self._frames: deque[bytes] = deque()
+
+    async def send(self, payload: bytes) -> None:
+        self._writer.write(prefix_frame(payload))
+        await self._writer.drain()
+
+    async def receive(self) -> bytes | None:
+        while not self._frames:
+            try:
+                data = await self._reader.read(_READ_SIZE)
+            except (ConnectionError, OSError):
+                return None
+            if not data:
+                return None
+            self._frames.extend(self._decoder.feed(data))
+            if self._decoder.error is not None:
+                self.close()
+                return None
+        return self._frames.popleft()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+class _WsListener(picows.WSListener):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: deque[bytes] = deque()
+        self.closed = False
+        self.wakeup: asyncio.Event = asyncio.Event()
+        self.transport: Any = None
+        self.paused = False
+
+    def on_ws_connected(self, transport: Any) -> None:
+        self.transport = transport
+
+    def on_ws_frame(self, transport: Any, frame: Any) -> None:
+        if frame.msg_type == picows.WSMsgType.BINARY:
+            self.frames.append(frame.get_payload_as_bytes())
+            if len(self.frames) >= _BUFFERED_FRAMES and not self.paused:
+                transport.underlying_transport.pause_reading()
+                self.paused = True
+            self.wakeup.set()
+        elif frame.msg_type == picows.WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code())
+            transport.disconnect()
+        elif frame.msg_type == picows.WSMsgType.PING:
+            transport.send_pong(frame.get_payload_as_bytes())
+
+    def on_ws_disconnected(self, transport: Any) -> None:
+        self.closed = True
+        self.wakeup.set()
+
+
+class _WsTransport(ClientTransport):
+    def __init__(self, transport: Any, listener: _WsListener) -> None:
+        self._transport = transport
+        self._listener = listener
+
+    async def send(self, payload: bytes) -> None:
+        if self._listener.closed:
+            raise ConnectionError("WebSocket is closed")
+        self._transport.send(picows.WSMsgType.BINARY, payload)
+
+    async def receive(self) -> bytes | None:
+        listener = self._listener
+        while not listener.frames:
+            if listener.closed:
+                return None
+            listener.wakeup.clear()
+            await listener.wakeup.wait()
+        payload = listener.frames.popleft()
+        if listener.paused and len(listener.frames) < _BUFFERED_FRAMES // 2:
+            listener.paused = False
+            self._transport.underlying_transport.resume_reading()
+        return payload
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._transport.send_close(picows.WSCloseCode.OK)
+        self._transport.disconnect()
+
+
+async def open_transport(url: str, *, timeout: float) -> ClientTransport:
+    """Connect to a gateway at tcp://host:port, ws://host:port/path or wss://host:port/path."""
+    parts = urlsplit(url)
+    if parts.scheme == "tcp":
+        if not parts.hostname or not parts.port:
+            raise ValueError(f"invalid URL {url!r}: expected tcp://host:port")
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(parts.hostname, parts.port, limit=_READ_SIZE), timeout
+        )
+        return _TcpTransport(reader, writer)
+    if parts.scheme in ("ws", "wss"):
+        transport, listener = await asyncio.wait_for(
+            picows.ws_connect(
+                _WsListener,
+                url,
+                extra_headers={"Sec-WebSocket-Protocol": "tether.v1"},
+                max_frame_size=MAX_INCOMING_FRAME,
+                websocket_handshake_timeout=timeout,
+            ),
+            timeout,
+        )
+        return _WsTransport(transport, listener)
+    raise ValueError(f"invalid URL {url!r}: scheme must be tcp, ws or wss")

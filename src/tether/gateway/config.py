@@ -1,0 +1,65 @@
+"""Settings of one gateway process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["GatewayConfig"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GatewayConfig:
+    """Gateway settings. Times are in seconds, sizes in bytes."""
+
+    host: str = "127.0.0.1"
+    """Address the TCP and WebSocket servers bind to (default 127.0.0.1)."""
+    tcp_port: int | None = 7400
+    """TCP port; 0 picks a free one, None disables TCP (default 7400)."""
+    ws_port: int | None = 7401
+    """WebSocket port; 0 picks a free one, None disables WebSocket (default 7401)."""
+    ws_path: str = "/ws"
+    """HTTP path of the WebSocket endpoint (default /ws)."""
+    gateway_id: str = ""
+    """Name of this gateway on the bus; empty picks a random one."""
+    heartbeat_interval: float = 4.0
+    """Seconds between client heartbeats, sent to clients on connect (default 4)."""
+    offline_timeout: float = 60.0
+    """Seconds without any frame after which a connection is closed (default 60)."""
+    connect_timeout: float = 5.0
+    """Seconds a new connection has to send its Connect frame (default 5)."""
+    request_timeout: float = 5.0
+    """Seconds to wait for the logic layer to answer a connect or send (default 5)."""
+    sweep_interval: float = 1.0
+    """Seconds between checks for timed-out connections and requests (default 1)."""
+    close_timeout: float = 5.0
+    """Seconds a closing connection may take to flush before it is aborted (default 5)."""
+    max_frame_bytes: int = 65_536
+    """Largest frame accepted from a client, checked before buffering (default 64 KiB)."""
+    max_body_bytes: int = 32_768
+    """Largest message body accepted in a Send (default 32 KiB)."""
+    max_outgoing_bytes: int = 1_048_576
+    """Bytes queued to one client before it is closed as a slow consumer (default 1 MiB)."""
+
+    def __post_init__(self) -> None:
+        for name in (
+            "heartbeat_interval",
+            "offline_timeout",
+            "connect_timeout",
+            "request_timeout",
+            "sweep_interval",
+            "close_timeout",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.offline_timeout <= self.heartbeat_interval:
+            raise ValueError(
+                f"offline_timeout ({self.offline_timeout} s) must exceed heartbeat_interval "
+                f"({self.heartbeat_interval} s)"
+            )
+        if self.max_body_bytes >= self.max_frame_bytes:
+            raise ValueError(
+                f"max_body_bytes ({self.max_body_bytes}) must be below max_frame_bytes "
+                f"({self.max_frame_bytes}) to leave room for the other fields"
+            )
+        if not self.ws_path.startswith("/"):
+            raise ValueError(f"ws_path must start with '/', got {self.ws_path!r}")

@@ -1,0 +1,161 @@
+"""One client connection on the gateway, for either transport.
+
+A `Connection` owns the sans-I/O `ServerProtocol`, the identity the client proved, and an
+outbox of encoded frames. Frames queued during one pass of the event loop are written
+together by the gateway's single flush callback, so a burst of deliveries costs one
+`write()` per connection on TCP. The outbox is bounded: a client that lets more than
+`max_outgoing_bytes` pile up is closed as a slow consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from tether.protocol import tether_pb2 as pb
+from tether.protocol.connection import ServerProtocol
+from tether.protocol.states import ConnectionState
+
+if TYPE_CHECKING:
+    from tether.gateway.gateway import Gateway
+
+__all__ = ["Connection", "TcpConnection"]
+
+
+class Connection:
+    """State of one client connection; subclasses do the transport's writes."""
+
+    __slots__ = (
+        "activity",
+        "closing_deadline",
+        "contacts",
+        "device_id",
+        "gateway",
+        "id",
+        "last_heard",
+        "mode",
+        "outbox",
+        "outbox_bytes",
+        "peer",
+        "platform",
+        "protocol",
+        "snapshot_sent",
+        "user_id",
+    )
+
+    transport_name = "?"
+
+    def __init__(self, gateway: Gateway, connection_id: str, *, stream: bool) -> None:
+        self.gateway = gateway
+        self.id = connection_id
+        self.protocol = ServerProtocol(
+            max_frame_bytes=gateway.config.max_frame_bytes, stream=stream
+        )
+        self.user_id = ""
+        self.device_id = ""
+        self.platform = 0
+        self.activity = 0
+        self.mode = 0
+        self.peer = ""
+        self.contacts: frozenset[str] = frozenset()
+        self.snapshot_sent = False
+        self.last_heard = 0.0
+        self.closing_deadline = 0.0
+        self.outbox: list[bytes] = []
+        self.outbox_bytes = 0
+
+    @property
+    def state(self) -> ConnectionState:
+        return self.protocol.state
+
+    def send_frame(self, frame: pb.Frame) -> None:
+        """Queue a frame for the next flush."""
+        self.queue(self.protocol.encode(frame))
+
+    def send_payload(self, payload: bytes) -> None:
+        """Queue an already serialized frame for the next flush."""
+        self.queue(self.protocol.frame_bytes(payload))
+
+    def queue(self, data: bytes) -> None:
+        """Queue transport-ready bytes; close the connection if its outbox overflows."""
+        if self.protocol.state is ConnectionState.CLOSED:
+            return
+        if not self.outbox:
+            self.gateway.mark_dirty(self)
+        self.outbox.append(data)
+        self.outbox_bytes += len(data)
+        if self.outbox_bytes + self.write_buffer_size() > self.gateway.config.max_outgoing_bytes:
+            self.gateway.slow_consumer(self)
+
+    def flush(self) -> None:
+        """Write every queued frame."""
+        if not self.outbox:
+            return
+        chunks = self.outbox
+        self.outbox = []
+        self.outbox_bytes = 0
+        if self.protocol.state is not ConnectionState.CLOSED:
+            self.write_chunks(chunks)
+
+    def describe(self) -> str:
+        """Return the ids that every log record about this connection carries."""
+        return f"conn={self.id} user={self.user_id or '-'} device={self.device_id or '-'}"
+
+    # Transport operations, implemented per transport.
+
+    def write_chunks(self, chunks: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def write_buffer_size(self) -> int:
+        raise NotImplementedError
+
+    def close_transport(self, *, abort: bool, code: int) -> None:
+        raise NotImplementedError
+
+
+class TcpConnection(Connection, asyncio.Protocol):
+    """Connection over raw TCP with varint-delimited frames; also its asyncio protocol."""
+
+    __slots__ = ("transport",)
+
+    transport_name = "tcp"
+
+    def __init__(self, gateway: Gateway, connection_id: str) -> None:
+        super().__init__(gateway, connection_id, stream=True)
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.gateway.connection_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        gateway = self.gateway
+        gateway.heard(self)
+        frames = self.protocol.receive_data(data)
+        if frames:
+            gateway.handle_frames(self, frames)
+        if self.protocol.violation is not None:
+            gateway.protocol_violation(self)
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.gateway.connection_lost(self, exc)
+
+    def write_chunks(self, chunks: list[bytes]) -> None:
+        assert self.transport is not None
+        self.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def write_buffer_size(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    def close_transport(self, *, abort: bool, code: int) -> None:
+        if self.transport is None:
+            return
+        if abort:
+            self.transport.abort()
+        else:
+            self.transport.close()

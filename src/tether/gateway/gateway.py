@@ -1,0 +1,669 @@
+"""The gateway: client connections, local sessions, heartbeats and local fan-out.
+
+Heartbeats end here: a heartbeat costs one read, one parse and one small write, and never a
+bus message. Only transitions (device online, offline, status) leave the gateway, batched once
+per pass of the event loop. Timeouts are found by one periodic sweep over connections kept in
+last-heard order, never by a timer per connection.
+
+Tables, all local to this process:
+
+- `sessions`: user -> device -> open connection. A new connection of a device replaces the
+  old one, which is closed with REPLACED.
+- `watchers`: watched user -> local connections that may see that user's presence (contacts).
+  The gateway subscribes to a user's presence channel while that set is non-empty.
+- `presence_cache`: last known presence of every watched user, used for snapshots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+
+from tether.auth import TokenVerifier
+from tether.bus import channels
+from tether.bus import envelope_pb2 as env
+from tether.bus.base import Bus
+from tether.bus.requests import RequestTracker
+from tether.gateway.config import GatewayConfig
+from tether.gateway.connection import Connection
+from tether.protocol import tether_pb2 as pb
+from tether.protocol.codes import Code
+from tether.protocol.connection import PROTOCOL_VERSION
+from tether.protocol.errors import AuthenticationError, BusError
+from tether.protocol.states import ConnectionState
+
+__all__ = ["Gateway"]
+
+logger = logging.getLogger("tether.gateway")
+
+MAX_ID_BYTES = 64
+_Transition = env.Transition
+
+
+class Gateway:
+    """Connection handling shared by the TCP and WebSocket servers of one process."""
+
+    def __init__(self, config: GatewayConfig, bus: Bus, verifier: TokenVerifier) -> None:
+        self.config = config
+        self.bus = bus
+        self.verifier = verifier
+        self.id = config.gateway_id or f"gw-{os.urandom(4).hex()}"
+        self.reply_channel = channels.gateway_channel(self.id)
+
+        self.connections: dict[str, Connection] = {}
+        self.sessions: dict[str, dict[str, Connection]] = {}
+        self.watchers: dict[str, set[Connection]] = {}
+        self.presence_cache: dict[str, pb.UserPresence] = {}
+        self.requests: RequestTracker[env.Envelope] = RequestTracker()
+
+        # Connections waiting for their Connect frame, in accept order.
+        self._awaiting: OrderedDict[Connection, None] = OrderedDict()
+        # Open connections, least recently heard first.
+        self._live: OrderedDict[Connection, None] = OrderedDict()
+        # Connections closing, in the order their flush deadline falls.
+        self._closing: OrderedDict[Connection, None] = OrderedDict()
+
+        self._dirty: list[Connection] = []
+        self._transitions: list[env.Transition] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._next_connection = 0
+        self._prefix = os.urandom(3).hex()
+        self._started = False
+
+    # Life cycle.
+
+    async def start(self) -> None:
+        """Subscribe to the reply channel and start the sweep."""
+        self._loop = asyncio.get_running_loop()
+        self.bus.subscribe(self.reply_channel, self._on_reply)
+        self._sweeper = self._loop.call_later(self.config.sweep_interval, self._sweep)
+        self._started = True
+        logger.info("gateway %s started", self.id)
+
+    async def close(self, code: Code = Code.SHUTDOWN, reason: str = "server shutting down") -> None:
+        """Close every connection with code and stop the sweep."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for connection in list(self.connections.values()):
+            self.close_connection(connection, code, reason)
+        self._flush()
+        self._flush_transitions()
+        self.requests.fail_all()
+        self.bus.unsubscribe(self.reply_channel, self._on_reply)
+        logger.info("gateway %s stopped", self.id)
+
+    def new_connection_id(self) -> str:
+        """Return an id unique within this gateway run."""
+        self._next_connection += 1
+        return f"{self._prefix}-{self._next_connection}"
+
+    # Transport callbacks.
+
+    def connection_made(self, connection: Connection) -> None:
+        """Register a new transport connection, which now has connect_timeout to log in."""
+        connection.last_heard = self._now()
+        self.connections[connection.id] = connection
+        self._awaiting[connection] = None
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("accepted %s from %s", connection.describe(), connection.peer)
+
+    def heard(self, connection: Connection) -> None:
+        """Record that bytes arrived on an open connection: any frame counts as liveness.
+
+        Before the session opens, only the accept time counts, so a client that trickles a
+        Connect frame byte by byte still hits the connect timeout.
+        """
+        if connection.protocol.state is ConnectionState.OPEN:
+            connection.last_heard = self._loop.time()  # type: ignore[union-attr]
+            self._live.move_to_end(connection)
+
+    def connection_lost(self, connection: Connection, exc: Exception | None) -> None:
+        """Forget a connection whose transport is gone."""
+        was_open = connection.protocol.state is ConnectionState.OPEN
+        if connection.protocol.state is not ConnectionState.CLOSED:
+            connection.protocol.move_to(ConnectionState.CLOSED)
+        self._release(connection)
+        self._closing.pop(connection, None)
+        self.connections.pop(connection.id, None)
+        connection.outbox.clear()
+        if was_open:
+            reason = f"transport lost: {exc}" if exc else "closed by client"
+            logger.info("closed %s (%s)", connection.describe(), reason)
+
+    def protocol_violation(self, connection: Connection) -> None:
+        """Close a connection whose protocol core recorded a violation."""
+        violation = connection.protocol.violation
+        assert violation is not None
+        logger.info("protocol violation by %s: %s", connection.describe(), violation)
+        self._close(connection, violation.code, str(violation), abort=False)
+
+    def slow_consumer(self, connection: Connection) -> None:
+        """Close a connection whose outgoing queue overflowed."""
+        logger.warning(
+            "slow consumer %s: %d bytes queued", connection.describe(), connection.outbox_bytes
+        )
+        connection.outbox.clear()
+        connection.outbox_bytes = 0
+        self._close(connection, Code.SLOW_CONSUMER, "outgoing queue overflowed", abort=True)
+
+    def close_connection(self, connection: Connection, code: Code, reason: str) -> None:
+        """Send Disconnect with code and close the connection."""
+        self._close(connection, code, reason, abort=False)
+
+    # Writes.
+
+    def mark_dirty(self, connection: Connection) -> None:
+        """Schedule connection's outbox for the next flush."""
+        if not self._dirty:
+            self._loop.call_soon(self._flush)  # type: ignore[union-attr]
+        self._dirty.append(connection)
+
+    def _flush(self) -> None:
+        dirty = self._dirty
+        self._dirty = []
+        for connection in dirty:
+            connection.flush()
+
+    # Frames from clients.
+
+    def handle_frames(self, connection: Connection, frames: list[pb.Frame]) -> None:
+        """Act on each validated frame of one read, in order."""
+        for frame in frames:
+            kind = frame.WhichOneof("kind")
+            if kind == "heartbeat":
+                self._on_heartbeat(connection, frame.heartbeat)
+            elif kind == "send":
+                self._on_send(connection, frame.send)
+            elif kind == "connect":
+                self._on_connect(connection, frame.connect)
+            elif kind == "set_status":
+                self._on_set_status(connection, frame.set_status)
+            elif kind == "deliver_ack":
+                self._on_deliver_ack(connection, frame.deliver_ack)
+            elif kind == "disconnect":
+                logger.info(
+                    "client %s disconnects: code %d %s",
+                    connection.describe(),
+                    frame.disconnect.code,
+                    frame.disconnect.reason[:100],
+                )
+                self._close(connection, None, "", abort=False)
+            if connection.protocol.state in (ConnectionState.CLOSING, ConnectionState.CLOSED):
+                return
+
+    def _on_heartbeat(self, connection: Connection, heartbeat: pb.Heartbeat) -> None:
+        ack = pb.Frame(
+            heartbeat_ack=pb.HeartbeatAck(nonce=heartbeat.nonce, server_time_ms=_now_ms())
+        )
+        connection.send_frame(ack)
+
+    def _on_connect(self, connection: Connection, connect: pb.Connect) -> None:
+        self._awaiting.pop(connection, None)
+        if connect.protocol_version != PROTOCOL_VERSION:
+            self._close(
+                connection,
+                Code.UNSUPPORTED_VERSION,
+                f"protocol_version {connect.protocol_version} is not supported; use {PROTOCOL_VERSION}",
+                abort=False,
+            )
+            return
+        device_bytes = len(connect.device_id.encode())
+        if not 0 < device_bytes <= MAX_ID_BYTES or len(connect.client_name.encode()) > MAX_ID_BYTES:
+            self._close(
+                connection,
+                Code.PROTOCOL_ERROR,
+                f"device_id must be 1 to {MAX_ID_BYTES} bytes and client_name at most "
+                f"{MAX_ID_BYTES} bytes",
+                abort=False,
+            )
+            return
+        try:
+            user_id = self.verifier.verify(connect.token)
+        except AuthenticationError as error:
+            logger.info("rejected connect from %s: %s", connection.peer, error)
+            self._close(connection, error.code, str(error), abort=False)
+            return
+
+        connection.user_id = user_id
+        connection.device_id = connect.device_id
+        connection.platform = connect.platform
+        connection.activity = connect.status.activity or pb.ACTIVITY_ACTIVE
+        connection.mode = connect.status.mode
+        request = env.Envelope(
+            connect_request=env.ConnectRequest(
+                user_id=user_id, device_id=connect.device_id, platform=connect.platform
+            )
+        )
+        callback = functools.partial(self._on_connect_result, connection)
+        if not self._request(channels.LOGIC_STREAM, request, callback, stream=True):
+            self._close(
+                connection, Code.BACKEND_UNAVAILABLE, "logic layer is overloaded", abort=False
+            )
+
+    def _on_connect_result(self, connection: Connection, reply: env.Envelope | None) -> None:
+        if connection.protocol.state is not ConnectionState.AUTHENTICATING:
+            return  # closed while the logic layer was thinking
+        if reply is None:
+            logger.warning("logic layer did not answer connect of %s", connection.describe())
+            self._close(connection, Code.BACKEND_UNAVAILABLE, "logic layer timed out", abort=False)
+            return
+        result = reply.connect_result
+        if result.error_code:
+            logger.info("logic rejected %s: %s", connection.describe(), result.error_message)
+            try:
+                code = Code(result.error_code)
+            except ValueError:
+                code = Code.FORBIDDEN
+            self._close(connection, code, result.error_message, abort=False)
+            return
+        self._open_session(connection, result.contacts)
+
+    def _open_session(self, connection: Connection, contacts: Iterable[str]) -> None:
+        user_id = connection.user_id
+        devices = self.sessions.get(user_id)
+        if devices is None:
+            devices = self.sessions[user_id] = {}
+            self.bus.subscribe(channels.user_channel(user_id), self._on_user_message)
+        previous = devices.get(connection.device_id)
+        devices[connection.device_id] = connection
+        if previous is not None:
+            # The session table already points at the new connection, so closing the old
+            # one emits no OFFLINE transition.
+            self._close(previous, Code.REPLACED, "replaced by a newer connection", abort=False)
+
+        connection.protocol.move_to(ConnectionState.OPEN)
+        connection.last_heard = self._now()
+        self._live[connection] = None
+        config = self.config
+        connection.send_frame(
+            pb.Frame(
+                connected=pb.Connected(
+                    session_id=connection.id,
+                    user_id=user_id,
+                    heartbeat_interval_ms=int(config.heartbeat_interval * 1000),
+                    offline_timeout_ms=int(config.offline_timeout * 1000),
+                    server_time_ms=_now_ms(),
+                    max_frame_bytes=config.max_frame_bytes,
+                    protocol_version=PROTOCOL_VERSION,
+                )
+            )
+        )
+        logger.info(
+            "opened %s over %s from %s",
+            connection.describe(),
+            connection.transport_name,
+            connection.peer,
+        )
+        self._add_transition(
+            connection,
+            _Transition.KIND_ONLINE,
+            pb.SetStatus(activity=connection.activity, mode=connection.mode),
+        )
+        connection.contacts = frozenset(contacts)
+        self._watch(connection, connection.contacts)
+        self._send_snapshot(connection)
+
+    def _on_send(self, connection: Connection, send: pb.Send) -> None:
+        problem = _check_send(send, self.config.max_body_bytes)
+        if problem is not None:
+            code, message = problem
+            connection.send_frame(
+                pb.Frame(error=pb.Error(code=code, message=message, ref=send.client_message_id))
+            )
+            return
+        request = env.Envelope(
+            send_request=env.SendRequest(
+                sender=connection.user_id, sender_device=connection.device_id, send=send
+            )
+        )
+        callback = functools.partial(self._on_send_result, connection, send.client_message_id)
+        if not self._request(channels.LOGIC_STREAM, request, callback, stream=True):
+            callback(None)
+
+    def _on_send_result(
+        self, connection: Connection, client_message_id: str, reply: env.Envelope | None
+    ) -> None:
+        if connection.protocol.state is not ConnectionState.OPEN:
+            # The message may be stored: a resend with the same id returns the original ack.
+            return
+        if reply is None:
+            frame = pb.Frame(
+                error=pb.Error(
+                    code=Code.UNAVAILABLE,
+                    message="logic layer did not accept the message in time; resend it",
+                    ref=client_message_id,
+                )
+            )
+        elif reply.send_result.error_code:
+            result = reply.send_result
+            frame = pb.Frame(
+                error=pb.Error(
+                    code=result.error_code, message=result.error_message, ref=client_message_id
+                )
+            )
+        else:
+            frame = pb.Frame(send_ack=reply.send_result.ack)
+        connection.send_frame(frame)
+
+    def _on_set_status(self, connection: Connection, status: pb.SetStatus) -> None:
+        if status.activity:
+            connection.activity = status.activity
+        if status.mode:
+            connection.mode = status.mode
+        self._add_transition(connection, _Transition.KIND_STATUS, status)
+
+    def _on_deliver_ack(self, connection: Connection, ack: pb.DeliverAck) -> None:
+        request = env.Envelope(
+            deliver_ack=env.DeliverAckRequest(
+                user_id=connection.user_id, device_id=connection.device_id, ack=ack
+            )
+        )
+        try:
+            self.bus.append(channels.LOGIC_STREAM, request.SerializeToString())
+        except BusError as error:
+            # Acks only advance a read marker; a later ack covers this one.
+            logger.warning("dropped delivery ack of %s: %s", connection.describe(), error)
+
+    # Messages from the bus.
+
+    def _on_reply(self, channel: str, payload: bytes) -> None:
+        reply = env.Envelope.FromString(payload)
+        self.requests.resolve(reply.request_id, reply)
+
+    def _on_user_message(self, channel: str, payload: bytes) -> None:
+        message = env.Envelope.FromString(payload)
+        user_id = channel.removeprefix(channels.user_channel(""))
+        devices = self.sessions.get(user_id)
+        if not devices:
+            return
+        kind = message.WhichOneof("kind")
+        if kind == "user_delivery":
+            delivery = message.user_delivery
+            frame = delivery.frame
+            skip = delivery.skip_device
+            for device_id, connection in devices.items():
+                if device_id != skip:
+                    connection.send_payload(frame)
+        elif kind == "contacts_update":
+            update = message.contacts_update
+            for connection in list(devices.values()):
+                self._update_contacts(connection, update.added, update.removed)
+        else:
+            logger.warning("ignored message of kind %s on %s", kind, channel)
+
+    def _on_presence_change(self, channel: str, payload: bytes) -> None:
+        presence = env.Envelope.FromString(payload).presence_change.presence
+        user_id = presence.user_id
+        watchers = self.watchers.get(user_id)
+        if not watchers:
+            return
+        cached = self.presence_cache.get(user_id)
+        if cached is not None and cached.version >= presence.version:
+            return  # older than what a snapshot already showed
+        self.presence_cache[user_id] = presence
+        frame = pb.Frame(presence_update=pb.PresenceUpdate(presence=presence)).SerializeToString()
+        for connection in watchers:
+            if connection.snapshot_sent:
+                connection.send_payload(frame)
+
+    # Presence interest.
+
+    def _watch(self, connection: Connection, users: frozenset[str] | list[str]) -> None:
+        for user_id in users:
+            watchers = self.watchers.get(user_id)
+            if watchers is None:
+                watchers = self.watchers[user_id] = set()
+                self.bus.subscribe(channels.presence_channel(user_id), self._on_presence_change)
+            watchers.add(connection)
+
+    def _unwatch(self, connection: Connection, users: frozenset[str] | list[str]) -> None:
+        for user_id in users:
+            watchers = self.watchers.get(user_id)
+            if watchers is None:
+                continue
+            watchers.discard(connection)
+            if not watchers:
+                del self.watchers[user_id]
+                self.presence_cache.pop(user_id, None)
+                self.bus.unsubscribe(channels.presence_channel(user_id), self._on_presence_change)
+
+    def _send_snapshot(self, connection: Connection) -> None:
+        missing = [user for user in connection.contacts if user not in self.presence_cache]
+        if not missing:
+            self._finish_snapshot(connection, None)
+            return
+        request = env.Envelope(snapshot_request=env.SnapshotRequest(user_ids=missing))
+        callback = functools.partial(self._finish_snapshot, connection)
+        if not self._request(channels.PRESENCE_REQUESTS, request, callback, stream=False):
+            callback(None)
+
+    def _finish_snapshot(self, connection: Connection, reply: env.Envelope | None) -> None:
+        cache = self.presence_cache
+        if reply is not None:
+            for presence in reply.snapshot_result.users:
+                cached = cache.get(presence.user_id)
+                watched = presence.user_id in self.watchers
+                if watched and (cached is None or cached.version < presence.version):
+                    cache[presence.user_id] = presence
+        if connection.protocol.state is not ConnectionState.OPEN:
+            return
+        if reply is None and any(user not in cache for user in connection.contacts):
+            logger.warning("presence did not answer the snapshot for %s", connection.describe())
+        contacts = [
+            cache.get(user_id) or pb.UserPresence(user_id=user_id, status=pb.STATUS_OFFLINE)
+            for user_id in sorted(connection.contacts)
+        ]
+        connection.send_frame(pb.Frame(presence_snapshot=pb.PresenceSnapshot(contacts=contacts)))
+        connection.snapshot_sent = True
+
+    def _update_contacts(
+        self, connection: Connection, added: list[str], removed: list[str]
+    ) -> None:
+        new_contacts = (connection.contacts | set(added)) - set(removed)
+        gained = sorted(new_contacts - connection.contacts)
+        lost = sorted(connection.contacts - new_contacts)
+        if not gained and not lost:
+            return
+        connection.contacts = frozenset(new_contacts)
+        self._unwatch(connection, lost)
+        self._watch(connection, gained)
+        connection.send_frame(
+            pb.Frame(contacts_changed=pb.ContactsChanged(added=gained, removed=lost))
+        )
+        known = [self.presence_cache[user] for user in gained if user in self.presence_cache]
+        for presence in known:
+            connection.send_frame(pb.Frame(presence_update=pb.PresenceUpdate(presence=presence)))
+        unknown = [user for user in gained if user not in self.presence_cache]
+        if unknown:
+            request = env.Envelope(snapshot_request=env.SnapshotRequest(user_ids=unknown))
+            callback = functools.partial(self._on_added_presence, connection)
+            self._request(channels.PRESENCE_REQUESTS, request, callback, stream=False)
+
+    def _on_added_presence(self, connection: Connection, reply: env.Envelope | None) -> None:
+        if reply is None or connection.protocol.state is not ConnectionState.OPEN:
+            return
+        for presence in reply.snapshot_result.users:
+            if presence.user_id not in connection.contacts:
+                continue
+            cached = self.presence_cache.get(presence.user_id)
+            if cached is None or cached.version < presence.version:
+                self.presence_cache[presence.user_id] = presence
+                cached = presence
+            connection.send_frame(pb.Frame(presence_update=pb.PresenceUpdate(presence=cached)))
+
+    # Transitions.
+
+    def _add_transition(self, connection: Connection, kind: int, status: pb.SetStatus) -> None:
+        heard_ms = _now_ms() - int((self._now() - connection.last_heard) * 1000)
+        self._transitions.append(
+            _Transition(
+                kind=kind,  # type: ignore[arg-type]
+                user_id=connection.user_id,
+                device_id=connection.device_id,
+                connection_id=connection.id,
+                status=status,
+                at_ms=heard_ms,
+            )
+        )
+        if len(self._transitions) == 1:
+            self._loop.call_soon(self._flush_transitions)  # type: ignore[union-attr]
+
+    def _flush_transitions(self) -> None:
+        if not self._transitions:
+            return
+        batch = env.Envelope(
+            transitions=env.TransitionBatch(gateway_id=self.id, transitions=self._transitions)
+        )
+        self._transitions = []
+        try:
+            self.bus.publish(channels.PRESENCE_TRANSITIONS, batch.SerializeToString())
+        except BusError as error:
+            # NOTE: the in-process bus only fails here when closed or a million messages
+            # behind; a durable resend of lost transitions belongs to the cluster bus.
+            logger.error(
+                "lost %d presence transitions: %s", len(batch.transitions.transitions), error
+            )
+
+    # Closing.
+
+    def _close(
+        self, connection: Connection, code: Code | None, reason: str, *, abort: bool
+    ) -> None:
+        state = connection.protocol.state
+        if state in (ConnectionState.CLOSING, ConnectionState.CLOSED):
+            return
+        if code is not None and not abort:
+            frame = pb.Frame(disconnect=pb.Disconnect(code=code, reason=reason[:200]))
+            connection.send_frame(frame)
+            connection.flush()
+        connection.protocol.move_to(ConnectionState.CLOSING)
+        if state is ConnectionState.OPEN or code is not None:
+            logger.info(
+                "closing %s: code %s (%s)",
+                connection.describe(),
+                int(code) if code is not None else "-",
+                reason or "client request",
+            )
+        self._release(connection)
+        connection.closing_deadline = self._now() + self.config.close_timeout
+        self._closing[connection] = None
+        connection.close_transport(abort=abort, code=int(code) if code is not None else 1000)
+
+    def _release(self, connection: Connection) -> None:
+        """Remove a connection from every table; emit OFFLINE if it owned its device."""
+        self._awaiting.pop(connection, None)
+        if connection not in self._live:
+            return  # never opened, or released already
+        del self._live[connection]
+        user_id = connection.user_id
+        devices = self.sessions.get(user_id)
+        if devices is not None and devices.get(connection.device_id) is connection:
+            del devices[connection.device_id]
+            self._add_transition(connection, _Transition.KIND_OFFLINE, pb.SetStatus())
+            if not devices:
+                del self.sessions[user_id]
+                self.bus.unsubscribe(channels.user_channel(user_id), self._on_user_message)
+        self._unwatch(connection, connection.contacts)
+        connection.contacts = frozenset()
+
+    # Sweep.
+
+    def _sweep(self) -> None:
+        now = self._now()
+        config = self.config
+        try:
+            self._expire(
+                self._awaiting,
+                now - config.connect_timeout,
+                Code.CONNECT_TIMEOUT,
+                "no Connect frame within the handshake time",
+            )
+            self._expire(
+                self._live,
+                now - config.offline_timeout,
+                Code.HEARTBEAT_TIMEOUT,
+                "no frame within the offline timeout",
+            )
+            while self._closing:
+                connection = next(iter(self._closing))
+                if connection.closing_deadline > now:
+                    break
+                del self._closing[connection]
+                logger.info("aborting %s: close did not finish in time", connection.describe())
+                connection.close_transport(abort=True, code=Code.SLOW_CONSUMER)
+            self.requests.expire(now)
+        except Exception:
+            logger.exception("gateway sweep failed")
+        finally:
+            self._sweeper = self._loop.call_later(config.sweep_interval, self._sweep)  # type: ignore[union-attr]
+
+    def _expire(
+        self, table: OrderedDict[Connection, None], cutoff: float, code: Code, reason: str
+    ) -> None:
+        while table:
+            connection = next(iter(table))
+            if connection.last_heard > cutoff:
+                break
+            self._close(connection, code, reason, abort=False)
+            table.pop(connection, None)
+
+    # Helpers.
+
+    def _request(
+        self,
+        target: str,
+        request: env.Envelope,
+        callback: Callable[[env.Envelope | None], None],
+        *,
+        stream: bool,
+    ) -> bool:
+        """Send a request whose reply goes to callback; False if the bus did not take it."""
+        deadline = self._now() + self.config.request_timeout
+        request_id = self.requests.add(deadline, callback)
+        request.request_id = request_id
+        request.reply_to = self.reply_channel
+        try:
+            if stream:
+                self.bus.append(target, request.SerializeToString())
+            else:
+                self.bus.publish(target, request.SerializeToString())
+        except BusError as error:
+            logger.warning("bus did not take a request to %s: %s", target, error)
+            self.requests.discard(request_id)
+            return False
+        return True
+
+    def _now(self) -> float:
+        return self._loop.time()  # type: ignore[union-attr]
+
+    def stats(self) -> dict[str, int]:
+        """Return counts of connections and interest, for logs, tests and metrics."""
+        return {
+            "connections": len(self.connections),
+            "open": len(self._live),
+            "users": len(self.sessions),
+            "watched_users": len(self.watchers),
+            "pending_requests": len(self.requests),
+        }
+
+
+def _check_send(send: pb.Send, max_body_bytes: int) -> tuple[int, str] | None:
+    """Return (code, message) describing what is wrong with a Send, or None if it is valid."""
+    if not 0 < len(send.client_message_id.encode()) <= MAX_ID_BYTES:
+        return Code.BAD_REQUEST, f"client_message_id must be 1 to {MAX_ID_BYTES} bytes"
+    if not 0 < len(send.recipient.encode()) <= MAX_ID_BYTES:
+        return Code.BAD_REQUEST, f"recipient must be 1 to {MAX_ID_BYTES} bytes"
+    if len(send.body) > max_body_bytes:
+        return Code.BODY_TOO_LARGE, f"body of {len(send.body)} bytes exceeds {max_body_bytes}"
+    return None
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,241 @@
+"""The reference business logic: who may connect, who are contacts, storing and routing messages.
+
+It consumes the logic stream of the bus in batches. Each batch runs in one SQLite transaction;
+only after the commit does it publish deliveries and answer the gateways, so an ack always
+means the message is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tether.auth import validate_user_id
+from tether.bus import channels
+from tether.bus import envelope_pb2 as env
+from tether.bus.base import Bus
+from tether.logic.store import Store, StoredMessage, StoreError
+from tether.protocol import tether_pb2 as pb
+from tether.protocol.codes import Code
+from tether.protocol.errors import BusError
+
+__all__ = ["LogicConfig", "LogicService"]
+
+logger = logging.getLogger("tether.logic")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LogicConfig:
+    """Settings of the reference logic."""
+
+    database: Path
+    """SQLite database file (default: tether.db in the data directory)."""
+
+
+@dataclass(slots=True)
+class _Outbox:
+    """What a batch publishes once its transaction has committed."""
+
+    messages: list[tuple[str, bytes]] = field(default_factory=list)
+
+    def add(self, channel: str, envelope: env.Envelope) -> None:
+        self.messages.append((channel, envelope.SerializeToString()))
+
+
+class LogicService:
+    """Handle requests from gateways and the command line."""
+
+    def __init__(self, config: LogicConfig, bus: Bus) -> None:
+        self.config = config
+        self._bus = bus
+        self.store: Store | None = None
+
+    async def start(self) -> None:
+        self.store = Store(self.config.database)
+        self._bus.consume(channels.LOGIC_STREAM, self._on_batch)
+        logger.info("logic started with database %s", self.config.database)
+
+    async def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    async def _on_batch(self, payloads: list[bytes]) -> None:
+        store = self.store
+        assert store is not None
+        outbox = _Outbox()
+        try:
+            store.begin()
+            for payload in payloads:
+                self._handle(store, payload, outbox)
+            store.commit()
+        except StoreError as error:
+            store.rollback()
+            logger.error("logic batch of %d requests failed: %s", len(payloads), error)
+            outbox = self._fail_all(payloads)
+        for channel, message in outbox.messages:
+            try:
+                self._bus.publish(channel, message)
+            except BusError as error:
+                # The message is stored; the sender's resend or a history fetch recovers it.
+                logger.warning("could not publish to %s: %s", channel, error)
+
+    def _handle(self, store: Store, payload: bytes, outbox: _Outbox) -> None:
+        try:
+            request = env.Envelope.FromString(payload)
+        except Exception:
+            logger.error("dropped an undecodable request of %d bytes", len(payload))
+            return
+        kind = request.WhichOneof("kind")
+        try:
+            self._dispatch(store, kind, request, outbox)
+        except StoreError:
+            raise  # fails the whole batch, which is rolled back and answered with retryable errors
+        except Exception:
+            logger.exception("logic request of kind %s failed", kind)
+            outbox.messages.extend(self._fail_all([payload]).messages)
+
+    def _dispatch(
+        self, store: Store, kind: str | None, request: env.Envelope, outbox: _Outbox
+    ) -> None:
+        if kind == "connect_request":
+            self._connect(store, request, outbox)
+        elif kind == "send_request":
+            self._send(store, request, outbox)
+        elif kind == "deliver_ack":
+            ack = request.deliver_ack
+            store.mark_read(ack.user_id, ack.device_id, ack.ack.conversation_id, ack.ack.sequence)
+        elif kind == "admin_request":
+            self._admin(store, request, outbox)
+        else:
+            logger.warning("ignored logic request of kind %s", kind)
+
+    def _connect(self, store: Store, request: env.Envelope, outbox: _Outbox) -> None:
+        user_id = request.connect_request.user_id
+        store.ensure_user(user_id)
+        result = env.ConnectResult(contacts=store.contacts(user_id))
+        _reply(outbox, request, env.Envelope(connect_result=result))
+
+    def _send(self, store: Store, request: env.Envelope, outbox: _Outbox) -> None:
+        send_request = request.send_request
+        send = send_request.send
+        sender = send_request.sender
+        if not store.are_contacts(sender, send.recipient):
+            result = env.SendResult(
+                error_code=Code.NOT_A_CONTACT,
+                error_message=f"{send.recipient!r} is not a contact of {sender!r}",
+            )
+            _reply(outbox, request, env.Envelope(send_result=result))
+            return
+
+        stored = store.store_direct(
+            sender=sender,
+            sender_device=send_request.sender_device,
+            recipient=send.recipient,
+            client_message_id=send.client_message_id,
+            body=send.body,
+        )
+        if stored.new:
+            frame = pb.Frame(deliver=pb.Deliver(messages=[_to_message(stored)])).SerializeToString()
+            to_recipient = env.Envelope(user_delivery=env.UserDelivery(frame=frame))
+            outbox.add(channels.user_channel(stored.recipient), to_recipient)
+            # The sender's other devices get the message too; the sending device has the ack.
+            to_sender = env.Envelope(
+                user_delivery=env.UserDelivery(frame=frame, skip_device=stored.sender_device)
+            )
+            outbox.add(channels.user_channel(sender), to_sender)
+        ack = pb.SendAck(
+            client_message_id=stored.client_message_id,
+            message_id=stored.message_id,
+            conversation_id=stored.conversation_id,
+            sequence=stored.sequence,
+            timestamp_ms=stored.created_ms,
+        )
+        _reply(outbox, request, env.Envelope(send_result=env.SendResult(ack=ack)))
+
+    def _admin(self, store: Store, request: env.Envelope, outbox: _Outbox) -> None:
+        admin = request.admin_request
+        operation = admin.operation
+        if operation not in ("contacts.add", "contacts.remove") or len(admin.args) != 2:
+            result = env.AdminResult(
+                error_code=Code.BAD_REQUEST,
+                error_message=f"unknown operation {operation!r} with {len(admin.args)} arguments",
+            )
+            _reply(outbox, request, env.Envelope(admin_result=result))
+            return
+        user_a, user_b = admin.args
+        try:
+            validate_user_id(user_a)
+            validate_user_id(user_b)
+            if operation == "contacts.add":
+                changed = store.add_contacts(user_a, user_b)
+            else:
+                changed = store.remove_contacts(user_a, user_b)
+        except ValueError as error:
+            result = env.AdminResult(error_code=Code.BAD_REQUEST, error_message=str(error))
+            _reply(outbox, request, env.Envelope(admin_result=result))
+            return
+        if changed:
+            for user, other in ((user_a, user_b), (user_b, user_a)):
+                if operation == "contacts.add":
+                    update = env.ContactsUpdate(added=[other])
+                else:
+                    update = env.ContactsUpdate(removed=[other])
+                outbox.add(channels.user_channel(user), env.Envelope(contacts_update=update))
+            logger.info("%s %s %s", operation, user_a, user_b)
+        _reply(outbox, request, env.Envelope(admin_result=env.AdminResult()))
+
+    def _fail_all(self, payloads: list[bytes]) -> _Outbox:
+        """Answer every request of a failed batch with a retryable error."""
+        outbox = _Outbox()
+        for payload in payloads:
+            try:
+                request = env.Envelope.FromString(payload)
+            except Exception:
+                continue
+            kind = request.WhichOneof("kind")
+            message = "storage failed; retry"
+            if kind == "connect_request":
+                reply = env.Envelope(
+                    connect_result=env.ConnectResult(
+                        error_code=Code.BACKEND_UNAVAILABLE, error_message=message
+                    )
+                )
+            elif kind == "send_request":
+                reply = env.Envelope(
+                    send_result=env.SendResult(error_code=Code.UNAVAILABLE, error_message=message)
+                )
+            elif kind == "admin_request":
+                reply = env.Envelope(
+                    admin_result=env.AdminResult(error_code=Code.INTERNAL, error_message=message)
+                )
+            else:
+                continue
+            _reply(outbox, request, reply)
+        return outbox
+
+
+def _reply(outbox: _Outbox, request: env.Envelope, reply: env.Envelope) -> None:
+    if request.reply_to:
+        reply.request_id = request.request_id
+        outbox.add(request.reply_to, reply)
+
+
+def _to_message(stored: StoredMessage) -> pb.Message:
+    return pb.Message(
+        message_id=stored.message_id,
+        conversation_id=stored.conversation_id,
+        sequence=stored.sequence,
+        sender=stored.sender,
+        sender_device=stored.sender_device,
+        recipient=stored.recipient,
+        body=stored.body,
+        timestamp_ms=stored.created_ms,
+        client_message_id=stored.client_message_id,
+    )
+
+
+def default_database(data_dir: Path) -> Path:
+    """Return the database path inside a data directory."""
+    return data_dir / "tether.db"

@@ -1,0 +1,107 @@
+"""The server side of one tether connection, without I/O.
+
+`ServerProtocol` turns received bytes into validated frames and keeps the connection state.
+It never raises for bad input: the first violation is stored in `violation`, the state moves
+to CLOSING, and later input is ignored. The gateway reads `violation` after each call and
+closes the transport with its code.
+"""
+
+from __future__ import annotations
+
+from google.protobuf.message import DecodeError
+
+from tether.protocol import tether_pb2 as pb
+from tether.protocol.codes import Code
+from tether.protocol.errors import ProtocolError
+from tether.protocol.framing import StreamDecoder, prefix_frame
+from tether.protocol.states import ALLOWED_FROM_CLIENT, ConnectionState, check_transition
+
+__all__ = ["PROTOCOL_VERSION", "ServerProtocol"]
+
+PROTOCOL_VERSION = 1
+
+_FrameFromString = pb.Frame.FromString
+
+
+class ServerProtocol:
+    """Decode, validate and encode the frames of one server-side connection.
+
+    `stream=True` is for TCP (varint-prefixed frames in a byte stream); `stream=False` is for
+    WebSocket, where each received message is exactly one frame.
+    """
+
+    __slots__ = ("_decoder", "max_frame_bytes", "state", "stream", "violation")
+
+    def __init__(self, *, max_frame_bytes: int, stream: bool) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self.stream = stream
+        self.state = ConnectionState.AWAITING_CONNECT
+        self.violation: ProtocolError | None = None
+        self._decoder = StreamDecoder(max_frame_bytes) if stream else None
+
+    def receive_data(self, data: bytes) -> list[pb.Frame]:
+        """Return the frames completed by data from the TCP stream, in order."""
+        assert self._decoder is not None, "receive_data is for stream transports"
+        if self.violation is not None:
+            return []
+        payloads = self._decoder.feed(data)
+        frames = self._parse_all(payloads)
+        if self.violation is None and self._decoder.error is not None:
+            self._fail(self._decoder.error)
+        return frames
+
+    def receive_message(self, data: bytes) -> list[pb.Frame]:
+        """Return the frame in one WebSocket message (empty after a violation)."""
+        if self.violation is not None:
+            return []
+        if len(data) > self.max_frame_bytes:
+            self._fail(ProtocolError(Code.FRAME_TOO_LARGE, f"frame of {len(data)} bytes"))
+            return []
+        return self._parse_all((data,))
+
+    def encode(self, frame: pb.Frame) -> bytes:
+        """Serialize a frame for this connection's transport."""
+        payload = frame.SerializeToString()
+        return prefix_frame(payload) if self.stream else payload
+
+    def frame_bytes(self, payload: bytes) -> bytes:
+        """Wrap an already serialized frame for this connection's transport."""
+        return prefix_frame(payload) if self.stream else payload
+
+    def move_to(self, new: ConnectionState) -> None:
+        """Change state, raising RuntimeError on a move the state table forbids."""
+        if new is self.state:
+            return
+        check_transition(self.state, new)
+        self.state = new
+
+    def _parse_all(self, payloads: list[bytes] | tuple[bytes, ...]) -> list[pb.Frame]:
+        frames: list[pb.Frame] = []
+        for payload in payloads:
+            try:
+                frame = _FrameFromString(payload)
+            except DecodeError:
+                self._fail(ProtocolError(Code.PROTOCOL_ERROR, "frame is not a valid Protobuf"))
+                break
+            kind = frame.WhichOneof("kind")
+            if kind is None:
+                self._fail(ProtocolError(Code.PROTOCOL_ERROR, "frame has no known kind"))
+                break
+            if kind not in ALLOWED_FROM_CLIENT[self.state]:
+                self._fail(
+                    ProtocolError(
+                        Code.PROTOCOL_ERROR,
+                        f"frame {kind!r} is not allowed in state {self.state.value}",
+                    )
+                )
+                break
+            if kind == "connect":
+                # Later frames of the same read are checked against the new state.
+                self.move_to(ConnectionState.AUTHENTICATING)
+            frames.append(frame)
+        return frames
+
+    def _fail(self, error: ProtocolError) -> None:
+        self.violation = error
+        if self.state is not ConnectionState.CLOSED:
+            self.move_to(ConnectionState.CLOSING)
