@@ -8,6 +8,7 @@ bounded queues, each drained by one consumer task.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 
@@ -45,10 +46,8 @@ class InProcessBus(Bus):
         for task in self._consumers:
             task.cancel()
         for task in self._consumers:
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await task
-            except asyncio.CancelledError:
-                pass
         self._consumers.clear()
         self._subscribers.clear()
         self._pending.clear()

@@ -21,7 +21,7 @@ __all__ = [
 
 def status_name(status: int) -> str:
     """Return "online", "away", "busy" or "offline" for a `tether.v1.Status` value."""
-    return pb.Status.Name(status).removeprefix("STATUS_").lower()  # type: ignore[arg-type]
+    return pb.Status.Name(status).removeprefix("STATUS_").lower()
 
 
 @dataclass(frozen=True, slots=True)

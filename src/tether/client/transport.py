@@ -67,7 +67,7 @@ class _TcpTransport(ClientTransport):
         self._writer.close()
 
 
-class _WsListener(picows.WSListener):  # type: ignore[misc]
+class _WsListener(picows.WSListener):
     def __init__(self) -> None:
         super().__init__()
         self.frames: deque[bytes] = deque()
@@ -147,5 +147,6 @@ async def open_transport(url: str, *, timeout: float) -> ClientTransport:
             ),
             timeout,
         )
+        assert isinstance(listener, _WsListener)
         return _WsTransport(transport, listener)
     raise ValueError(f"invalid URL {url!r}: scheme must be tcp, ws or wss")

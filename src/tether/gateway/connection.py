@@ -53,9 +53,9 @@ class Connection:
         )
         self.user_id = ""
         self.device_id = ""
-        self.platform = 0
-        self.activity = 0
-        self.mode = 0
+        self.platform: pb.Platform = pb.PLATFORM_UNSPECIFIED
+        self.activity: pb.Activity = pb.ACTIVITY_UNSPECIFIED
+        self.mode: pb.Mode = pb.MODE_UNSPECIFIED
         self.peer = ""
         self.contacts: frozenset[str] = frozenset()
         self.snapshot_sent = False
@@ -131,6 +131,8 @@ class TcpConnection(Connection, asyncio.Protocol):
         self.gateway.connection_made(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.protocol.state is ConnectionState.CLOSING:
+            return  # lingering after our FIN: input is read and discarded
         gateway = self.gateway
         gateway.heard(self)
         frames = self.protocol.receive_data(data)
@@ -144,6 +146,7 @@ class TcpConnection(Connection, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gateway.connection_lost(self, exc)
+        self.transport = None  # break the reference cycle for reference counting
 
     def write_chunks(self, chunks: list[bytes]) -> None:
         assert self.transport is not None
@@ -157,5 +160,10 @@ class TcpConnection(Connection, asyncio.Protocol):
             return
         if abort:
             self.transport.abort()
+        elif self.transport.can_write_eof():
+            # Half-close and keep reading until the peer closes or the gateway's close timeout
+            # aborts us. Closing at once while the peer's data is still unread makes the kernel
+            # send a reset, which can destroy the Disconnect frame before the peer reads it.
+            self.transport.write_eof()
         else:
             self.transport.close()

@@ -70,7 +70,7 @@ class WsConnection(Connection):
         transport.disconnect(graceful=True)
 
 
-class _Listener(picows.WSListener):  # type: ignore[misc]
+class _Listener(picows.WSListener):
     """picows callbacks for one connection, forwarded to its WsConnection."""
 
     __slots__ = ("connection",)
@@ -117,14 +117,17 @@ class _Listener(picows.WSListener):  # type: ignore[misc]
             gateway.protocol_violation(connection)
 
     def on_ws_disconnected(self, transport: Any) -> None:
-        self.connection.gateway.connection_lost(self.connection, None)
+        connection = self.connection
+        connection.gateway.connection_lost(connection, None)
+        connection.transport = None  # break the reference cycle for reference counting
 
     def _assemble(self, frame: Any) -> bytes | None:
         """Return a complete message payload, or None while fragments are still arriving."""
         connection = self.connection
         fragments = connection.fragments
         if frame.msg_type is _BINARY and frame.fin and fragments is None:
-            return frame.get_payload_as_bytes()  # the usual case: one unfragmented message
+            payload: bytes = frame.get_payload_as_bytes()  # the usual case: one message, one frame
+            return payload
         if fragments is None:
             fragments = connection.fragments = []
         fragments.append(frame.get_payload_as_bytes())
@@ -188,6 +191,10 @@ async def start_websocket_server(gateway: Gateway, host: str, port: int) -> asyn
         host,
         port,
         max_frame_size=gateway.config.max_frame_bytes,
+        # Measured in docs/websocket-library.md: picows's default 16 KiB read buffer per
+        # connection dominated idle memory, and uvloop's transports used less than aiofastnet's.
+        read_buffer_init_size=2048,
+        use_aiofastnet=False,
         websocket_handshake_timeout=gateway.config.connect_timeout,
         logger_name=_picows_logger(),
     )

@@ -10,6 +10,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = ["Store", "StoreError", "StoredMessage", "conversation_id"]
 
@@ -275,8 +276,9 @@ class Store:
         except sqlite3.Error as error:
             raise StoreError(f"{error} in: {sql.split()[0]} ...") from error
 
-    def _query(self, sql: str, parameters: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-        return self._run(sql, parameters).fetchall()  # type: ignore[no-any-return]
+    def _query(self, sql: str, parameters: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = self._run(sql, parameters).fetchall()
+        return rows
 
 
 def _now_ms() -> int:

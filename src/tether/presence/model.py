@@ -15,7 +15,7 @@ from tether.protocol import tether_pb2 as pb
 __all__ = ["visible_status"]
 
 
-def visible_status(activities: Iterable[int], mode: int) -> int:
+def visible_status(activities: Iterable[int], mode: int) -> pb.Status:
     """Return the `tether.v1.Status` others see, from device activities and the user's mode."""
     activities = list(activities)
     if not activities or mode == pb.MODE_INVISIBLE:

@@ -45,7 +45,7 @@ class _Device:
 class _User:
     devices: dict[str, _Device] = field(default_factory=dict)
     mode: int = pb.MODE_AVAILABLE
-    status: int = pb.STATUS_OFFLINE  # last published visible status
+    status: pb.Status = pb.STATUS_OFFLINE  # last published visible status
     last_seen_ms: int = 0
     version: int = 0
     offline_deadline: float | None = None  # monotonic time the pending OFFLINE is due
@@ -133,7 +133,7 @@ class PresenceService:
             return
         self._publish(user_id, user, new_status)
 
-    def _publish(self, user_id: str, user: _User, status: int) -> None:
+    def _publish(self, user_id: str, user: _User, status: pb.Status) -> None:
         user.offline_deadline = None
         now_ms = _now_ms()
         if status == pb.STATUS_OFFLINE:

@@ -1,0 +1,226 @@
+"""Fixtures shared by the tests: servers on free ports, clients, raw sockets.
+
+Every wait in the tests is a multiple of `TIMEOUT`, which TETHER_TEST_TIMEOUT_SCALE scales
+for slow machines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import uvloop
+
+from tether.auth import issue_token
+from tether.client import Client
+from tether.client import events as ev
+from tether.gateway import GatewayConfig
+from tether.presence import PresenceConfig
+from tether.protocol import tether_pb2 as pb
+from tether.protocol.framing import StreamDecoder, prefix_frame
+from tether.server import EmbeddedServer, ServerConfig, send_admin_request
+
+SCALE = float(os.environ.get("TETHER_TEST_TIMEOUT_SCALE", "1"))
+TIMEOUT = 5.0 * SCALE  # longest wait for something that should happen
+QUIET = 0.3 * SCALE  # how long "nothing arrives" is watched for
+SECRET = "test-secret-of-at-least-32-bytes-for-hs256"
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Run every async test on uvloop, the loop tether runs on in production."""
+    return {"uvloop": uvloop.new_event_loop}
+
+
+def test_gateway_config(**overrides: object) -> GatewayConfig:
+    settings: dict[str, object] = {
+        "tcp_port": 0,
+        "ws_port": 0,
+        "heartbeat_interval": 0.5,
+        "offline_timeout": 2.0,
+        "connect_timeout": 1.0,
+        "sweep_interval": 0.05,
+        "request_timeout": 2.0,
+    }
+    settings.update(overrides)
+    return GatewayConfig(**settings)  # type: ignore[arg-type]
+
+
+test_gateway_config.__test__ = False  # type: ignore[attr-defined]
+
+
+ServerFactory = Callable[..., Awaitable[EmbeddedServer]]
+
+
+@pytest.fixture
+async def start_server(tmp_path: Path) -> AsyncIterator[ServerFactory]:
+    """Return a function that starts an embedded server on free ports; all stop at teardown."""
+    servers: list[EmbeddedServer] = []
+
+    async def start(*, grace_period: float = 0.3, **gateway: object) -> EmbeddedServer:
+        config = ServerConfig(
+            data_dir=tmp_path / f"server{len(servers)}",
+            secret=SECRET,
+            gateway=test_gateway_config(**gateway),
+            presence=PresenceConfig(grace_period=grace_period),
+        )
+        server = EmbeddedServer(config)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
+@pytest.fixture
+async def server(start_server: ServerFactory) -> EmbeddedServer:
+    return await start_server()
+
+
+def url_of(server: EmbeddedServer, transport: str) -> str:
+    if transport == "tcp":
+        return f"tcp://127.0.0.1:{server.tcp_port}"
+    return f"ws://127.0.0.1:{server.ws_port}{server.config.gateway.ws_path}"
+
+
+ClientFactory = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[ClientFactory]:
+    """Return a function that connects a client; every client closes at teardown."""
+    clients: list[Client] = []
+
+    async def open_client(
+        server: EmbeddedServer,
+        user: str,
+        *,
+        device: str = "phone",
+        transport: str = "tcp",
+        status: str = "online",
+        reconnect: bool = False,
+    ) -> Client:
+        client = Client(
+            url_of(server, transport),
+            issue_token(SECRET, user),
+            device,
+            status=status,
+            reconnect=reconnect,
+            connect_timeout=TIMEOUT,
+            ack_timeout=TIMEOUT,
+        )
+        await client.connect()
+        clients.append(client)
+        return client
+
+    yield open_client
+    for client in clients:
+        await client.close()
+
+
+async def add_contacts(server: EmbeddedServer, user_a: str, user_b: str) -> None:
+    result = await send_admin_request(server.config.data_dir, "contacts.add", [user_a, user_b])
+    assert result is not None, "control socket not reachable"
+    assert result.error_code == 0, result.error_message
+
+
+async def next_of(client: Client, kind: type, timeout: float = TIMEOUT) -> object:
+    """Return the next event of a kind, skipping others."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise TimeoutError(f"no {kind.__name__} within {timeout} s")
+        event = await client.next_event(remaining)
+        if isinstance(event, kind):
+            return event
+
+
+async def presence_of(client: Client, user: str, timeout: float = TIMEOUT) -> ev.Presence:
+    """Return the next presence change of user seen by client."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise TimeoutError(f"no presence change of {user} within {timeout} s")
+        event = await client.next_event(remaining)
+        if isinstance(event, ev.PresenceChanged) and event.presence.user_id == user:
+            return event.presence
+
+
+async def drain(client: Client, quiet: float = QUIET) -> list[ev.Event]:
+    """Return every event that arrives until none has for quiet seconds."""
+    seen: list[ev.Event] = []
+    while True:
+        try:
+            seen.append(await client.next_event(quiet))
+        except TimeoutError:
+            return seen
+
+
+class RawClient:
+    """A bare TCP client that speaks frames, for input no well-behaved client would send."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.decoder = StreamDecoder(16 * 1024 * 1024)
+        self.frames: list[pb.Frame] = []
+
+    @classmethod
+    async def open(cls, server: EmbeddedServer) -> RawClient:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.tcp_port)
+        return cls(reader, writer)
+
+    def send_raw(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    def send(self, frame: pb.Frame) -> None:
+        self.writer.write(prefix_frame(frame.SerializeToString()))
+
+    def send_connect(self, user: str, device: str = "raw", token: str | None = None) -> None:
+        connect = pb.Connect(
+            protocol_version=1,
+            token=issue_token(SECRET, user) if token is None else token,
+            device_id=device,
+        )
+        self.send(pb.Frame(connect=connect))
+
+    async def receive(self, timeout: float = TIMEOUT) -> pb.Frame | None:
+        """Return the next frame, or None when the server closed the connection."""
+        while not self.frames:
+            data = await asyncio.wait_for(self.reader.read(65536), timeout)
+            if not data:
+                return None
+            self.frames.extend(pb.Frame.FromString(p) for p in self.decoder.feed(data))
+        return self.frames.pop(0)
+
+    async def receive_kind(self, kind: str, timeout: float = TIMEOUT) -> pb.Frame:
+        """Return the next frame of a kind, skipping others; fail if the connection closes."""
+        while True:
+            frame = await self.receive(timeout)
+            assert frame is not None, f"connection closed before a {kind} frame"
+            if frame.WhichOneof("kind") == kind:
+                return frame
+
+    async def disconnect_code(self, timeout: float = TIMEOUT) -> int | None:
+        """Return the code of the Disconnect frame that precedes the close, if any."""
+        code = None
+        while True:
+            try:
+                frame = await self.receive(timeout)
+            except (ConnectionError, OSError):
+                return code
+            if frame is None:
+                return code
+            if frame.WhichOneof("kind") == "disconnect":
+                code = frame.disconnect.code
+
+    def close(self) -> None:
+        self.writer.close()

@@ -1,0 +1,177 @@
+"""The `tether` command as a user runs it: separate processes, real sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import jwt
+import pytest
+from conftest import TIMEOUT
+
+TETHER = [sys.executable, "-m", "tether.cli.main"]
+
+
+def run_tether(
+    *arguments: str, data_dir: Path, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*TETHER, *arguments, "--data-dir", str(data_dir)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 4,
+        check=False,
+    )
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[Path, int, int]]:
+    """Run `tether serve` on free ports; yield (data dir, TCP port, WebSocket port)."""
+    data_dir = tmp_path / "data"
+    process = subprocess.Popen(
+        [
+            *TETHER,
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--tcp-port",
+            "0",
+            "--ws-port",
+            "0",
+            "--grace-period",
+            "0.3",
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        found = re.search(r"tcp=[\d.]+:(\d+) ws=[\d.]+:(\d+)/ws", line)
+        assert found, f"unexpected first line from tether serve: {line!r}"
+        yield data_dir, int(found.group(1)), int(found.group(2))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            assert process.wait(timeout=TIMEOUT) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+
+def test_token_names_user(tmp_path: Path) -> None:
+    result = run_tether("token", "alice", "--ttl", "60", data_dir=tmp_path)
+    assert result.returncode == 0, result.stderr
+    secret = (tmp_path / "secret").read_text().strip()
+    claims = jwt.decode(result.stdout.strip(), secret, algorithms=["HS256"])
+    assert claims["sub"] == "alice"
+    assert claims["exp"] - claims["iat"] == 60
+
+
+def test_token_rejects_bad_user(tmp_path: Path) -> None:
+    result = run_tether("token", "has space", data_dir=tmp_path)
+    assert result.returncode == 2
+    assert "user id" in result.stderr
+
+
+def test_contacts_offline_edit(tmp_path: Path) -> None:
+    added = run_tether("contacts", "add", "alice", "bob", data_dir=tmp_path)
+    assert added.returncode == 0, added.stderr
+    assert "no server running" in added.stdout
+    listed = run_tether("contacts", "list", "bob", data_dir=tmp_path)
+    assert listed.stdout.split() == ["alice"]
+    removed = run_tether("contacts", "remove", "alice", "bob", data_dir=tmp_path)
+    assert removed.returncode == 0, removed.stderr
+    assert run_tether("contacts", "list", "bob", data_dir=tmp_path).stdout == ""
+
+
+def test_walkthrough_two_clients(served: tuple[Path, int, int]) -> None:
+    data_dir, tcp_port, ws_port = served
+    added = run_tether("contacts", "add", "alice", "bob", data_dir=data_dir)
+    assert "(live)" in added.stdout, added.stderr
+
+    env = {**os.environ, "TETHER_DATA_DIR": str(data_dir)}
+    bob = subprocess.Popen(
+        [*TETHER, "client", "bob", "--url", f"ws://127.0.0.1:{ws_port}/ws"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert bob.stdin is not None and bob.stdout is not None
+    bob_lines = [json.loads(bob.stdout.readline()) for _ in range(2)]
+    assert bob_lines[0]["event"] == "connected"
+    assert bob_lines[1] == {
+        "event": "snapshot",
+        "contacts": {"alice": {"status": "offline", "last_seen_ms": 0}},
+    }
+
+    alice = subprocess.Popen(
+        [*TETHER, "client", "alice", "--url", f"tcp://127.0.0.1:{tcp_port}"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert alice.stdin is not None and alice.stdout is not None
+    online = json.loads(bob.stdout.readline())
+    assert (online["event"], online["user"], online["status"]) == ("presence", "alice", "online")
+
+    alice.stdin.write("send bob hello from alice\n")
+    alice.stdin.flush()
+    message = json.loads(bob.stdout.readline())
+    assert message["event"] == "message"
+    assert message["text"] == "hello from alice"
+    assert message["sequence"] == 1
+
+    alice.stdin.write("quit\n")
+    alice.stdin.flush()
+    assert alice.wait(timeout=TIMEOUT) == 0
+    alice_lines = [json.loads(line) for line in alice.stdout.read().splitlines()]
+    assert any(line["event"] == "ack" and line["sequence"] == 1 for line in alice_lines)
+    offline = json.loads(bob.stdout.readline())
+    assert (offline["event"], offline["user"], offline["status"]) == (
+        "presence",
+        "alice",
+        "offline",
+    )
+
+    bob.stdin.close()  # end of input quits
+    assert bob.wait(timeout=TIMEOUT) == 0
+
+
+def test_serve_rejects_bad_setting(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = run_tether(
+        "serve", "--offline-timeout", "1", "--heartbeat-interval", "4", data_dir=tmp_path
+    )
+    assert result.returncode == 2
+    assert "offline_timeout" in result.stderr
+    assert time.monotonic() - started < TIMEOUT * 4
+
+
+def test_serve_reads_environment(tmp_path: Path) -> None:
+    env = {**os.environ, "TETHER_OFFLINE_TIMEOUT": "not-a-number"}
+    result = subprocess.run(
+        [*TETHER, "serve", "--data-dir", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 4,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "TETHER_OFFLINE_TIMEOUT" in result.stderr
