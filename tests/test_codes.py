@@ -68,9 +68,14 @@ def test_invalid_request_errors_final(code: Code) -> None:
     assert is_final(code) is True
 
 
-@pytest.mark.parametrize("value", [0, -1, 7, 999, 3999, 4099, 4499, 4999, 5000, 65535])
+@pytest.mark.parametrize("value", [0, -1, 7, 999, 3999, 4999, 5000, 65535])
 def test_unknown_code_is_final(value: int) -> None:
     assert is_final(value) is True
+
+
+@pytest.mark.parametrize("value", [4099, 4499])
+def test_unknown_reconnect_range_retries(value: int) -> None:
+    assert is_final(value) is False
 
 
 @pytest.mark.parametrize("value", [0, -1, 7, 4099, 4999, 65535])

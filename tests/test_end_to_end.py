@@ -357,6 +357,7 @@ async def test_heartbeat_answered_with_nonce(server: EmbeddedServer) -> None:
     connected = await raw.receive_kind("connected")
     assert connected.connected.heartbeat_interval_ms == 500
     assert connected.connected.offline_timeout_ms == 2000
+    assert connected.connected.max_body_bytes == server.config.gateway.max_body_bytes
     raw.send(pb.Frame(heartbeat=pb.Heartbeat(nonce=42)))
     answer = await raw.receive_kind("heartbeat_ack")
     assert answer.heartbeat_ack.nonce == 42
@@ -404,3 +405,44 @@ async def test_shutdown_tells_clients_to_reconnect(
     assert isinstance(closed, ev.Disconnected)
     assert closed.code == Code.SHUTDOWN
     assert closed.reconnecting is True
+
+
+async def test_invisible_departure_hides_last_seen(
+    server: EmbeddedServer, connect: ClientFactory
+) -> None:
+    await friends(server)
+    bob = await connect(server, "bob")
+    alice = await connect(server, "alice")
+    assert (await presence_of(bob, "alice")).status == "online"
+    await alice.set_status("invisible")
+    hidden = await presence_of(bob, "alice")
+    assert hidden.status == "offline"
+
+    await asyncio.sleep(0.05)  # a later departure would show a later time
+    await alice.close()
+    await asyncio.sleep(0.5)  # past the grace period
+    late = await connect(server, "bob", device="laptop")
+    snapshot = await next_of(late, ev.PresenceSnapshot)
+    assert isinstance(snapshot, ev.PresenceSnapshot)
+    assert snapshot.contacts["alice"].status == "offline"
+    assert snapshot.contacts["alice"].last_seen_ms == hidden.last_seen_ms
+
+
+async def test_shutdown_spreads_reconnect_delays(start_server: ServerFactory) -> None:
+    server = await start_server(reconnect_spread=1.5)
+    clients = []
+    for index in range(20):
+        raw = await RawClient.open(server)
+        raw.send_connect(f"user{index}")
+        await raw.receive_kind("connected")
+        clients.append(raw)
+    await server.close()
+
+    delays = []
+    for raw in clients:
+        frame = await raw.receive_kind("disconnect")
+        assert frame.disconnect.code == Code.SHUTDOWN
+        delays.append(frame.disconnect.reconnect_delay_ms)
+        raw.close()
+    assert max(delays) <= 1500
+    assert len(set(delays)) > 1  # spread, not one instant

@@ -14,7 +14,7 @@ from tether.protocol.errors import ProtocolError
 from tether.protocol.framing import StreamDecoder, encode_varint, prefix_frame
 from tether.protocol.states import ALLOWED_FROM_CLIENT, ConnectionState
 
-# Enough examples to reach the error paths while the file still runs in a few seconds.
+# Modest example counts keep this whole file to a few seconds.
 PROPERTY_SETTINGS = settings(max_examples=200, deadline=None)
 
 DECODER_CODES = {Code.PROTOCOL_ERROR, Code.FRAME_TOO_LARGE}
@@ -26,10 +26,12 @@ PATH_TO_STATE = {
     ConnectionState.OPEN: [ConnectionState.AUTHENTICATING, ConnectionState.OPEN],
 }
 
-uint64 = st.integers(min_value=0, max_value=2**64 - 1)
+uint64_values = st.integers(min_value=0, max_value=2**64 - 1)
 short_text = st.text(max_size=40)
 
-heartbeat_frames = st.builds(lambda nonce: pb.Frame(heartbeat=pb.Heartbeat(nonce=nonce)), uint64)
+heartbeat_frames = st.builds(
+    lambda nonce: pb.Frame(heartbeat=pb.Heartbeat(nonce=nonce)), uint64_values
+)
 send_frames = st.builds(
     lambda message_id, recipient, body: pb.Frame(
         send=pb.Send(client_message_id=message_id, recipient=recipient, body=body)
@@ -46,7 +48,8 @@ set_status_frames = st.builds(
 open_frames = st.one_of(heartbeat_frames, send_frames, set_status_frames)
 
 # Stream input that is partly well formed, so decoding gets past the first bytes more often
-# than with uniformly random bytes: valid frames, prefixed random bodies and raw bytes.
+# than uniformly random bytes would. Each piece is a valid frame, a prefixed random body or
+# raw bytes.
 stream_pieces = st.one_of(
     open_frames.map(lambda frame: prefix_frame(frame.SerializeToString())),
     st.binary(max_size=40).map(prefix_frame),

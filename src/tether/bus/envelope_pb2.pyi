@@ -1,18 +1,15 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
-from google.protobuf import descriptor as _descriptor
-from google.protobuf import message as _message
+from tether.protocol import tether_pb2 as _tether_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
-
-from tether.protocol import tether_pb2 as _tether_pb2
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Envelope(_message.Message):
-    __slots__ = ("admin_request", "admin_result", "connect_request", "connect_result", "contacts_update", "deliver_ack", "presence_change", "reply_to", "request_id", "send_request", "send_result", "snapshot_request", "snapshot_result", "transitions", "user_delivery")
+    __slots__ = ("reply_to", "request_id", "connect_request", "connect_result", "send_request", "send_result", "user_delivery", "transitions", "presence_change", "snapshot_request", "snapshot_result", "contacts_update", "deliver_ack", "admin_request", "admin_result")
     REPLY_TO_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CONNECT_REQUEST_FIELD_NUMBER: _ClassVar[int]
@@ -43,47 +40,47 @@ class Envelope(_message.Message):
     deliver_ack: DeliverAckRequest
     admin_request: AdminRequest
     admin_result: AdminResult
-    def __init__(self, reply_to: str | None = ..., request_id: int | None = ..., connect_request: ConnectRequest | _Mapping | None = ..., connect_result: ConnectResult | _Mapping | None = ..., send_request: SendRequest | _Mapping | None = ..., send_result: SendResult | _Mapping | None = ..., user_delivery: UserDelivery | _Mapping | None = ..., transitions: TransitionBatch | _Mapping | None = ..., presence_change: PresenceChange | _Mapping | None = ..., snapshot_request: SnapshotRequest | _Mapping | None = ..., snapshot_result: SnapshotResult | _Mapping | None = ..., contacts_update: ContactsUpdate | _Mapping | None = ..., deliver_ack: DeliverAckRequest | _Mapping | None = ..., admin_request: AdminRequest | _Mapping | None = ..., admin_result: AdminResult | _Mapping | None = ...) -> None: ...
+    def __init__(self, reply_to: _Optional[str] = ..., request_id: _Optional[int] = ..., connect_request: _Optional[_Union[ConnectRequest, _Mapping]] = ..., connect_result: _Optional[_Union[ConnectResult, _Mapping]] = ..., send_request: _Optional[_Union[SendRequest, _Mapping]] = ..., send_result: _Optional[_Union[SendResult, _Mapping]] = ..., user_delivery: _Optional[_Union[UserDelivery, _Mapping]] = ..., transitions: _Optional[_Union[TransitionBatch, _Mapping]] = ..., presence_change: _Optional[_Union[PresenceChange, _Mapping]] = ..., snapshot_request: _Optional[_Union[SnapshotRequest, _Mapping]] = ..., snapshot_result: _Optional[_Union[SnapshotResult, _Mapping]] = ..., contacts_update: _Optional[_Union[ContactsUpdate, _Mapping]] = ..., deliver_ack: _Optional[_Union[DeliverAckRequest, _Mapping]] = ..., admin_request: _Optional[_Union[AdminRequest, _Mapping]] = ..., admin_result: _Optional[_Union[AdminResult, _Mapping]] = ...) -> None: ...
 
 class ConnectRequest(_message.Message):
-    __slots__ = ("device_id", "platform", "user_id")
+    __slots__ = ("user_id", "device_id", "platform")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     device_id: str
     platform: _tether_pb2.Platform
-    def __init__(self, user_id: str | None = ..., device_id: str | None = ..., platform: _tether_pb2.Platform | str | None = ...) -> None: ...
+    def __init__(self, user_id: _Optional[str] = ..., device_id: _Optional[str] = ..., platform: _Optional[_Union[_tether_pb2.Platform, str]] = ...) -> None: ...
 
 class ConnectResult(_message.Message):
-    __slots__ = ("contacts", "error_code", "error_message")
+    __slots__ = ("error_code", "error_message", "contacts")
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     CONTACTS_FIELD_NUMBER: _ClassVar[int]
     error_code: int
     error_message: str
     contacts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, error_code: int | None = ..., error_message: str | None = ..., contacts: _Iterable[str] | None = ...) -> None: ...
+    def __init__(self, error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., contacts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SendRequest(_message.Message):
-    __slots__ = ("send", "sender", "sender_device")
+    __slots__ = ("sender", "sender_device", "send")
     SENDER_FIELD_NUMBER: _ClassVar[int]
     SENDER_DEVICE_FIELD_NUMBER: _ClassVar[int]
     SEND_FIELD_NUMBER: _ClassVar[int]
     sender: str
     sender_device: str
     send: _tether_pb2.Send
-    def __init__(self, sender: str | None = ..., sender_device: str | None = ..., send: _tether_pb2.Send | _Mapping | None = ...) -> None: ...
+    def __init__(self, sender: _Optional[str] = ..., sender_device: _Optional[str] = ..., send: _Optional[_Union[_tether_pb2.Send, _Mapping]] = ...) -> None: ...
 
 class SendResult(_message.Message):
-    __slots__ = ("ack", "error_code", "error_message")
+    __slots__ = ("error_code", "error_message", "ack")
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     error_code: int
     error_message: str
     ack: _tether_pb2.SendAck
-    def __init__(self, error_code: int | None = ..., error_message: str | None = ..., ack: _tether_pb2.SendAck | _Mapping | None = ...) -> None: ...
+    def __init__(self, error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., ack: _Optional[_Union[_tether_pb2.SendAck, _Mapping]] = ...) -> None: ...
 
 class UserDelivery(_message.Message):
     __slots__ = ("frame", "skip_device")
@@ -91,10 +88,10 @@ class UserDelivery(_message.Message):
     SKIP_DEVICE_FIELD_NUMBER: _ClassVar[int]
     frame: bytes
     skip_device: str
-    def __init__(self, frame: bytes | None = ..., skip_device: str | None = ...) -> None: ...
+    def __init__(self, frame: _Optional[bytes] = ..., skip_device: _Optional[str] = ...) -> None: ...
 
 class Transition(_message.Message):
-    __slots__ = ("at_ms", "connection_id", "device_id", "kind", "status", "user_id")
+    __slots__ = ("kind", "user_id", "device_id", "connection_id", "status", "at_ms")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         KIND_UNSPECIFIED: _ClassVar[Transition.Kind]
@@ -117,7 +114,7 @@ class Transition(_message.Message):
     connection_id: str
     status: _tether_pb2.SetStatus
     at_ms: int
-    def __init__(self, kind: Transition.Kind | str | None = ..., user_id: str | None = ..., device_id: str | None = ..., connection_id: str | None = ..., status: _tether_pb2.SetStatus | _Mapping | None = ..., at_ms: int | None = ...) -> None: ...
+    def __init__(self, kind: _Optional[_Union[Transition.Kind, str]] = ..., user_id: _Optional[str] = ..., device_id: _Optional[str] = ..., connection_id: _Optional[str] = ..., status: _Optional[_Union[_tether_pb2.SetStatus, _Mapping]] = ..., at_ms: _Optional[int] = ...) -> None: ...
 
 class TransitionBatch(_message.Message):
     __slots__ = ("gateway_id", "transitions")
@@ -125,25 +122,25 @@ class TransitionBatch(_message.Message):
     TRANSITIONS_FIELD_NUMBER: _ClassVar[int]
     gateway_id: str
     transitions: _containers.RepeatedCompositeFieldContainer[Transition]
-    def __init__(self, gateway_id: str | None = ..., transitions: _Iterable[Transition | _Mapping] | None = ...) -> None: ...
+    def __init__(self, gateway_id: _Optional[str] = ..., transitions: _Optional[_Iterable[_Union[Transition, _Mapping]]] = ...) -> None: ...
 
 class PresenceChange(_message.Message):
     __slots__ = ("presence",)
     PRESENCE_FIELD_NUMBER: _ClassVar[int]
     presence: _tether_pb2.UserPresence
-    def __init__(self, presence: _tether_pb2.UserPresence | _Mapping | None = ...) -> None: ...
+    def __init__(self, presence: _Optional[_Union[_tether_pb2.UserPresence, _Mapping]] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
     __slots__ = ("user_ids",)
     USER_IDS_FIELD_NUMBER: _ClassVar[int]
     user_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, user_ids: _Iterable[str] | None = ...) -> None: ...
+    def __init__(self, user_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SnapshotResult(_message.Message):
     __slots__ = ("users",)
     USERS_FIELD_NUMBER: _ClassVar[int]
     users: _containers.RepeatedCompositeFieldContainer[_tether_pb2.UserPresence]
-    def __init__(self, users: _Iterable[_tether_pb2.UserPresence | _Mapping] | None = ...) -> None: ...
+    def __init__(self, users: _Optional[_Iterable[_Union[_tether_pb2.UserPresence, _Mapping]]] = ...) -> None: ...
 
 class ContactsUpdate(_message.Message):
     __slots__ = ("added", "removed")
@@ -151,25 +148,25 @@ class ContactsUpdate(_message.Message):
     REMOVED_FIELD_NUMBER: _ClassVar[int]
     added: _containers.RepeatedScalarFieldContainer[str]
     removed: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, added: _Iterable[str] | None = ..., removed: _Iterable[str] | None = ...) -> None: ...
+    def __init__(self, added: _Optional[_Iterable[str]] = ..., removed: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeliverAckRequest(_message.Message):
-    __slots__ = ("ack", "device_id", "user_id")
+    __slots__ = ("user_id", "device_id", "ack")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     device_id: str
     ack: _tether_pb2.DeliverAck
-    def __init__(self, user_id: str | None = ..., device_id: str | None = ..., ack: _tether_pb2.DeliverAck | _Mapping | None = ...) -> None: ...
+    def __init__(self, user_id: _Optional[str] = ..., device_id: _Optional[str] = ..., ack: _Optional[_Union[_tether_pb2.DeliverAck, _Mapping]] = ...) -> None: ...
 
 class AdminRequest(_message.Message):
-    __slots__ = ("args", "operation")
+    __slots__ = ("operation", "args")
     OPERATION_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
     operation: str
     args: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, operation: str | None = ..., args: _Iterable[str] | None = ...) -> None: ...
+    def __init__(self, operation: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AdminResult(_message.Message):
     __slots__ = ("error_code", "error_message")
@@ -177,4 +174,4 @@ class AdminResult(_message.Message):
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     error_code: int
     error_message: str
-    def __init__(self, error_code: int | None = ..., error_message: str | None = ...) -> None: ...
+    def __init__(self, error_code: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...

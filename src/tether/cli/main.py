@@ -33,6 +33,13 @@ def _positive(text: str) -> float:
     return value
 
 
+def _not_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -116,6 +123,13 @@ def _build_parser() -> argparse.ArgumentParser:
         convert=_positive,
         default=5.0,
         help="seconds to wait for the logic layer to answer",
+    )
+    add_option(
+        serve,
+        "--reconnect-spread",
+        convert=_not_negative,
+        default=2.0,
+        help="seconds over which clients closed by a shutdown spread their reconnects",
     )
     add_option(
         serve,

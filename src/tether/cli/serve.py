@@ -29,6 +29,7 @@ async def serve(arguments: argparse.Namespace) -> int:
             offline_timeout=arguments.offline_timeout,
             connect_timeout=arguments.connect_timeout,
             request_timeout=arguments.request_timeout,
+            reconnect_spread=arguments.reconnect_spread,
             max_frame_bytes=arguments.max_frame_bytes,
             max_body_bytes=arguments.max_body_bytes,
             max_outgoing_bytes=arguments.max_outgoing_bytes,

@@ -41,6 +41,8 @@ _MODES = {
 }
 # Close code reported when the transport failed without a Disconnect frame.
 TRANSPORT_LOST = 1006
+# Seconds a session must last before the reconnect backoff starts again from its first step.
+STABLE_SESSION = 10.0
 
 
 class Client:
@@ -184,9 +186,11 @@ class Client:
     async def _run(self) -> None:
         attempt = 0
         while not self._closing:
+            started = asyncio.get_running_loop().time()
             code, reason, server_delay, opened = await self._connect_once()
-            if opened:
-                attempt = 0
+            lasted = asyncio.get_running_loop().time() - started
+            if opened and lasted >= STABLE_SESSION:
+                attempt = 0  # a session that was accepted and then kicked at once keeps backing off
             final = (
                 self._closing or not self.reconnect or (code != TRANSPORT_LOST and is_final(code))
             )
@@ -331,7 +335,7 @@ class Client:
         await self._events.put(event)
 
     def _backoff(self, attempt: int) -> float:
-        """Return a delay drawn uniformly below the exponential bound (full jitter)."""
+        """Return a delay drawn uniformly between half the first delay and the exponential bound."""
         bound = min(self.backoff_max, self.backoff_initial * (2**attempt))
         return random.uniform(self.backoff_initial / 2, max(bound, self.backoff_initial / 2))
 

@@ -33,6 +33,8 @@ class GatewayConfig:
     """Seconds between checks for timed-out connections and requests (default 1)."""
     close_timeout: float = 5.0
     """Seconds a closing connection may take to flush before it is aborted (default 5)."""
+    reconnect_spread: float = 2.0
+    """Seconds over which clients closed by a shutdown spread their reconnects (default 2)."""
     max_frame_bytes: int = 65_536
     """Largest frame accepted from a client, checked before buffering (default 64 KiB)."""
     max_body_bytes: int = 32_768
@@ -51,6 +53,8 @@ class GatewayConfig:
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.reconnect_spread < 0:
+            raise ValueError(f"reconnect_spread must not be negative, got {self.reconnect_spread}")
         if self.offline_timeout <= self.heartbeat_interval:
             raise ValueError(
                 f"offline_timeout ({self.offline_timeout} s) must exceed heartbeat_interval "

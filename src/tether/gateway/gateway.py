@@ -21,6 +21,7 @@ import functools
 import gc
 import logging
 import os
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -91,12 +92,18 @@ class Gateway:
         logger.info("gateway %s started", self.id)
 
     async def close(self, code: Code = Code.SHUTDOWN, reason: str = "server shutting down") -> None:
-        """Close every connection with code and stop the sweep."""
+        """Close every connection with code and stop the sweep.
+
+        Each client is told to wait a random delay up to `reconnect_spread` before it
+        reconnects, so a restart does not bring every client back in the same instant.
+        """
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        spread_ms = int(self.config.reconnect_spread * 1000)
         for connection in list(self.connections.values()):
-            self.close_connection(connection, code, reason)
+            delay_ms = random.randint(0, spread_ms) if spread_ms else 0
+            self._close(connection, code, reason, abort=False, reconnect_delay_ms=delay_ms)
         self._flush()
         self._flush_transitions()
         self.requests.fail_all()
@@ -153,9 +160,11 @@ class Gateway:
         logger.warning(
             "slow consumer %s: %d bytes queued", connection.describe(), connection.outbox_bytes
         )
+        # Drop what is not yet written; the Disconnect goes after what the transport holds,
+        # and the close timeout aborts the connection if the client never reads it.
         connection.outbox.clear()
         connection.outbox_bytes = 0
-        self._close(connection, Code.SLOW_CONSUMER, "outgoing queue overflowed", abort=True)
+        self._close(connection, Code.SLOW_CONSUMER, "outgoing queue overflowed", abort=False)
 
     def close_connection(self, connection: Connection, code: Code, reason: str) -> None:
         """Send Disconnect with code and close the connection."""
@@ -297,6 +306,7 @@ class Gateway:
                     server_time_ms=_now_ms(),
                     max_frame_bytes=config.max_frame_bytes,
                     protocol_version=PROTOCOL_VERSION,
+                    max_body_bytes=config.max_body_bytes,
                 )
             )
         )
@@ -539,13 +549,23 @@ class Gateway:
     # Closing.
 
     def _close(
-        self, connection: Connection, code: Code | None, reason: str, *, abort: bool
+        self,
+        connection: Connection,
+        code: Code | None,
+        reason: str,
+        *,
+        abort: bool,
+        reconnect_delay_ms: int = 0,
     ) -> None:
         state = connection.protocol.state
         if connection.closing_deadline or state is ConnectionState.CLOSED:
             return  # closing already; the protocol core may have moved to CLOSING by itself
         if code is not None and not abort:
-            frame = pb.Frame(disconnect=pb.Disconnect(code=code, reason=reason[:200]))
+            frame = pb.Frame(
+                disconnect=pb.Disconnect(
+                    code=code, reason=reason[:200], reconnect_delay_ms=reconnect_delay_ms
+                )
+            )
             connection.send_frame(frame)
             connection.flush()
         connection.protocol.move_to(ConnectionState.CLOSING)

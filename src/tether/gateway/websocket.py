@@ -29,12 +29,16 @@ _BINARY = picows.WSMsgType.BINARY
 _CONTINUATION = picows.WSMsgType.CONTINUATION
 _CLOSE = picows.WSMsgType.CLOSE
 _PING = picows.WSMsgType.PING
+_PONG = picows.WSMsgType.PONG
+# Fragments of one message accepted before the sender is closed, whatever their size: each
+# costs a Python call, so empty fragments must be bounded too.
+MAX_FRAGMENTS = 64
 
 
 class WsConnection(Connection):
     """Connection over WebSocket: each queued item is one binary message."""
 
-    __slots__ = ("fragments", "transport")
+    __slots__ = ("fragment_bytes", "fragments", "transport")
 
     transport_name = "ws"
 
@@ -42,6 +46,7 @@ class WsConnection(Connection):
         super().__init__(gateway, connection_id, stream=False)
         self.transport: Any = None
         self.fragments: list[bytes] | None = None
+        self.fragment_bytes = 0
 
     def write_chunks(self, chunks: list[bytes]) -> None:
         send = self.transport.send
@@ -97,6 +102,9 @@ class _Listener(picows.WSListener):
             transport.send_pong(frame.get_payload_as_bytes())
             connection.gateway.heard(connection)
             return
+        elif message_type is _PONG:
+            connection.gateway.heard(connection)  # unsolicited pongs are allowed (RFC 6455 5.5.3)
+            return
         elif message_type is _CLOSE:
             transport.send_close(frame.get_close_code())
             transport.disconnect()
@@ -125,24 +133,39 @@ class _Listener(picows.WSListener):
         """Return a complete message payload, or None while fragments are still arriving."""
         connection = self.connection
         fragments = connection.fragments
-        if frame.msg_type is _BINARY and frame.fin and fragments is None:
+        starts_message = frame.msg_type is _BINARY
+        if starts_message and frame.fin and fragments is None:
             payload: bytes = frame.get_payload_as_bytes()  # the usual case: one message, one frame
             return payload
+        if starts_message == (fragments is not None):
+            # A continuation with no message started, or a new message inside a fragmented one.
+            self._fail(Code.PROTOCOL_ERROR, "invalid sequence of WebSocket fragments")
+            return None
         if fragments is None:
             fragments = connection.fragments = []
-        fragments.append(frame.get_payload_as_bytes())
-        size = sum(len(part) for part in fragments)
-        if size > connection.protocol.max_frame_bytes:
-            connection.fragments = None
-            connection.protocol.violation = ProtocolError(
-                Code.FRAME_TOO_LARGE, f"fragmented message of over {size} bytes"
+            connection.fragment_bytes = 0
+        part = frame.get_payload_as_bytes()
+        fragments.append(part)
+        connection.fragment_bytes += len(part)
+        if connection.fragment_bytes > connection.protocol.max_frame_bytes:
+            self._fail(
+                Code.FRAME_TOO_LARGE,
+                f"fragmented message of over {connection.fragment_bytes} bytes",
             )
-            connection.gateway.protocol_violation(connection)
+            return None
+        if len(fragments) > MAX_FRAGMENTS:
+            self._fail(Code.PROTOCOL_ERROR, f"message split into over {MAX_FRAGMENTS} fragments")
             return None
         if not frame.fin:
             return None
         connection.fragments = None
         return b"".join(fragments)
+
+    def _fail(self, code: Code, reason: str) -> None:
+        connection = self.connection
+        connection.fragments = None
+        connection.protocol.violation = ProtocolError(code, reason)
+        connection.gateway.protocol_violation(connection)
 
 
 def _picows_logger() -> logging.Logger:

@@ -254,6 +254,13 @@ class Store:
             for r in rows
         ]
 
+    def is_participant(self, user_id: str, conversation: str) -> bool:
+        """Tell whether user_id takes part in a stored conversation."""
+        kind, _, members = conversation.partition(":")
+        if kind != "d" or user_id not in members.split(":"):
+            return False
+        return bool(self._query("SELECT 1 FROM conversations WHERE id = ?", (conversation,)))
+
     def mark_read(self, user_id: str, device_id: str, conversation: str, sequence: int) -> None:
         """Advance a device's read marker in a conversation (never moves it back)."""
         self._run(

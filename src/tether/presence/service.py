@@ -112,7 +112,8 @@ class PresenceService:
             return
         elif kind == env.Transition.KIND_OFFLINE:
             del user.devices[transition.device_id]
-            user.last_seen_ms = max(user.last_seen_ms, min(transition.at_ms, _now_ms()))
+            if user.mode != pb.MODE_INVISIBLE:  # others must not learn when invisible users leave
+                user.last_seen_ms = max(user.last_seen_ms, min(transition.at_ms, _now_ms()))
         elif kind == env.Transition.KIND_STATUS:
             if status.activity:
                 device.activity = status.activity

@@ -10,7 +10,7 @@ so the same number works on both transports.
 - 4500-4999: final. Reconnecting with the same token or input fails the same way, so the client
   must not reconnect automatically.
 
-docs/protocol.md prints this table; tests/test_codes.py keeps the two in step.
+docs/protocol.md prints this table; tests/test_docs_protocol.py keeps the two in step.
 """
 
 from __future__ import annotations
@@ -18,7 +18,18 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["Code", "CodeInfo", "describe", "is_final"]
+__all__ = [
+    "RECONNECT_RANGE_END",
+    "RECONNECT_RANGE_START",
+    "Code",
+    "CodeInfo",
+    "describe",
+    "is_final",
+    "table",
+]
+
+RECONNECT_RANGE_START = 4000
+RECONNECT_RANGE_END = 4499
 
 
 class Code(enum.IntEnum):
@@ -126,11 +137,15 @@ def describe(code: int) -> CodeInfo:
 
 
 def is_final(code: int) -> bool:
-    """Tell whether a client must not retry after this code (unknown codes count as final)."""
+    """Tell whether a client must not retry after this code.
+
+    A code missing from the table (from a newer server) is judged by its range, so a client
+    keeps reconnecting after an unknown 4000-4499 code. Unknown request errors count as final.
+    """
     try:
         return not describe(code).retry
     except ValueError:
-        return True
+        return not RECONNECT_RANGE_START <= code <= RECONNECT_RANGE_END
 
 
 def table() -> list[CodeInfo]:

@@ -45,7 +45,9 @@ class FrameTooLarge(ProtocolError):
     """A frame's length prefix exceeds the allowed maximum."""
 
     def __init__(self, length: int, limit: int) -> None:
-        super().__init__(Code.FRAME_TOO_LARGE, f"frame of {length} bytes exceeds {limit} bytes")
+        super().__init__(
+            Code.FRAME_TOO_LARGE, f"frame of at least {length} bytes exceeds {limit} bytes"
+        )
         self.length = length
         self.limit = limit
 

@@ -23,10 +23,10 @@ _SINGLE_BYTES = [bytes((value,)) for value in range(128)]
 
 def encode_varint(value: int) -> bytes:
     """Encode a non-negative integer as a Protobuf base-128 varint."""
-    if value < 128:
-        return _SINGLE_BYTES[value]
     if value < 0:
         raise ValueError(f"varint must be non-negative, got {value}")
+    if value < 128:
+        return _SINGLE_BYTES[value]
     out = bytearray()
     while value >= 128:
         out.append((value & 0x7F) | 0x80)
@@ -45,14 +45,18 @@ class StreamDecoder:
 
     `feed` returns the complete payloads found so far. After a violation it records the error
     in `error`, returns the payloads that came before it and ignores all later input.
+
+    A partial frame waits in a buffer. While the buffer is shorter than the frame it belongs
+    to, `feed` only appends to it, so a frame trickled in byte by byte costs linear time.
     """
 
-    __slots__ = ("_buffer", "error", "max_frame_bytes")
+    __slots__ = ("_buffer", "_needed", "error", "max_frame_bytes")
 
     def __init__(self, max_frame_bytes: int) -> None:
         self.max_frame_bytes = max_frame_bytes
         self.error: ProtocolError | None = None
         self._buffer = bytearray()
+        self._needed = 0  # buffered bytes needed before parsing can make progress
 
     @property
     def buffered(self) -> int:
@@ -65,6 +69,8 @@ class StreamDecoder:
             return []
         if self._buffer:
             self._buffer += data
+            if len(self._buffer) < self._needed:
+                return []
             data = bytes(self._buffer)
             self._buffer.clear()
 
@@ -72,6 +78,7 @@ class StreamDecoder:
         position = 0
         end = len(data)
         limit = self.max_frame_bytes
+        needed = 0
         while position < end:
             # Fast path: lengths below 128 take a single byte.
             first = data[position]
@@ -80,43 +87,49 @@ class StreamDecoder:
                 body_start = position + 1
             else:
                 length, body_start = self._read_long_varint(data, position)
+                if self.error is not None:
+                    return payloads
                 if body_start < 0:
-                    break  # the prefix is incomplete, or an error was recorded
+                    needed = end - position + 1  # the prefix is incomplete
+                    break
             if length > limit:
                 self.error = FrameTooLarge(length, limit)
                 return payloads
             body_end = body_start + length
             if body_end > end:
+                needed = body_end - position
                 break
             payloads.append(data[body_start:body_end])
             position = body_end
 
         if position < end:
             self._buffer += data[position:]
+            self._needed = needed
         return payloads
 
     def _read_long_varint(self, data: bytes, position: int) -> tuple[int, int]:
         """Decode a varint of two or more bytes; return (value, end) or (0, -1) if incomplete.
 
-        An incomplete prefix whose bytes so far already prove a value above the maximum is
-        rejected at once, so a client cannot hold the decoder waiting on a huge length.
+        A prefix is rejected as soon as the bits read so far exceed the maximum, even before
+        it is complete, and a prefix longer than 10 bytes is rejected outright. Padded
+        encodings of small lengths (allowed by Protobuf, never written by its encoders) pass.
         """
         value = 0
         shift = 0
         index = position
         end = len(data)
+        limit = self.max_frame_bytes
         while index < end:
             byte = data[index]
             value |= (byte & 0x7F) << shift
             index += 1
+            if value > limit:
+                self.error = FrameTooLarge(value, limit)
+                return 0, -1
             if byte < 0x80:
                 return value, index
             shift += 7
             if index - position >= MAX_VARINT_BYTES:
                 self.error = ProtocolError(Code.PROTOCOL_ERROR, "varint length prefix too long")
-                return 0, -1
-            # More bytes follow, so the final value is at least 2**shift.
-            if (1 << shift) > self.max_frame_bytes:
-                self.error = FrameTooLarge(1 << shift, self.max_frame_bytes)
                 return 0, -1
         return 0, -1

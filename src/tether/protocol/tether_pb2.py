@@ -24,53 +24,53 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctether/protocol/tether.proto\x12\ttether.v1\"\x80\x05\n\x05\x46rame\x12%\n\x07\x63onnect\x18\x01 \x01(\x0b\x32\x12.tether.v1.ConnectH\x00\x12)\n\tconnected\x18\x02 \x01(\x0b\x32\x14.tether.v1.ConnectedH\x00\x12)\n\theartbeat\x18\x03 \x01(\x0b\x32\x14.tether.v1.HeartbeatH\x00\x12\x30\n\rheartbeat_ack\x18\x04 \x01(\x0b\x32\x17.tether.v1.HeartbeatAckH\x00\x12\x1f\n\x04send\x18\x05 \x01(\x0b\x32\x0f.tether.v1.SendH\x00\x12&\n\x08send_ack\x18\x06 \x01(\x0b\x32\x12.tether.v1.SendAckH\x00\x12%\n\x07\x64\x65liver\x18\x07 \x01(\x0b\x32\x12.tether.v1.DeliverH\x00\x12,\n\x0b\x64\x65liver_ack\x18\x08 \x01(\x0b\x32\x15.tether.v1.DeliverAckH\x00\x12*\n\nset_status\x18\t \x01(\x0b\x32\x14.tether.v1.SetStatusH\x00\x12\x34\n\x0fpresence_update\x18\n \x01(\x0b\x32\x19.tether.v1.PresenceUpdateH\x00\x12\x38\n\x11presence_snapshot\x18\x0b \x01(\x0b\x32\x1b.tether.v1.PresenceSnapshotH\x00\x12!\n\x05\x65rror\x18\x0c \x01(\x0b\x32\x10.tether.v1.ErrorH\x00\x12+\n\ndisconnect\x18\r \x01(\x0b\x32\x15.tether.v1.DisconnectH\x00\x12\x36\n\x10\x63ontacts_changed\x18\x0e \x01(\x0b\x32\x1a.tether.v1.ContactsChangedH\x00\x42\x06\n\x04kind\"\xa7\x01\n\x07\x43onnect\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12%\n\x08platform\x18\x04 \x01(\x0e\x32\x13.tether.v1.Platform\x12\x13\n\x0b\x63lient_name\x18\x05 \x01(\t\x12$\n\x06status\x18\x06 \x01(\x0b\x32\x14.tether.v1.SetStatus\"\xb6\x01\n\tConnected\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\r\x12\x1a\n\x12offline_timeout_ms\x18\x04 \x01(\r\x12\x16\n\x0eserver_time_ms\x18\x05 \x01(\x03\x12\x17\n\x0fmax_frame_bytes\x18\x06 \x01(\r\x12\x18\n\x10protocol_version\x18\x07 \x01(\r\"\x1a\n\tHeartbeat\x12\r\n\x05nonce\x18\x01 \x01(\x04\"5\n\x0cHeartbeatAck\x12\r\n\x05nonce\x18\x01 \x01(\x04\x12\x16\n\x0eserver_time_ms\x18\x02 \x01(\x03\"B\n\x04Send\x12\x19\n\x11\x63lient_message_id\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\"y\n\x07SendAck\x12\x19\n\x11\x63lient_message_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\x04\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x14\n\x0ctimestamp_ms\x18\x05 \x01(\x03\"\xc1\x01\n\x07Message\x12\x12\n\nmessage_id\x18\x01 \x01(\x04\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x15\n\rsender_device\x18\x05 \x01(\t\x12\x11\n\trecipient\x18\x06 \x01(\t\x12\x0c\n\x04\x62ody\x18\x07 \x01(\x0c\x12\x14\n\x0ctimestamp_ms\x18\x08 \x01(\x03\x12\x19\n\x11\x63lient_message_id\x18\t \x01(\t\"/\n\x07\x44\x65liver\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.tether.v1.Message\"7\n\nDeliverAck\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"Q\n\tSetStatus\x12%\n\x08\x61\x63tivity\x18\x01 \x01(\x0e\x32\x13.tether.v1.Activity\x12\x1d\n\x04mode\x18\x02 \x01(\x0e\x32\x0f.tether.v1.Mode\"i\n\x0cUserPresence\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12!\n\x06status\x18\x02 \x01(\x0e\x32\x11.tether.v1.Status\x12\x14\n\x0clast_seen_ms\x18\x03 \x01(\x03\x12\x0f\n\x07version\x18\x04 \x01(\x04\";\n\x0ePresenceUpdate\x12)\n\x08presence\x18\x01 \x01(\x0b\x32\x17.tether.v1.UserPresence\"=\n\x10PresenceSnapshot\x12)\n\x08\x63ontacts\x18\x01 \x03(\x0b\x32\x17.tether.v1.UserPresence\"1\n\x0f\x43ontactsChanged\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x03(\t\x12\x0f\n\x07removed\x18\x02 \x03(\t\"3\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0b\n\x03ref\x18\x03 \x01(\t\"F\n\nDisconnect\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x1a\n\x12reconnect_delay_ms\x18\x03 \x01(\r*\x88\x01\n\x08Platform\x12\x18\n\x14PLATFORM_UNSPECIFIED\x10\x00\x12\x10\n\x0cPLATFORM_WEB\x10\x01\x12\x14\n\x10PLATFORM_DESKTOP\x10\x02\x12\x10\n\x0cPLATFORM_IOS\x10\x03\x12\x14\n\x10PLATFORM_ANDROID\x10\x04\x12\x12\n\x0ePLATFORM_OTHER\x10\x05*L\n\x08\x41\x63tivity\x12\x18\n\x14\x41\x43TIVITY_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41\x43TIVITY_ACTIVE\x10\x01\x12\x11\n\rACTIVITY_IDLE\x10\x02*S\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0eMODE_AVAILABLE\x10\x01\x12\r\n\tMODE_BUSY\x10\x02\x12\x12\n\x0eMODE_INVISIBLE\x10\x03*i\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATUS_OFFLINE\x10\x01\x12\x11\n\rSTATUS_ONLINE\x10\x02\x12\x0f\n\x0bSTATUS_AWAY\x10\x03\x12\x0f\n\x0bSTATUS_BUSY\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctether/protocol/tether.proto\x12\ttether.v1\"\x80\x05\n\x05\x46rame\x12%\n\x07\x63onnect\x18\x01 \x01(\x0b\x32\x12.tether.v1.ConnectH\x00\x12)\n\tconnected\x18\x02 \x01(\x0b\x32\x14.tether.v1.ConnectedH\x00\x12)\n\theartbeat\x18\x03 \x01(\x0b\x32\x14.tether.v1.HeartbeatH\x00\x12\x30\n\rheartbeat_ack\x18\x04 \x01(\x0b\x32\x17.tether.v1.HeartbeatAckH\x00\x12\x1f\n\x04send\x18\x05 \x01(\x0b\x32\x0f.tether.v1.SendH\x00\x12&\n\x08send_ack\x18\x06 \x01(\x0b\x32\x12.tether.v1.SendAckH\x00\x12%\n\x07\x64\x65liver\x18\x07 \x01(\x0b\x32\x12.tether.v1.DeliverH\x00\x12,\n\x0b\x64\x65liver_ack\x18\x08 \x01(\x0b\x32\x15.tether.v1.DeliverAckH\x00\x12*\n\nset_status\x18\t \x01(\x0b\x32\x14.tether.v1.SetStatusH\x00\x12\x34\n\x0fpresence_update\x18\n \x01(\x0b\x32\x19.tether.v1.PresenceUpdateH\x00\x12\x38\n\x11presence_snapshot\x18\x0b \x01(\x0b\x32\x1b.tether.v1.PresenceSnapshotH\x00\x12!\n\x05\x65rror\x18\x0c \x01(\x0b\x32\x10.tether.v1.ErrorH\x00\x12+\n\ndisconnect\x18\r \x01(\x0b\x32\x15.tether.v1.DisconnectH\x00\x12\x36\n\x10\x63ontacts_changed\x18\x0e \x01(\x0b\x32\x1a.tether.v1.ContactsChangedH\x00\x42\x06\n\x04kind\"\xa7\x01\n\x07\x43onnect\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12%\n\x08platform\x18\x04 \x01(\x0e\x32\x13.tether.v1.Platform\x12\x13\n\x0b\x63lient_name\x18\x05 \x01(\t\x12$\n\x06status\x18\x06 \x01(\x0b\x32\x14.tether.v1.SetStatus\"\xce\x01\n\tConnected\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\r\x12\x1a\n\x12offline_timeout_ms\x18\x04 \x01(\r\x12\x16\n\x0eserver_time_ms\x18\x05 \x01(\x03\x12\x17\n\x0fmax_frame_bytes\x18\x06 \x01(\r\x12\x18\n\x10protocol_version\x18\x07 \x01(\r\x12\x16\n\x0emax_body_bytes\x18\x08 \x01(\r\"\x1a\n\tHeartbeat\x12\r\n\x05nonce\x18\x01 \x01(\x04\"5\n\x0cHeartbeatAck\x12\r\n\x05nonce\x18\x01 \x01(\x04\x12\x16\n\x0eserver_time_ms\x18\x02 \x01(\x03\"B\n\x04Send\x12\x19\n\x11\x63lient_message_id\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\"y\n\x07SendAck\x12\x19\n\x11\x63lient_message_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\x04\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x14\n\x0ctimestamp_ms\x18\x05 \x01(\x03\"\xc1\x01\n\x07Message\x12\x12\n\nmessage_id\x18\x01 \x01(\x04\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x15\n\rsender_device\x18\x05 \x01(\t\x12\x11\n\trecipient\x18\x06 \x01(\t\x12\x0c\n\x04\x62ody\x18\x07 \x01(\x0c\x12\x14\n\x0ctimestamp_ms\x18\x08 \x01(\x03\x12\x19\n\x11\x63lient_message_id\x18\t \x01(\t\"/\n\x07\x44\x65liver\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.tether.v1.Message\"7\n\nDeliverAck\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"Q\n\tSetStatus\x12%\n\x08\x61\x63tivity\x18\x01 \x01(\x0e\x32\x13.tether.v1.Activity\x12\x1d\n\x04mode\x18\x02 \x01(\x0e\x32\x0f.tether.v1.Mode\"i\n\x0cUserPresence\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12!\n\x06status\x18\x02 \x01(\x0e\x32\x11.tether.v1.Status\x12\x14\n\x0clast_seen_ms\x18\x03 \x01(\x03\x12\x0f\n\x07version\x18\x04 \x01(\x04\";\n\x0ePresenceUpdate\x12)\n\x08presence\x18\x01 \x01(\x0b\x32\x17.tether.v1.UserPresence\"=\n\x10PresenceSnapshot\x12)\n\x08\x63ontacts\x18\x01 \x03(\x0b\x32\x17.tether.v1.UserPresence\"1\n\x0f\x43ontactsChanged\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x03(\t\x12\x0f\n\x07removed\x18\x02 \x03(\t\"3\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0b\n\x03ref\x18\x03 \x01(\t\"F\n\nDisconnect\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x1a\n\x12reconnect_delay_ms\x18\x03 \x01(\r*\x88\x01\n\x08Platform\x12\x18\n\x14PLATFORM_UNSPECIFIED\x10\x00\x12\x10\n\x0cPLATFORM_WEB\x10\x01\x12\x14\n\x10PLATFORM_DESKTOP\x10\x02\x12\x10\n\x0cPLATFORM_IOS\x10\x03\x12\x14\n\x10PLATFORM_ANDROID\x10\x04\x12\x12\n\x0ePLATFORM_OTHER\x10\x05*L\n\x08\x41\x63tivity\x12\x18\n\x14\x41\x43TIVITY_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41\x43TIVITY_ACTIVE\x10\x01\x12\x11\n\rACTIVITY_IDLE\x10\x02*S\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0eMODE_AVAILABLE\x10\x01\x12\r\n\tMODE_BUSY\x10\x02\x12\x12\n\x0eMODE_INVISIBLE\x10\x03*i\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATUS_OFFLINE\x10\x01\x12\x11\n\rSTATUS_ONLINE\x10\x02\x12\x0f\n\x0bSTATUS_AWAY\x10\x03\x12\x0f\n\x0bSTATUS_BUSY\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tether.protocol.tether_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PLATFORM']._serialized_start=2108
-  _globals['_PLATFORM']._serialized_end=2244
-  _globals['_ACTIVITY']._serialized_start=2246
-  _globals['_ACTIVITY']._serialized_end=2322
-  _globals['_MODE']._serialized_start=2324
-  _globals['_MODE']._serialized_end=2407
-  _globals['_STATUS']._serialized_start=2409
-  _globals['_STATUS']._serialized_end=2514
+  _globals['_PLATFORM']._serialized_start=2132
+  _globals['_PLATFORM']._serialized_end=2268
+  _globals['_ACTIVITY']._serialized_start=2270
+  _globals['_ACTIVITY']._serialized_end=2346
+  _globals['_MODE']._serialized_start=2348
+  _globals['_MODE']._serialized_end=2431
+  _globals['_STATUS']._serialized_start=2433
+  _globals['_STATUS']._serialized_end=2538
   _globals['_FRAME']._serialized_start=44
   _globals['_FRAME']._serialized_end=684
   _globals['_CONNECT']._serialized_start=687
   _globals['_CONNECT']._serialized_end=854
   _globals['_CONNECTED']._serialized_start=857
-  _globals['_CONNECTED']._serialized_end=1039
-  _globals['_HEARTBEAT']._serialized_start=1041
-  _globals['_HEARTBEAT']._serialized_end=1067
-  _globals['_HEARTBEATACK']._serialized_start=1069
-  _globals['_HEARTBEATACK']._serialized_end=1122
-  _globals['_SEND']._serialized_start=1124
-  _globals['_SEND']._serialized_end=1190
-  _globals['_SENDACK']._serialized_start=1192
-  _globals['_SENDACK']._serialized_end=1313
-  _globals['_MESSAGE']._serialized_start=1316
-  _globals['_MESSAGE']._serialized_end=1509
-  _globals['_DELIVER']._serialized_start=1511
-  _globals['_DELIVER']._serialized_end=1558
-  _globals['_DELIVERACK']._serialized_start=1560
-  _globals['_DELIVERACK']._serialized_end=1615
-  _globals['_SETSTATUS']._serialized_start=1617
-  _globals['_SETSTATUS']._serialized_end=1698
-  _globals['_USERPRESENCE']._serialized_start=1700
-  _globals['_USERPRESENCE']._serialized_end=1805
-  _globals['_PRESENCEUPDATE']._serialized_start=1807
-  _globals['_PRESENCEUPDATE']._serialized_end=1866
-  _globals['_PRESENCESNAPSHOT']._serialized_start=1868
-  _globals['_PRESENCESNAPSHOT']._serialized_end=1929
-  _globals['_CONTACTSCHANGED']._serialized_start=1931
-  _globals['_CONTACTSCHANGED']._serialized_end=1980
-  _globals['_ERROR']._serialized_start=1982
-  _globals['_ERROR']._serialized_end=2033
-  _globals['_DISCONNECT']._serialized_start=2035
-  _globals['_DISCONNECT']._serialized_end=2105
+  _globals['_CONNECTED']._serialized_end=1063
+  _globals['_HEARTBEAT']._serialized_start=1065
+  _globals['_HEARTBEAT']._serialized_end=1091
+  _globals['_HEARTBEATACK']._serialized_start=1093
+  _globals['_HEARTBEATACK']._serialized_end=1146
+  _globals['_SEND']._serialized_start=1148
+  _globals['_SEND']._serialized_end=1214
+  _globals['_SENDACK']._serialized_start=1216
+  _globals['_SENDACK']._serialized_end=1337
+  _globals['_MESSAGE']._serialized_start=1340
+  _globals['_MESSAGE']._serialized_end=1533
+  _globals['_DELIVER']._serialized_start=1535
+  _globals['_DELIVER']._serialized_end=1582
+  _globals['_DELIVERACK']._serialized_start=1584
+  _globals['_DELIVERACK']._serialized_end=1639
+  _globals['_SETSTATUS']._serialized_start=1641
+  _globals['_SETSTATUS']._serialized_end=1722
+  _globals['_USERPRESENCE']._serialized_start=1724
+  _globals['_USERPRESENCE']._serialized_end=1829
+  _globals['_PRESENCEUPDATE']._serialized_start=1831
+  _globals['_PRESENCEUPDATE']._serialized_end=1890
+  _globals['_PRESENCESNAPSHOT']._serialized_start=1892
+  _globals['_PRESENCESNAPSHOT']._serialized_end=1953
+  _globals['_CONTACTSCHANGED']._serialized_start=1955
+  _globals['_CONTACTSCHANGED']._serialized_end=2004
+  _globals['_ERROR']._serialized_start=2006
+  _globals['_ERROR']._serialized_end=2057
+  _globals['_DISCONNECT']._serialized_start=2059
+  _globals['_DISCONNECT']._serialized_end=2129
 # @@protoc_insertion_point(module_scope)

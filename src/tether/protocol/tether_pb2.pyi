@@ -1,11 +1,9 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
-from google.protobuf import descriptor as _descriptor
-from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -58,7 +56,7 @@ STATUS_AWAY: Status
 STATUS_BUSY: Status
 
 class Frame(_message.Message):
-    __slots__ = ("connect", "connected", "contacts_changed", "deliver", "deliver_ack", "disconnect", "error", "heartbeat", "heartbeat_ack", "presence_snapshot", "presence_update", "send", "send_ack", "set_status")
+    __slots__ = ("connect", "connected", "heartbeat", "heartbeat_ack", "send", "send_ack", "deliver", "deliver_ack", "set_status", "presence_update", "presence_snapshot", "error", "disconnect", "contacts_changed")
     CONNECT_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
@@ -87,10 +85,10 @@ class Frame(_message.Message):
     error: Error
     disconnect: Disconnect
     contacts_changed: ContactsChanged
-    def __init__(self, connect: Connect | _Mapping | None = ..., connected: Connected | _Mapping | None = ..., heartbeat: Heartbeat | _Mapping | None = ..., heartbeat_ack: HeartbeatAck | _Mapping | None = ..., send: Send | _Mapping | None = ..., send_ack: SendAck | _Mapping | None = ..., deliver: Deliver | _Mapping | None = ..., deliver_ack: DeliverAck | _Mapping | None = ..., set_status: SetStatus | _Mapping | None = ..., presence_update: PresenceUpdate | _Mapping | None = ..., presence_snapshot: PresenceSnapshot | _Mapping | None = ..., error: Error | _Mapping | None = ..., disconnect: Disconnect | _Mapping | None = ..., contacts_changed: ContactsChanged | _Mapping | None = ...) -> None: ...
+    def __init__(self, connect: _Optional[_Union[Connect, _Mapping]] = ..., connected: _Optional[_Union[Connected, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., send: _Optional[_Union[Send, _Mapping]] = ..., send_ack: _Optional[_Union[SendAck, _Mapping]] = ..., deliver: _Optional[_Union[Deliver, _Mapping]] = ..., deliver_ack: _Optional[_Union[DeliverAck, _Mapping]] = ..., set_status: _Optional[_Union[SetStatus, _Mapping]] = ..., presence_update: _Optional[_Union[PresenceUpdate, _Mapping]] = ..., presence_snapshot: _Optional[_Union[PresenceSnapshot, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., disconnect: _Optional[_Union[Disconnect, _Mapping]] = ..., contacts_changed: _Optional[_Union[ContactsChanged, _Mapping]] = ...) -> None: ...
 
 class Connect(_message.Message):
-    __slots__ = ("client_name", "device_id", "platform", "protocol_version", "status", "token")
+    __slots__ = ("protocol_version", "token", "device_id", "platform", "client_name", "status")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -103,10 +101,10 @@ class Connect(_message.Message):
     platform: Platform
     client_name: str
     status: SetStatus
-    def __init__(self, protocol_version: int | None = ..., token: str | None = ..., device_id: str | None = ..., platform: Platform | str | None = ..., client_name: str | None = ..., status: SetStatus | _Mapping | None = ...) -> None: ...
+    def __init__(self, protocol_version: _Optional[int] = ..., token: _Optional[str] = ..., device_id: _Optional[str] = ..., platform: _Optional[_Union[Platform, str]] = ..., client_name: _Optional[str] = ..., status: _Optional[_Union[SetStatus, _Mapping]] = ...) -> None: ...
 
 class Connected(_message.Message):
-    __slots__ = ("heartbeat_interval_ms", "max_frame_bytes", "offline_timeout_ms", "protocol_version", "server_time_ms", "session_id", "user_id")
+    __slots__ = ("session_id", "user_id", "heartbeat_interval_ms", "offline_timeout_ms", "server_time_ms", "max_frame_bytes", "protocol_version", "max_body_bytes")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +112,7 @@ class Connected(_message.Message):
     SERVER_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_FRAME_BYTES_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MAX_BODY_BYTES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     user_id: str
     heartbeat_interval_ms: int
@@ -121,13 +120,14 @@ class Connected(_message.Message):
     server_time_ms: int
     max_frame_bytes: int
     protocol_version: int
-    def __init__(self, session_id: str | None = ..., user_id: str | None = ..., heartbeat_interval_ms: int | None = ..., offline_timeout_ms: int | None = ..., server_time_ms: int | None = ..., max_frame_bytes: int | None = ..., protocol_version: int | None = ...) -> None: ...
+    max_body_bytes: int
+    def __init__(self, session_id: _Optional[str] = ..., user_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., offline_timeout_ms: _Optional[int] = ..., server_time_ms: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., protocol_version: _Optional[int] = ..., max_body_bytes: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("nonce",)
     NONCE_FIELD_NUMBER: _ClassVar[int]
     nonce: int
-    def __init__(self, nonce: int | None = ...) -> None: ...
+    def __init__(self, nonce: _Optional[int] = ...) -> None: ...
 
 class HeartbeatAck(_message.Message):
     __slots__ = ("nonce", "server_time_ms")
@@ -135,20 +135,20 @@ class HeartbeatAck(_message.Message):
     SERVER_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     nonce: int
     server_time_ms: int
-    def __init__(self, nonce: int | None = ..., server_time_ms: int | None = ...) -> None: ...
+    def __init__(self, nonce: _Optional[int] = ..., server_time_ms: _Optional[int] = ...) -> None: ...
 
 class Send(_message.Message):
-    __slots__ = ("body", "client_message_id", "recipient")
+    __slots__ = ("client_message_id", "recipient", "body")
     CLIENT_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     RECIPIENT_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
     client_message_id: str
     recipient: str
     body: bytes
-    def __init__(self, client_message_id: str | None = ..., recipient: str | None = ..., body: bytes | None = ...) -> None: ...
+    def __init__(self, client_message_id: _Optional[str] = ..., recipient: _Optional[str] = ..., body: _Optional[bytes] = ...) -> None: ...
 
 class SendAck(_message.Message):
-    __slots__ = ("client_message_id", "conversation_id", "message_id", "sequence", "timestamp_ms")
+    __slots__ = ("client_message_id", "message_id", "conversation_id", "sequence", "timestamp_ms")
     CLIENT_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -159,10 +159,10 @@ class SendAck(_message.Message):
     conversation_id: str
     sequence: int
     timestamp_ms: int
-    def __init__(self, client_message_id: str | None = ..., message_id: int | None = ..., conversation_id: str | None = ..., sequence: int | None = ..., timestamp_ms: int | None = ...) -> None: ...
+    def __init__(self, client_message_id: _Optional[str] = ..., message_id: _Optional[int] = ..., conversation_id: _Optional[str] = ..., sequence: _Optional[int] = ..., timestamp_ms: _Optional[int] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("body", "client_message_id", "conversation_id", "message_id", "recipient", "sender", "sender_device", "sequence", "timestamp_ms")
+    __slots__ = ("message_id", "conversation_id", "sequence", "sender", "sender_device", "recipient", "body", "timestamp_ms", "client_message_id")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
@@ -181,13 +181,13 @@ class Message(_message.Message):
     body: bytes
     timestamp_ms: int
     client_message_id: str
-    def __init__(self, message_id: int | None = ..., conversation_id: str | None = ..., sequence: int | None = ..., sender: str | None = ..., sender_device: str | None = ..., recipient: str | None = ..., body: bytes | None = ..., timestamp_ms: int | None = ..., client_message_id: str | None = ...) -> None: ...
+    def __init__(self, message_id: _Optional[int] = ..., conversation_id: _Optional[str] = ..., sequence: _Optional[int] = ..., sender: _Optional[str] = ..., sender_device: _Optional[str] = ..., recipient: _Optional[str] = ..., body: _Optional[bytes] = ..., timestamp_ms: _Optional[int] = ..., client_message_id: _Optional[str] = ...) -> None: ...
 
 class Deliver(_message.Message):
     __slots__ = ("messages",)
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     messages: _containers.RepeatedCompositeFieldContainer[Message]
-    def __init__(self, messages: _Iterable[Message | _Mapping] | None = ...) -> None: ...
+    def __init__(self, messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ...) -> None: ...
 
 class DeliverAck(_message.Message):
     __slots__ = ("conversation_id", "sequence")
@@ -195,7 +195,7 @@ class DeliverAck(_message.Message):
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     conversation_id: str
     sequence: int
-    def __init__(self, conversation_id: str | None = ..., sequence: int | None = ...) -> None: ...
+    def __init__(self, conversation_id: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class SetStatus(_message.Message):
     __slots__ = ("activity", "mode")
@@ -203,10 +203,10 @@ class SetStatus(_message.Message):
     MODE_FIELD_NUMBER: _ClassVar[int]
     activity: Activity
     mode: Mode
-    def __init__(self, activity: Activity | str | None = ..., mode: Mode | str | None = ...) -> None: ...
+    def __init__(self, activity: _Optional[_Union[Activity, str]] = ..., mode: _Optional[_Union[Mode, str]] = ...) -> None: ...
 
 class UserPresence(_message.Message):
-    __slots__ = ("last_seen_ms", "status", "user_id", "version")
+    __slots__ = ("user_id", "status", "last_seen_ms", "version")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_MS_FIELD_NUMBER: _ClassVar[int]
@@ -215,19 +215,19 @@ class UserPresence(_message.Message):
     status: Status
     last_seen_ms: int
     version: int
-    def __init__(self, user_id: str | None = ..., status: Status | str | None = ..., last_seen_ms: int | None = ..., version: int | None = ...) -> None: ...
+    def __init__(self, user_id: _Optional[str] = ..., status: _Optional[_Union[Status, str]] = ..., last_seen_ms: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
 
 class PresenceUpdate(_message.Message):
     __slots__ = ("presence",)
     PRESENCE_FIELD_NUMBER: _ClassVar[int]
     presence: UserPresence
-    def __init__(self, presence: UserPresence | _Mapping | None = ...) -> None: ...
+    def __init__(self, presence: _Optional[_Union[UserPresence, _Mapping]] = ...) -> None: ...
 
 class PresenceSnapshot(_message.Message):
     __slots__ = ("contacts",)
     CONTACTS_FIELD_NUMBER: _ClassVar[int]
     contacts: _containers.RepeatedCompositeFieldContainer[UserPresence]
-    def __init__(self, contacts: _Iterable[UserPresence | _Mapping] | None = ...) -> None: ...
+    def __init__(self, contacts: _Optional[_Iterable[_Union[UserPresence, _Mapping]]] = ...) -> None: ...
 
 class ContactsChanged(_message.Message):
     __slots__ = ("added", "removed")
@@ -235,7 +235,7 @@ class ContactsChanged(_message.Message):
     REMOVED_FIELD_NUMBER: _ClassVar[int]
     added: _containers.RepeatedScalarFieldContainer[str]
     removed: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, added: _Iterable[str] | None = ..., removed: _Iterable[str] | None = ...) -> None: ...
+    def __init__(self, added: _Optional[_Iterable[str]] = ..., removed: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "ref")
@@ -245,7 +245,7 @@ class Error(_message.Message):
     code: int
     message: str
     ref: str
-    def __init__(self, code: int | None = ..., message: str | None = ..., ref: str | None = ...) -> None: ...
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., ref: _Optional[str] = ...) -> None: ...
 
 class Disconnect(_message.Message):
     __slots__ = ("code", "reason", "reconnect_delay_ms")
@@ -255,4 +255,4 @@ class Disconnect(_message.Message):
     code: int
     reason: str
     reconnect_delay_ms: int
-    def __init__(self, code: int | None = ..., reason: str | None = ..., reconnect_delay_ms: int | None = ...) -> None: ...
+    def __init__(self, code: _Optional[int] = ..., reason: _Optional[str] = ..., reconnect_delay_ms: _Optional[int] = ...) -> None: ...
