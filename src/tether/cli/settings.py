@@ -42,7 +42,7 @@ def add_option(
 ) -> None:
     """Add --flag, defaulting to $TETHER_FLAG (upper case, dashes as underscores) or default."""
     variable = "TETHER_" + flag.removeprefix("--").replace("-", "_").upper()
-    raw = os.environ.get(variable)
+    raw = os.environ.get(variable) or None  # set but empty counts as unset
     if raw is not None:
         try:
             default = convert(raw)

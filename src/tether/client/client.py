@@ -92,6 +92,7 @@ class Client:
         self._first_session: asyncio.Future[ev.SessionOpened] | None = None
         self._closing = False
         self._nonce = 0
+        self._last_reason = "none"
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -117,6 +118,11 @@ class Client:
         self._runner = asyncio.create_task(self._run(), name=f"tether-client-{self.device_id}")
         try:
             return await asyncio.wait_for(asyncio.shield(self._first_session), self.connect_timeout)
+        except TimeoutError:
+            await self.close()
+            raise TimeoutError(
+                f"no session within {self.connect_timeout} s; last error: {self._last_reason}"
+            ) from None
         except BaseException:
             await self.close()
             raise
@@ -191,6 +197,7 @@ class Client:
             lasted = asyncio.get_running_loop().time() - started
             if opened and lasted >= STABLE_SESSION:
                 attempt = 0  # a session that was accepted and then kicked at once keeps backing off
+            self._last_reason = reason
             final = (
                 self._closing or not self.reconnect or (code != TRANSPORT_LOST and is_final(code))
             )
@@ -210,10 +217,12 @@ class Client:
         """Run one connection; return (code, reason, server delay in s, whether it opened)."""
         try:
             transport = await open_transport(self.url, timeout=self.connect_timeout)
-        except (OSError, TimeoutError, ConnectionError) as error:
-            return TRANSPORT_LOST, f"connect failed: {error}", 0.0, False
-        except Exception as error:  # picows raises its own handshake errors
-            return TRANSPORT_LOST, f"connect failed: {error}", 0.0, False
+        except TimeoutError:
+            reason = f"connecting to {self.url} timed out after {self.connect_timeout} s"
+            return TRANSPORT_LOST, reason, 0.0, False
+        except Exception as error:  # OSError, or one of picows's handshake errors
+            reason = f"connecting to {self.url} failed: {type(error).__name__}: {error}"
+            return TRANSPORT_LOST, reason, 0.0, False
         self._transport = transport
         heartbeat: asyncio.Task[None] | None = None
         opened = False
