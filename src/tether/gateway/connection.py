@@ -84,7 +84,8 @@ class Connection:
             self.gateway.mark_dirty(self)
         self.outbox.append(data)
         self.outbox_bytes += len(data)
-        if self.outbox_bytes + self.write_buffer_size() > self.gateway.config.max_outgoing_bytes:
+        limit = self.gateway.config.max_outgoing_bytes
+        if self.outbox_bytes + self.write_buffer_size() > limit and not self.closing_deadline:
             self.gateway.slow_consumer(self)
 
     def flush(self) -> None:
@@ -142,7 +143,10 @@ class TcpConnection(Connection, asyncio.Protocol):
             gateway.protocol_violation(self)
 
     def eof_received(self) -> bool:
-        return False  # close our side too
+        # A client that half-closes sends nothing more, not even the heartbeats that keep a
+        # session: end it now, also when the logic layer has yet to answer its Connect.
+        self.gateway.peer_finished(self)
+        return False  # the transport closes our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.gateway.connection_lost(self, exc)

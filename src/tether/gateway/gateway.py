@@ -33,6 +33,8 @@ from tether.bus.base import Bus
 from tether.bus.requests import RequestTracker
 from tether.gateway.config import GatewayConfig
 from tether.gateway.connection import Connection
+from tether.gateway.presence_link import BusPresenceLink, PresenceLink
+from tether.presence.cluster import LocalDevice
 from tether.protocol import tether_pb2 as pb
 from tether.protocol.codes import Code
 from tether.protocol.connection import PROTOCOL_VERSION
@@ -52,10 +54,18 @@ _Transition = env.Transition
 class Gateway:
     """Connection handling shared by the TCP and WebSocket servers of one process."""
 
-    def __init__(self, config: GatewayConfig, bus: Bus, verifier: TokenVerifier) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        bus: Bus,
+        verifier: TokenVerifier,
+        presence: PresenceLink | None = None,
+    ) -> None:
+        """Create a gateway; presence defaults to the presence service on the bus."""
         self.config = config
         self.bus = bus
         self.verifier = verifier
+        self.presence: PresenceLink = presence or BusPresenceLink(bus, self._send_request)
         self.id = config.gateway_id or f"gw-{os.urandom(4).hex()}"
         self.reply_channel = channels.gateway_channel(self.id)
 
@@ -148,6 +158,10 @@ class Gateway:
             reason = f"transport lost: {exc}" if exc else "closed by client"
             logger.info("closed %s (%s)", connection.describe(), reason)
 
+    def peer_finished(self, connection: Connection) -> None:
+        """Close a connection whose client half-closed: it will send nothing more."""
+        self._close(connection, None, "client closed its side", abort=False)
+
     def protocol_violation(self, connection: Connection) -> None:
         """Close a connection whose protocol core recorded a violation."""
         violation = connection.protocol.violation
@@ -237,6 +251,10 @@ class Gateway:
                 f"{MAX_ID_BYTES} bytes",
                 abort=False,
             )
+            return
+        problem = _check_status(connect.status)
+        if problem is not None:
+            self._close(connection, Code.PROTOCOL_ERROR, problem, abort=False)
             return
         try:
             user_id = self.verifier.verify(connect.token)
@@ -368,6 +386,10 @@ class Gateway:
         connection.send_frame(frame)
 
     def _on_set_status(self, connection: Connection, status: pb.SetStatus) -> None:
+        problem = _check_status(status)
+        if problem is not None:
+            connection.send_frame(pb.Frame(error=pb.Error(code=Code.BAD_REQUEST, message=problem)))
+            return
         if status.activity:
             connection.activity = status.activity
         if status.mode:
@@ -403,7 +425,8 @@ class Gateway:
             delivery = message.user_delivery
             frame = delivery.frame
             skip = delivery.skip_device
-            for device_id, connection in devices.items():
+            # A copy: a device closed as a slow consumer leaves the dict during the loop.
+            for device_id, connection in list(devices.items()):
                 if device_id != skip:
                     connection.send_payload(frame)
         elif kind == "contacts_update":
@@ -424,7 +447,7 @@ class Gateway:
             return  # older than what a snapshot already showed
         self.presence_cache[user_id] = presence
         frame = pb.Frame(presence_update=pb.PresenceUpdate(presence=presence)).SerializeToString()
-        for connection in watchers:
+        for connection in list(watchers):  # a slow consumer leaves the set during the loop
             if connection.snapshot_sent:
                 connection.send_payload(frame)
 
@@ -452,24 +475,26 @@ class Gateway:
     def _send_snapshot(self, connection: Connection) -> None:
         missing = [user for user in connection.contacts if user not in self.presence_cache]
         if not missing:
-            self._finish_snapshot(connection, None)
+            self._finish_snapshot(connection, [])
             return
-        request = env.Envelope(snapshot_request=env.SnapshotRequest(user_ids=missing))
-        callback = functools.partial(self._finish_snapshot, connection)
-        if not self._request(channels.PRESENCE_REQUESTS, request, callback, stream=False):
-            callback(None)
+        self.presence.query(missing, functools.partial(self._finish_snapshot, connection))
 
-    def _finish_snapshot(self, connection: Connection, reply: env.Envelope | None) -> None:
+    def _cache_presence(self, users: list[pb.UserPresence]) -> None:
+        """Keep the newest known presence of each watched user."""
         cache = self.presence_cache
-        if reply is not None:
-            for presence in reply.snapshot_result.users:
-                cached = cache.get(presence.user_id)
-                watched = presence.user_id in self.watchers
-                if watched and (cached is None or cached.version < presence.version):
-                    cache[presence.user_id] = presence
+        for presence in users:
+            cached = cache.get(presence.user_id)
+            watched = presence.user_id in self.watchers
+            if watched and (cached is None or cached.version < presence.version):
+                cache[presence.user_id] = presence
+
+    def _finish_snapshot(self, connection: Connection, users: list[pb.UserPresence] | None) -> None:
+        cache = self.presence_cache
+        if users:
+            self._cache_presence(users)
         if connection.protocol.state is not ConnectionState.OPEN:
             return
-        if reply is None and any(user not in cache for user in connection.contacts):
+        if users is None and any(user not in cache for user in connection.contacts):
             logger.warning("presence did not answer the snapshot for %s", connection.describe())
         contacts = [
             cache.get(user_id) or pb.UserPresence(user_id=user_id, status=pb.STATUS_OFFLINE)
@@ -497,21 +522,18 @@ class Gateway:
             connection.send_frame(pb.Frame(presence_update=pb.PresenceUpdate(presence=presence)))
         unknown = [user for user in gained if user not in self.presence_cache]
         if unknown:
-            request = env.Envelope(snapshot_request=env.SnapshotRequest(user_ids=unknown))
-            callback = functools.partial(self._on_added_presence, connection)
-            self._request(channels.PRESENCE_REQUESTS, request, callback, stream=False)
+            self.presence.query(unknown, functools.partial(self._on_added_presence, connection))
 
-    def _on_added_presence(self, connection: Connection, reply: env.Envelope | None) -> None:
-        if reply is None or connection.protocol.state is not ConnectionState.OPEN:
+    def _on_added_presence(
+        self, connection: Connection, users: list[pb.UserPresence] | None
+    ) -> None:
+        if users is None or connection.protocol.state is not ConnectionState.OPEN:
             return
-        for presence in reply.snapshot_result.users:
-            if presence.user_id not in connection.contacts:
-                continue
-            cached = self.presence_cache.get(presence.user_id)
-            if cached is None or cached.version < presence.version:
-                self.presence_cache[presence.user_id] = presence
-                cached = presence
-            connection.send_frame(pb.Frame(presence_update=pb.PresenceUpdate(presence=cached)))
+        self._cache_presence(users)
+        for presence in users:
+            if presence.user_id in connection.contacts:
+                cached = self.presence_cache.get(presence.user_id, presence)
+                connection.send_frame(pb.Frame(presence_update=pb.PresenceUpdate(presence=cached)))
 
     # Transitions.
 
@@ -533,18 +555,17 @@ class Gateway:
     def _flush_transitions(self) -> None:
         if not self._transitions:
             return
-        batch = env.Envelope(
-            transitions=env.TransitionBatch(gateway_id=self.id, transitions=self._transitions)
-        )
+        transitions = self._transitions
         self._transitions = []
-        try:
-            self.bus.publish(channels.PRESENCE_TRANSITIONS, batch.SerializeToString())
-        except BusError as error:
-            # NOTE: the in-process bus only fails here when closed or a million messages
-            # behind; a durable resend of lost transitions belongs to the cluster bus.
-            logger.error(
-                "lost %d presence transitions: %s", len(batch.transitions.transitions), error
-            )
+        self.presence.report(self.id, transitions)
+
+    def local_devices(self) -> list[LocalDevice]:
+        """Return every open session of this gateway, for a presence resync."""
+        return [
+            LocalDevice(user_id, device_id, connection.id, connection.activity, connection.mode)
+            for user_id, devices in self.sessions.items()
+            for device_id, connection in devices.items()
+        ]
 
     # Closing.
 
@@ -560,13 +581,17 @@ class Gateway:
         state = connection.protocol.state
         if connection.closing_deadline or state is ConnectionState.CLOSED:
             return  # closing already; the protocol core may have moved to CLOSING by itself
+        # Mark the close first: nothing below may start it again, not even a full outbox.
+        connection.closing_deadline = self._now() + self.config.close_timeout
         if code is not None and not abort:
             frame = pb.Frame(
                 disconnect=pb.Disconnect(
                     code=code, reason=reason[:200], reconnect_delay_ms=reconnect_delay_ms
                 )
             )
-            connection.send_frame(frame)
+            # Past the outbox limit on purpose: the Disconnect is the last frame, and the
+            # close timeout bounds how long its bytes are held.
+            connection.outbox.append(connection.protocol.encode(frame))
             connection.flush()
         connection.protocol.move_to(ConnectionState.CLOSING)
         if state is ConnectionState.OPEN or code is not None:
@@ -577,7 +602,6 @@ class Gateway:
                 reason or "client request",
             )
         self._release(connection)
-        connection.closing_deadline = self._now() + self.config.close_timeout
         self._closing[connection] = None
         connection.close_transport(abort=abort, code=int(code) if code is not None else 1000)
 
@@ -657,6 +681,14 @@ class Gateway:
 
     # Helpers.
 
+    def _send_request(
+        self,
+        target: str,
+        request: env.Envelope,
+        callback: Callable[[env.Envelope | None], None],
+    ) -> bool:
+        return self._request(target, request, callback, stream=False)
+
     def _request(
         self,
         target: str,
@@ -693,6 +725,19 @@ class Gateway:
             "watched_users": len(self.watchers),
             "pending_requests": len(self.requests),
         }
+
+
+_ACTIVITIES = frozenset(pb.Activity.values())
+_MODES = frozenset(pb.Mode.values())
+
+
+def _check_status(status: pb.SetStatus) -> str | None:
+    """Return what is wrong with a SetStatus, or None if both fields are known values."""
+    if status.activity not in _ACTIVITIES:
+        return f"unknown activity {status.activity}"
+    if status.mode not in _MODES:
+        return f"unknown mode {status.mode}"
+    return None
 
 
 def _check_send(send: pb.Send, max_body_bytes: int) -> tuple[int, str] | None:

@@ -30,6 +30,7 @@ _CONTINUATION = picows.WSMsgType.CONTINUATION
 _CLOSE = picows.WSMsgType.CLOSE
 _PING = picows.WSMsgType.PING
 _PONG = picows.WSMsgType.PONG
+_NO_CODE = picows.WSCloseCode.NO_INFO
 # Fragments of one message accepted before the sender is closed, whatever their size: each
 # costs a Python call, so empty fragments must be bounded too.
 MAX_FRAGMENTS = 64
@@ -106,7 +107,9 @@ class _Listener(picows.WSListener):
             connection.gateway.heard(connection)  # unsolicited pongs are allowed (RFC 6455 5.5.3)
             return
         elif message_type is _CLOSE:
-            transport.send_close(frame.get_close_code())
+            code = frame.get_close_code()
+            # A Close without a code is answered with 1000 (RFC 6455 7.4.1): 0 is not a code.
+            transport.send_close(picows.WSCloseCode.OK if code is _NO_CODE else code)
             transport.disconnect()
             return
         else:

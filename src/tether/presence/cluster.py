@@ -1,0 +1,343 @@
+"""Cluster presence: device sessions in Redis, written by the gateways that own them.
+
+Each gateway process runs one `RedisPresence`. It reports the gateway's transitions with the
+atomic scripts of scripts.lua, pipelined in order, one round trip per batch; each script
+publishes the user-level change on the user's presence channel when there is one. Heartbeats
+never reach Redis.
+
+Every device entry names its gateway, the gateway's epoch and the connection, so the late
+cleanup of a stale session cannot remove a newer one. A gateway holds a lease (a score in the
+`leases` sorted set) that it renews every `lease_timeout / 3`; when a lease lapses, whichever
+gateway's reaper runs first removes that gateway's devices and publishes the changes. A
+gateway that restarts takes a new epoch and reaps its old ones at once, so old sessions never
+come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as redis
+from redis.exceptions import NoScriptError, RedisError
+
+from tether.bus import channels
+from tether.bus import envelope_pb2 as env
+from tether.protocol import tether_pb2 as pb
+from tether.protocol.errors import BusError
+
+__all__ = ["ClusterPresenceConfig", "LocalDevice", "RedisPresence", "load_scripts"]
+
+logger = logging.getLogger("tether.presence.cluster")
+
+_KINDS = {
+    env.Transition.KIND_ONLINE: "online",
+    env.Transition.KIND_OFFLINE: "offline",
+    env.Transition.KIND_STATUS: "status",
+}
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ClusterPresenceConfig:
+    """Settings of cluster presence."""
+
+    url: str
+    """Redis URL, for example redis://127.0.0.1:6379/0."""
+    key_prefix: str = "tether:"
+    """Prefix of every key (default "tether:")."""
+    lease_timeout: float = 5.0
+    """Seconds a gateway's devices survive it without a renewal (default 5)."""
+    reap_interval: float = 1.0
+    """Seconds between checks for lapsed leases and due offline changes (default 1)."""
+    grace_period: float = 5.0
+    """Seconds between a user's last device leaving and OFFLINE being announced (default 5)."""
+    max_pending: int = 100_000
+    """Transitions held while Redis is unreachable; a full resync follows a reconnect."""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalDevice:
+    """A device connected to this gateway, as reported again after a resync."""
+
+    user_id: str
+    device_id: str
+    connection_id: str
+    activity: int
+    mode: int
+
+
+def load_scripts() -> dict[str, str]:
+    """Return every script of scripts.lua by name, each with the shared functions prepended."""
+    text = resources.files("tether.presence").joinpath("scripts.lua").read_text()
+    sections: dict[str, list[str]] = {}
+    name = ""
+    for line in text.splitlines():
+        if line.startswith("--- "):
+            name = line[4:].strip()
+            sections[name] = []
+        elif name:
+            sections[name].append(line)
+    common = "\n".join(sections.pop("common"))
+    return {script: common + "\n" + "\n".join(body) for script, body in sections.items()}
+
+
+class RedisPresence:
+    """One gateway's side of cluster presence."""
+
+    def __init__(
+        self,
+        config: ClusterPresenceConfig,
+        gateway_id: str,
+        local_devices: Callable[[], Iterable[LocalDevice]],
+    ) -> None:
+        self.config = config
+        self.gateway_id = gateway_id
+        self.epoch = 0
+        self._local_devices = local_devices
+        self._redis: Any = None
+        self._scripts: dict[str, Any] = {}
+        self._pending: list[env.Transition] = []
+        self._wakeup = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._resync_needed = False
+        prefix = config.key_prefix
+        self._leases_key = prefix + "leases"
+        self._grace_key = prefix + "grace"
+        self._channel_prefix = channels.presence_channel("")
+
+    async def start(self) -> None:
+        """Connect, take a new epoch, reap this gateway's old epochs and start the loops."""
+        self._redis = redis.Redis.from_url(self.config.url, socket_timeout=5.0)
+        try:
+            # Script objects reload themselves after a Redis restart empties the script cache.
+            for name, source in load_scripts().items():
+                self._scripts[name] = self._redis.register_script(source)
+            await self._register([])
+        except RedisError as error:
+            await self._redis.aclose()
+            raise BusError(f"cluster presence cannot reach {self.config.url}: {error}") from error
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._write_loop(), name="presence-writer"),
+            loop.create_task(self._maintenance_loop(), name="presence-maintenance"),
+        ]
+        logger.info("cluster presence started: gateway %s epoch %d", self.gateway_id, self.epoch)
+
+    async def close(self) -> None:
+        """Stop the loops; the lease lapses by itself unless released first."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    async def release(self) -> None:
+        """Give up the lease now, so this gateway's devices are reaped without waiting."""
+        member = f"{self.gateway_id}\t{self.epoch}"
+        try:
+            await self._redis.zadd(self._leases_key, {member: _now_ms()})
+            await self._reap()
+        except RedisError as error:
+            logger.warning("could not release the lease of %s: %s", member, error)
+
+    def report(self, transitions: list[env.Transition]) -> None:
+        """Queue transitions for the writer, which applies them in order."""
+        if len(self._pending) + len(transitions) > self.config.max_pending:
+            # Everything will be reported again by the resync after the outage.
+            self._pending.clear()
+            self._resync_needed = True
+            logger.warning(
+                "presence backlog over %d transitions; resync queued", self.config.max_pending
+            )
+            return
+        self._pending.extend(transitions)
+        self._wakeup.set()
+
+    async def query(self, user_ids: list[str]) -> list[pb.UserPresence]:
+        """Return the visible presence of users in one pipelined round trip."""
+        pipeline = self._redis.pipeline(transaction=False)
+        for user_id in user_ids:
+            pipeline.hmget(self._user_key(user_id), "status", "seen", "ver")
+        rows = await pipeline.execute()
+        result = []
+        for user_id, (status, seen, version) in zip(user_ids, rows, strict=True):
+            result.append(
+                pb.UserPresence(
+                    user_id=user_id,
+                    status=int(status) if status else pb.STATUS_OFFLINE,  # type: ignore[arg-type]
+                    last_seen_ms=int(seen or 0),
+                    version=int(version or 0),
+                )
+            )
+        return result
+
+    def request_resync(self) -> None:
+        """Report every local device again under a new epoch (after Redis lost our state)."""
+        self._resync_needed = True
+        self._wakeup.set()
+
+    # Internals.
+
+    def _user_key(self, user_id: str) -> str:
+        return f"{self.config.key_prefix}p:{user_id}"
+
+    def _members_key(self) -> str:
+        return f"{self.config.key_prefix}g:{self.gateway_id}:{self.epoch}"
+
+    async def _register(self, devices: list[LocalDevice]) -> None:
+        """Take a new epoch, report devices under it, then reap this gateway's older epochs.
+
+        Reporting first means the reap finds every still-connected device owned by the new
+        epoch and leaves it alone, so a resync after a Redis hiccup shows contacts no flap.
+        """
+        prefix = self.config.key_prefix
+        old = [
+            member
+            for member in await self._redis.zrange(self._leases_key, 0, -1)
+            if member.decode().startswith(self.gateway_id + "\t")
+        ]
+        self.epoch = int(await self._redis.incr(f"{prefix}epoch:{self.gateway_id}"))
+        await self._renew(register=True)
+        if devices:
+            now = _now_ms()
+            await self._apply(
+                [
+                    env.Transition(
+                        kind=env.Transition.KIND_ONLINE,
+                        user_id=device.user_id,
+                        device_id=device.device_id,
+                        connection_id=device.connection_id,
+                        status=pb.SetStatus(activity=device.activity, mode=device.mode),  # type: ignore[arg-type]
+                        at_ms=now,
+                    )
+                    for device in devices
+                ]
+            )
+        if old:
+            await self._redis.zadd(self._leases_key, {member: _now_ms() for member in old})
+            await self._reap()
+
+    async def _renew(self, *, register: bool = False) -> bool:
+        member = f"{self.gateway_id}\t{self.epoch}"
+        expiry = _now_ms() + int(self.config.lease_timeout * 1000)
+        held = await self._scripts["renew"](
+            keys=[self._leases_key], args=[member, expiry, "1" if register else "0"]
+        )
+        return bool(held)
+
+    async def _reap(self) -> int:
+        removed = await self._scripts["reap"](
+            keys=[self._leases_key, self._grace_key],
+            args=[
+                _now_ms(),
+                self.config.key_prefix,
+                self._channel_prefix,
+                100,
+                int(self.config.lease_timeout * 1000),
+            ],
+        )
+        if removed:
+            logger.info("reaped %d devices of lapsed gateways", removed)
+        return int(removed)
+
+    async def _write_loop(self) -> None:
+        backoff = 0.1
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            try:
+                if self._resync_needed:
+                    await self._resync()
+                if self._pending:
+                    batch = self._pending
+                    self._pending = []
+                    await self._apply(batch)
+                backoff = 0.1
+            except RedisError as error:
+                logger.warning(
+                    "cluster presence write failed, resync in %.1f s: %s", backoff, error
+                )
+                self._pending.clear()
+                self._resync_needed = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                self._wakeup.set()
+
+    async def _apply(self, batch: list[env.Transition]) -> None:
+        now = _now_ms()
+        grace_ms = int(self.config.grace_period * 1000)
+        members = self._members_key()
+        script = self._scripts["transition"]
+        pipeline = self._redis.pipeline(transaction=False)
+        for transition in batch:
+            status = transition.status
+            pipeline.evalsha(
+                script.sha,
+                3,
+                self._user_key(transition.user_id),
+                members,
+                self._grace_key,
+                _KINDS[transition.kind],
+                transition.user_id,
+                transition.device_id,
+                self.gateway_id,
+                self.epoch,
+                transition.connection_id,
+                status.activity,
+                status.mode,
+                transition.at_ms or now,
+                now,
+                grace_ms,
+                self._channel_prefix,
+            )
+        try:
+            await pipeline.execute()
+        except NoScriptError:
+            # Redis restarted and forgot the script: load it and run the batch again. The
+            # scripts are idempotent for a repeated transition, so a partial first run is safe.
+            await self._redis.script_load(script.script)
+            await self._apply(batch)
+
+    async def _resync(self) -> None:
+        """Start a new epoch and report every local device online again."""
+        self._resync_needed = False
+        self._pending.clear()
+        devices = list(self._local_devices())
+        await self._register(devices)
+        logger.info("resynced %d devices under epoch %d", len(devices), self.epoch)
+
+    async def _maintenance_loop(self) -> None:
+        interval = min(self.config.reap_interval, self.config.lease_timeout / 3)
+        next_renewal = 0.0
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                now = time.monotonic()
+                if now >= next_renewal:
+                    if not await self._renew():
+                        logger.warning(
+                            "lease of %s epoch %d lapsed; resyncing", self.gateway_id, self.epoch
+                        )
+                        self.request_resync()
+                    next_renewal = now + self.config.lease_timeout / 3
+                await self._reap()
+                await self._scripts["finish_grace"](
+                    keys=[self._grace_key],
+                    args=[_now_ms(), self.config.key_prefix, self._channel_prefix, 1000],
+                )
+            except RedisError as error:
+                logger.warning("cluster presence maintenance failed: %s", error)
+                self.request_resync()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
