@@ -45,6 +45,7 @@ def test_gateway_config(**overrides: object) -> GatewayConfig:
         "connect_timeout": 1.0,
         "sweep_interval": 0.05,
         "request_timeout": 2.0,
+        "close_timeout": 1.0,
     }
     settings.update(overrides)
     return GatewayConfig(**settings)  # type: ignore[arg-type]

@@ -113,8 +113,7 @@ async def test_online_change_published(cluster: dict) -> None:  # type: ignore[t
     change = await cluster["watcher"].next()
     assert change.user_id == "alice"
     assert change.status == pb.STATUS_ONLINE
-    assert change.version == 1
-    assert change.last_seen_ms > 0
+    assert change.version >= change.last_seen_ms > 0  # versions follow the clock
 
 
 async def test_offline_waits_for_grace(cluster: dict) -> None:  # type: ignore[type-arg]
@@ -122,7 +121,7 @@ async def test_offline_waits_for_grace(cluster: dict) -> None:  # type: ignore[t
     await watcher.watch("alice")
     gateway = await cluster["gateway"]("gw1")
     gateway.report([transition(ONLINE, "alice", "phone", "c1")])
-    await watcher.next()
+    online = await watcher.next()
     left = transition(OFFLINE, "alice", "phone", "c1")
     gateway.report([left])
     started = time.monotonic()
@@ -130,7 +129,7 @@ async def test_offline_waits_for_grace(cluster: dict) -> None:  # type: ignore[t
     assert offline.status == pb.STATUS_OFFLINE
     assert time.monotonic() - started >= 0.25
     assert offline.last_seen_ms == left.at_ms
-    assert offline.version == 2
+    assert offline.version > online.version
 
 
 async def test_reconnect_inside_grace_is_silent(cluster: dict) -> None:  # type: ignore[type-arg]

@@ -87,10 +87,19 @@ def test_history_pages_by_sequence(store: Store) -> None:
 
 
 def test_read_marker_never_moves_back(store: Store) -> None:
-    send(store, "alice", "bob", "1")
+    for index in range(5):
+        send(store, "alice", "bob", str(index))
     store.mark_read("bob", "phone", "d:alice:bob", 5)
     store.mark_read("bob", "phone", "d:alice:bob", 3)
     assert store.read_marker("bob", "phone", "d:alice:bob") == 5
+
+
+def test_read_marker_stops_at_last_message(store: Store) -> None:
+    send(store, "alice", "bob", "1")
+    store.mark_read("bob", "phone", "d:alice:bob", 2**63 + 5)
+    assert store.read_marker("bob", "phone", "d:alice:bob") == 1
+    store.mark_read("bob", "phone", "d:nobody:zed", 1)
+    assert store.read_marker("bob", "phone", "d:nobody:zed") == 0
 
 
 def test_participant_check(store: Store) -> None:

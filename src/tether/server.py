@@ -1,31 +1,44 @@
-"""Embedded tether: gateway, presence and logic in one process, joined by the in-process bus.
+"""One tether process: embedded (everything on the in-process bus) or a cluster member.
 
-`EmbeddedServer` is what `tether serve` runs and what the tests start on free ports. It also
-opens a control socket (a Unix socket in the data directory) through which `tether contacts`
-changes contacts of a running server.
+`TetherServer` is what `tether serve` and `tether logic` run and what the tests start on free
+ports. A process that runs logic also opens a control socket (a Unix socket in the data
+directory) through which `tether contacts` changes contacts of a running server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from tether.auth import TokenVerifier
 from tether.bus import channels
 from tether.bus import envelope_pb2 as env
+from tether.bus.base import Bus
 from tether.bus.memory import InProcessBus
+from tether.bus.redis import RedisBus, RedisBusConfig
 from tether.bus.requests import AsyncRequester
 from tether.gateway import Gateway, GatewayConfig, start_tcp_server, start_websocket_server
+from tether.gateway.presence_link import ClusterPresenceLink
 from tether.logic import LogicConfig, LogicService, default_database
 from tether.presence import PresenceConfig, PresenceService
+from tether.presence.cluster import ClusterPresenceConfig, RedisPresence
 from tether.protocol.codes import Code
 from tether.protocol.framing import StreamDecoder, prefix_frame
 
-__all__ = ["CONTROL_SOCKET_NAME", "EmbeddedServer", "ServerConfig", "load_or_create_secret"]
+__all__ = [
+    "CONTROL_SOCKET_NAME",
+    "EmbeddedServer",
+    "ServerConfig",
+    "TetherServer",
+    "load_or_create_secret",
+    "send_admin_request",
+]
 
 logger = logging.getLogger("tether.server")
 
@@ -36,7 +49,7 @@ _MAX_CONTROL_FRAME = 4096
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ServerConfig:
-    """Settings of an embedded server."""
+    """Settings of one tether process."""
 
     data_dir: Path
     """Folder for the database, the development secret and the control socket."""
@@ -45,7 +58,15 @@ class ServerConfig:
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     presence: PresenceConfig = field(default_factory=PresenceConfig)
     control_socket: bool = True
-    """Open the control socket for `tether contacts` (default true)."""
+    """Open the control socket for `tether contacts` when logic runs here (default true)."""
+    redis_url: str = ""
+    """Redis or Valkey URL; empty runs embedded on the in-process bus (default empty)."""
+    run_gateway: bool = True
+    """Serve clients in this process (default true)."""
+    run_logic: bool = True
+    """Run the reference logic in this process (default true; always true when embedded)."""
+    lease_timeout: float = 5.0
+    """Cluster only: seconds a gateway's devices outlive it without a lease renewal."""
 
 
 def load_or_create_secret(data_dir: Path) -> str:
@@ -57,59 +78,117 @@ def load_or_create_secret(data_dir: Path) -> str:
         pass
     data_dir.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(32)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()  # another process created it first
     with os.fdopen(descriptor, "w") as file:
         file.write(secret + "\n")
     return secret
 
 
-class EmbeddedServer:
-    """All of tether in one process."""
+class TetherServer:
+    """The parts of tether that run in one process.
+
+    Embedded (no redis_url): gateway, in-memory presence and logic on the in-process bus.
+    Cluster: a gateway with Redis presence, a logic worker, or both, on the Redis bus.
+    """
 
     def __init__(self, config: ServerConfig) -> None:
+        if not config.redis_url and not (config.run_gateway and config.run_logic):
+            raise ValueError("embedded tether runs gateway and logic together; set redis_url")
+        if not (config.run_gateway or config.run_logic):
+            raise ValueError("nothing to run: enable the gateway, the logic or both")
         self.config = config
-        self.bus = InProcessBus()
         self.secret = config.secret or load_or_create_secret(config.data_dir)
-        self.logic = LogicService(LogicConfig(database=default_database(config.data_dir)), self.bus)
-        self.presence = PresenceService(config.presence, self.bus)
-        self.gateway = Gateway(config.gateway, self.bus, TokenVerifier(secret=self.secret))
-        self._admin = AsyncRequester(self.bus, f"{self.gateway.id}-admin")
+        self.bus: Bus
+        self.cluster_presence: RedisPresence | None = None
+        self.presence: PresenceService | None = None
+        self.gateway: Gateway | None = None
+        self.logic: LogicService | None = None
+        verifier = TokenVerifier(secret=self.secret)
+
+        if config.redis_url:
+            gateway_id = config.gateway.gateway_id or f"gw-{os.urandom(4).hex()}"
+            self.bus = RedisBus(RedisBusConfig(url=config.redis_url))
+            if config.run_gateway:
+                gateway_config = dataclasses.replace(config.gateway, gateway_id=gateway_id)
+                self.gateway = Gateway(gateway_config, self.bus, verifier)
+                self.cluster_presence = RedisPresence(
+                    ClusterPresenceConfig(
+                        url=config.redis_url,
+                        lease_timeout=config.lease_timeout,
+                        grace_period=config.presence.grace_period,
+                    ),
+                    gateway_id,
+                    self.gateway.local_devices,
+                )
+                self.gateway.presence = ClusterPresenceLink(
+                    self.cluster_presence, self.bus.flush_subscriptions
+                )
+        else:
+            self.bus = InProcessBus()
+            self.presence = PresenceService(config.presence, self.bus)
+            self.gateway = Gateway(config.gateway, self.bus, verifier)
+        if config.run_logic:
+            database = default_database(config.data_dir)
+            self.logic = LogicService(LogicConfig(database=database), self.bus)
+        self._admin = AsyncRequester(self.bus, f"admin-{os.getpid()}-{os.urandom(3).hex()}")
         self._servers: list[asyncio.Server] = []
         self.tcp_port: int | None = None
         self.ws_port: int | None = None
         self.control_path: Path | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Whether this process can serve: the bus is connected (always, when embedded)."""
+        ready = getattr(self.bus, "ready", True)
+        return bool(ready)
 
     async def start(self) -> None:
         """Start every part and listen on the configured ports."""
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
         await self.bus.start()
-        await self.logic.start()
-        await self.presence.start()
-        await self.gateway.start()
+        if self.logic is not None:
+            await self.logic.start()
+        if self.presence is not None:
+            await self.presence.start()
+        if self.cluster_presence is not None:
+            await self.cluster_presence.start()
+            assert isinstance(self.bus, RedisBus)
+            self.bus.add_reconnect_callback(self.cluster_presence.request_resync)
         self._admin.start()
-        gateway_config = config.gateway
-        if gateway_config.tcp_port is not None:
-            server = await start_tcp_server(
-                self.gateway, gateway_config.host, gateway_config.tcp_port
+        gateway = self.gateway
+        if gateway is not None:
+            await gateway.start()
+            gateway_config = config.gateway
+            if gateway_config.tcp_port is not None:
+                server = await start_tcp_server(
+                    gateway, gateway_config.host, gateway_config.tcp_port
+                )
+                self._servers.append(server)
+                self.tcp_port = server.sockets[0].getsockname()[1]
+            if gateway_config.ws_port is not None:
+                server = await start_websocket_server(
+                    gateway, gateway_config.host, gateway_config.ws_port
+                )
+                self._servers.append(server)
+                self.ws_port = server.sockets[0].getsockname()[1]
+            logger.info(
+                "gateway %s serving: tcp %s:%s, websocket %s:%s%s",
+                gateway.id,
+                gateway_config.host,
+                self.tcp_port,
+                gateway_config.host,
+                self.ws_port,
+                gateway_config.ws_path,
             )
-            self._servers.append(server)
-            self.tcp_port = server.sockets[0].getsockname()[1]
-        if gateway_config.ws_port is not None:
-            server = await start_websocket_server(
-                self.gateway, gateway_config.host, gateway_config.ws_port
-            )
-            self._servers.append(server)
-            self.ws_port = server.sockets[0].getsockname()[1]
-        if config.control_socket:
+        if self.logic is not None and config.control_socket:
             await self._start_control_socket()
         logger.info(
-            "tether serving: tcp %s:%s, websocket %s:%s%s, data in %s",
-            gateway_config.host,
-            self.tcp_port,
-            gateway_config.host,
-            self.ws_port,
-            gateway_config.ws_path,
+            "tether started (%s, data in %s)",
+            f"cluster on {_redacted(config.redis_url)}" if config.redis_url else "embedded",
             config.data_dir,
         )
 
@@ -117,15 +196,21 @@ class EmbeddedServer:
         """Stop accepting, close every connection with SHUTDOWN and stop every part."""
         for server in self._servers:
             server.close()
-        await self.gateway.close()
-        await asyncio.sleep(0)  # let the Disconnect frames reach the transports
+        if self.gateway is not None:
+            await self.gateway.close()
+            await asyncio.sleep(0)  # let the Disconnect frames reach the transports
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
+        if self.cluster_presence is not None:
+            await self.cluster_presence.release()
+            await self.cluster_presence.close()
         self._admin.close()
-        await self.presence.close()
+        if self.presence is not None:
+            await self.presence.close()
         await self.bus.close()
-        await self.logic.close()
+        if self.logic is not None:
+            await self.logic.close()
         if self.control_path is not None:
             self.control_path.unlink(missing_ok=True)
         logger.info("tether stopped")
@@ -174,6 +259,10 @@ class EmbeddedServer:
             writer.close()
 
 
+# The name the tests and the first release used for the all-in-one server.
+EmbeddedServer = TetherServer
+
+
 async def send_admin_request(
     data_dir: Path, operation: str, args: list[str], timeout: float = 10.0
 ) -> env.AdminResult | None:
@@ -199,3 +288,12 @@ async def send_admin_request(
                 return env.Envelope.FromString(payloads[0]).admin_result
     finally:
         writer.close()
+
+
+def _redacted(url: str) -> str:
+    """Return url without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return parts._replace(netloc=netloc).geturl()

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tether.protocol import tether_pb2 as tether_dot_protocol_dot_tether__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tether/bus/envelope.proto\x12\rtether.bus.v1\x1a\x1ctether/protocol/tether.proto\"\x8a\x06\n\x08\x45nvelope\x12\x10\n\x08reply_to\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\x04\x12\x38\n\x0f\x63onnect_request\x18\n \x01(\x0b\x32\x1d.tether.bus.v1.ConnectRequestH\x00\x12\x36\n\x0e\x63onnect_result\x18\x0b \x01(\x0b\x32\x1c.tether.bus.v1.ConnectResultH\x00\x12\x32\n\x0csend_request\x18\x0c \x01(\x0b\x32\x1a.tether.bus.v1.SendRequestH\x00\x12\x30\n\x0bsend_result\x18\r \x01(\x0b\x32\x19.tether.bus.v1.SendResultH\x00\x12\x34\n\ruser_delivery\x18\x0e \x01(\x0b\x32\x1b.tether.bus.v1.UserDeliveryH\x00\x12\x35\n\x0btransitions\x18\x0f \x01(\x0b\x32\x1e.tether.bus.v1.TransitionBatchH\x00\x12\x38\n\x0fpresence_change\x18\x10 \x01(\x0b\x32\x1d.tether.bus.v1.PresenceChangeH\x00\x12:\n\x10snapshot_request\x18\x11 \x01(\x0b\x32\x1e.tether.bus.v1.SnapshotRequestH\x00\x12\x38\n\x0fsnapshot_result\x18\x12 \x01(\x0b\x32\x1d.tether.bus.v1.SnapshotResultH\x00\x12\x38\n\x0f\x63ontacts_update\x18\x13 \x01(\x0b\x32\x1d.tether.bus.v1.ContactsUpdateH\x00\x12\x37\n\x0b\x64\x65liver_ack\x18\x14 \x01(\x0b\x32 .tether.bus.v1.DeliverAckRequestH\x00\x12\x34\n\radmin_request\x18\x15 \x01(\x0b\x32\x1b.tether.bus.v1.AdminRequestH\x00\x12\x32\n\x0c\x61\x64min_result\x18\x16 \x01(\x0b\x32\x1a.tether.bus.v1.AdminResultH\x00\x42\x06\n\x04kind\"[\n\x0e\x43onnectRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12%\n\x08platform\x18\x03 \x01(\x0e\x32\x13.tether.v1.Platform\"L\n\rConnectResult\x12\x12\n\nerror_code\x18\x01 \x01(\r\x12\x15\n\rerror_message\x18\x02 \x01(\t\x12\x10\n\x08\x63ontacts\x18\x03 \x03(\t\"S\n\x0bSendRequest\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x15\n\rsender_device\x18\x02 \x01(\t\x12\x1d\n\x04send\x18\x03 \x01(\x0b\x32\x0f.tether.v1.Send\"X\n\nSendResult\x12\x12\n\nerror_code\x18\x01 \x01(\r\x12\x15\n\rerror_message\x18\x02 \x01(\t\x12\x1f\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x12.tether.v1.SendAck\"2\n\x0cUserDelivery\x12\r\n\x05\x66rame\x18\x01 \x01(\x0c\x12\x13\n\x0bskip_device\x18\x02 \x01(\t\"\xfc\x01\n\nTransition\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.tether.bus.v1.Transition.Kind\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12\x15\n\rconnection_id\x18\x04 \x01(\t\x12$\n\x06status\x18\x05 \x01(\x0b\x32\x14.tether.v1.SetStatus\x12\r\n\x05\x61t_ms\x18\x06 \x01(\x03\"P\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0f\n\x0bKIND_ONLINE\x10\x01\x12\x10\n\x0cKIND_OFFLINE\x10\x02\x12\x0f\n\x0bKIND_STATUS\x10\x03\"U\n\x0fTransitionBatch\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12.\n\x0btransitions\x18\x02 \x03(\x0b\x32\x19.tether.bus.v1.Transition\";\n\x0ePresenceChange\x12)\n\x08presence\x18\x01 \x01(\x0b\x32\x17.tether.v1.UserPresence\"#\n\x0fSnapshotRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\"8\n\x0eSnapshotResult\x12&\n\x05users\x18\x01 \x03(\x0b\x32\x17.tether.v1.UserPresence\"0\n\x0e\x43ontactsUpdate\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x03(\t\x12\x0f\n\x07removed\x18\x02 \x03(\t\"[\n\x11\x44\x65liverAckRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\"\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x15.tether.v1.DeliverAck\"/\n\x0c\x41\x64minRequest\x12\x11\n\toperation\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x02 \x03(\t\"8\n\x0b\x41\x64minResult\x12\x12\n\nerror_code\x18\x01 \x01(\r\x12\x15\n\rerror_message\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tether/bus/envelope.proto\x12\rtether.bus.v1\x1a\x1ctether/protocol/tether.proto\"\xbe\x06\n\x08\x45nvelope\x12\x10\n\x08reply_to\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\x04\x12\x38\n\x0f\x63onnect_request\x18\n \x01(\x0b\x32\x1d.tether.bus.v1.ConnectRequestH\x00\x12\x36\n\x0e\x63onnect_result\x18\x0b \x01(\x0b\x32\x1c.tether.bus.v1.ConnectResultH\x00\x12\x32\n\x0csend_request\x18\x0c \x01(\x0b\x32\x1a.tether.bus.v1.SendRequestH\x00\x12\x30\n\x0bsend_result\x18\r \x01(\x0b\x32\x19.tether.bus.v1.SendResultH\x00\x12\x34\n\ruser_delivery\x18\x0e \x01(\x0b\x32\x1b.tether.bus.v1.UserDeliveryH\x00\x12\x35\n\x0btransitions\x18\x0f \x01(\x0b\x32\x1e.tether.bus.v1.TransitionBatchH\x00\x12\x38\n\x0fpresence_change\x18\x10 \x01(\x0b\x32\x1d.tether.bus.v1.PresenceChangeH\x00\x12:\n\x10snapshot_request\x18\x11 \x01(\x0b\x32\x1e.tether.bus.v1.SnapshotRequestH\x00\x12\x38\n\x0fsnapshot_result\x18\x12 \x01(\x0b\x32\x1d.tether.bus.v1.SnapshotResultH\x00\x12\x38\n\x0f\x63ontacts_update\x18\x13 \x01(\x0b\x32\x1d.tether.bus.v1.ContactsUpdateH\x00\x12\x37\n\x0b\x64\x65liver_ack\x18\x14 \x01(\x0b\x32 .tether.bus.v1.DeliverAckRequestH\x00\x12\x34\n\radmin_request\x18\x15 \x01(\x0b\x32\x1b.tether.bus.v1.AdminRequestH\x00\x12\x32\n\x0c\x61\x64min_result\x18\x16 \x01(\x0b\x32\x1a.tether.bus.v1.AdminResultH\x00\x12\x32\n\x0c\x64\x65vice_claim\x18\x17 \x01(\x0b\x32\x1a.tether.bus.v1.DeviceClaimH\x00\x42\x06\n\x04kind\"[\n\x0e\x43onnectRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12%\n\x08platform\x18\x03 \x01(\x0e\x32\x13.tether.v1.Platform\"L\n\rConnectResult\x12\x12\n\nerror_code\x18\x01 \x01(\r\x12\x15\n\rerror_message\x18\x02 \x01(\t\x12\x10\n\x08\x63ontacts\x18\x03 \x03(\t\"S\n\x0bSendRequest\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x15\n\rsender_device\x18\x02 \x01(\t\x12\x1d\n\x04send\x18\x03 \x01(\x0b\x32\x0f.tether.v1.Send\"X\n\nSendResult\x12\x12\n\nerror_code\x18\x01 \x01(\r\x12\x15\n\rerror_message\x18\x02 \x01(\t\x12\x1f\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x12.tether.v1.SendAck\"2\n\x0cUserDelivery\x12\r\n\x05\x66rame\x18\x01 \x01(\x0c\x12\x13\n\x0bskip_device\x18\x02 \x01(\t\"\xfc\x01\n\nTransition\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.tether.bus.v1.Transition.Kind\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12\x15\n\rconnection_id\x18\x04 \x01(\t\x12$\n\x06status\x18\x05 \x01(\x0b\x32\x14.tether.v1.SetStatus\x12\r\n\x05\x61t_ms\x18\x06 \x01(\x03\"P\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0f\n\x0bKIND_ONLINE\x10\x01\x12\x10\n\x0cKIND_OFFLINE\x10\x02\x12\x0f\n\x0bKIND_STATUS\x10\x03\"U\n\x0fTransitionBatch\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12.\n\x0btransitions\x18\x02 \x03(\x0b\x32\x19.tether.bus.v1.Transition\";\n\x0ePresenceChange\x12)\n\x08presence\x18\x01 \x01(\x0b\x32\x17.tether.v1.UserPresence\"#\n\x0fSnapshotRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\"8\n\x0eSnapshotResult\x12&\n\x05users\x18\x01 \x03(\x0b\x32\x17.tether.v1.UserPresence\"0\n\x0e\x43ontactsUpdate\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x03(\t\x12\x0f\n\x07removed\x18\x02 \x03(\t\"7\n\x0b\x44\x65viceClaim\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x15\n\rconnection_id\x18\x02 \x01(\t\"[\n\x11\x44\x65liverAckRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\"\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x15.tether.v1.DeliverAck\"/\n\x0c\x41\x64minRequest\x12\x11\n\toperation\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x02 \x03(\t\"8\n\x0b\x41\x64minResult\x12\x12\n\nerror_code\x18\x01 \x01(\r\x12\x15\n\rerror_message\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,35 +33,37 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tether.bus.envelope_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ENVELOPE']._serialized_start=75
-  _globals['_ENVELOPE']._serialized_end=853
-  _globals['_CONNECTREQUEST']._serialized_start=855
-  _globals['_CONNECTREQUEST']._serialized_end=946
-  _globals['_CONNECTRESULT']._serialized_start=948
-  _globals['_CONNECTRESULT']._serialized_end=1024
-  _globals['_SENDREQUEST']._serialized_start=1026
-  _globals['_SENDREQUEST']._serialized_end=1109
-  _globals['_SENDRESULT']._serialized_start=1111
-  _globals['_SENDRESULT']._serialized_end=1199
-  _globals['_USERDELIVERY']._serialized_start=1201
-  _globals['_USERDELIVERY']._serialized_end=1251
-  _globals['_TRANSITION']._serialized_start=1254
-  _globals['_TRANSITION']._serialized_end=1506
-  _globals['_TRANSITION_KIND']._serialized_start=1426
-  _globals['_TRANSITION_KIND']._serialized_end=1506
-  _globals['_TRANSITIONBATCH']._serialized_start=1508
-  _globals['_TRANSITIONBATCH']._serialized_end=1593
-  _globals['_PRESENCECHANGE']._serialized_start=1595
-  _globals['_PRESENCECHANGE']._serialized_end=1654
-  _globals['_SNAPSHOTREQUEST']._serialized_start=1656
-  _globals['_SNAPSHOTREQUEST']._serialized_end=1691
-  _globals['_SNAPSHOTRESULT']._serialized_start=1693
-  _globals['_SNAPSHOTRESULT']._serialized_end=1749
-  _globals['_CONTACTSUPDATE']._serialized_start=1751
-  _globals['_CONTACTSUPDATE']._serialized_end=1799
-  _globals['_DELIVERACKREQUEST']._serialized_start=1801
-  _globals['_DELIVERACKREQUEST']._serialized_end=1892
-  _globals['_ADMINREQUEST']._serialized_start=1894
-  _globals['_ADMINREQUEST']._serialized_end=1941
-  _globals['_ADMINRESULT']._serialized_start=1943
-  _globals['_ADMINRESULT']._serialized_end=1999
+  _globals['_ENVELOPE']._serialized_end=905
+  _globals['_CONNECTREQUEST']._serialized_start=907
+  _globals['_CONNECTREQUEST']._serialized_end=998
+  _globals['_CONNECTRESULT']._serialized_start=1000
+  _globals['_CONNECTRESULT']._serialized_end=1076
+  _globals['_SENDREQUEST']._serialized_start=1078
+  _globals['_SENDREQUEST']._serialized_end=1161
+  _globals['_SENDRESULT']._serialized_start=1163
+  _globals['_SENDRESULT']._serialized_end=1251
+  _globals['_USERDELIVERY']._serialized_start=1253
+  _globals['_USERDELIVERY']._serialized_end=1303
+  _globals['_TRANSITION']._serialized_start=1306
+  _globals['_TRANSITION']._serialized_end=1558
+  _globals['_TRANSITION_KIND']._serialized_start=1478
+  _globals['_TRANSITION_KIND']._serialized_end=1558
+  _globals['_TRANSITIONBATCH']._serialized_start=1560
+  _globals['_TRANSITIONBATCH']._serialized_end=1645
+  _globals['_PRESENCECHANGE']._serialized_start=1647
+  _globals['_PRESENCECHANGE']._serialized_end=1706
+  _globals['_SNAPSHOTREQUEST']._serialized_start=1708
+  _globals['_SNAPSHOTREQUEST']._serialized_end=1743
+  _globals['_SNAPSHOTRESULT']._serialized_start=1745
+  _globals['_SNAPSHOTRESULT']._serialized_end=1801
+  _globals['_CONTACTSUPDATE']._serialized_start=1803
+  _globals['_CONTACTSUPDATE']._serialized_end=1851
+  _globals['_DEVICECLAIM']._serialized_start=1853
+  _globals['_DEVICECLAIM']._serialized_end=1908
+  _globals['_DELIVERACKREQUEST']._serialized_start=1910
+  _globals['_DELIVERACKREQUEST']._serialized_end=2001
+  _globals['_ADMINREQUEST']._serialized_start=2003
+  _globals['_ADMINREQUEST']._serialized_end=2050
+  _globals['_ADMINRESULT']._serialized_start=2052
+  _globals['_ADMINRESULT']._serialized_end=2108
 # @@protoc_insertion_point(module_scope)

@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Envelope(_message.Message):
-    __slots__ = ("reply_to", "request_id", "connect_request", "connect_result", "send_request", "send_result", "user_delivery", "transitions", "presence_change", "snapshot_request", "snapshot_result", "contacts_update", "deliver_ack", "admin_request", "admin_result")
+    __slots__ = ("reply_to", "request_id", "connect_request", "connect_result", "send_request", "send_result", "user_delivery", "transitions", "presence_change", "snapshot_request", "snapshot_result", "contacts_update", "deliver_ack", "admin_request", "admin_result", "device_claim")
     REPLY_TO_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CONNECT_REQUEST_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +25,7 @@ class Envelope(_message.Message):
     DELIVER_ACK_FIELD_NUMBER: _ClassVar[int]
     ADMIN_REQUEST_FIELD_NUMBER: _ClassVar[int]
     ADMIN_RESULT_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_CLAIM_FIELD_NUMBER: _ClassVar[int]
     reply_to: str
     request_id: int
     connect_request: ConnectRequest
@@ -40,7 +41,8 @@ class Envelope(_message.Message):
     deliver_ack: DeliverAckRequest
     admin_request: AdminRequest
     admin_result: AdminResult
-    def __init__(self, reply_to: _Optional[str] = ..., request_id: _Optional[int] = ..., connect_request: _Optional[_Union[ConnectRequest, _Mapping]] = ..., connect_result: _Optional[_Union[ConnectResult, _Mapping]] = ..., send_request: _Optional[_Union[SendRequest, _Mapping]] = ..., send_result: _Optional[_Union[SendResult, _Mapping]] = ..., user_delivery: _Optional[_Union[UserDelivery, _Mapping]] = ..., transitions: _Optional[_Union[TransitionBatch, _Mapping]] = ..., presence_change: _Optional[_Union[PresenceChange, _Mapping]] = ..., snapshot_request: _Optional[_Union[SnapshotRequest, _Mapping]] = ..., snapshot_result: _Optional[_Union[SnapshotResult, _Mapping]] = ..., contacts_update: _Optional[_Union[ContactsUpdate, _Mapping]] = ..., deliver_ack: _Optional[_Union[DeliverAckRequest, _Mapping]] = ..., admin_request: _Optional[_Union[AdminRequest, _Mapping]] = ..., admin_result: _Optional[_Union[AdminResult, _Mapping]] = ...) -> None: ...
+    device_claim: DeviceClaim
+    def __init__(self, reply_to: _Optional[str] = ..., request_id: _Optional[int] = ..., connect_request: _Optional[_Union[ConnectRequest, _Mapping]] = ..., connect_result: _Optional[_Union[ConnectResult, _Mapping]] = ..., send_request: _Optional[_Union[SendRequest, _Mapping]] = ..., send_result: _Optional[_Union[SendResult, _Mapping]] = ..., user_delivery: _Optional[_Union[UserDelivery, _Mapping]] = ..., transitions: _Optional[_Union[TransitionBatch, _Mapping]] = ..., presence_change: _Optional[_Union[PresenceChange, _Mapping]] = ..., snapshot_request: _Optional[_Union[SnapshotRequest, _Mapping]] = ..., snapshot_result: _Optional[_Union[SnapshotResult, _Mapping]] = ..., contacts_update: _Optional[_Union[ContactsUpdate, _Mapping]] = ..., deliver_ack: _Optional[_Union[DeliverAckRequest, _Mapping]] = ..., admin_request: _Optional[_Union[AdminRequest, _Mapping]] = ..., admin_result: _Optional[_Union[AdminResult, _Mapping]] = ..., device_claim: _Optional[_Union[DeviceClaim, _Mapping]] = ...) -> None: ...
 
 class ConnectRequest(_message.Message):
     __slots__ = ("user_id", "device_id", "platform")
@@ -149,6 +151,14 @@ class ContactsUpdate(_message.Message):
     added: _containers.RepeatedScalarFieldContainer[str]
     removed: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, added: _Optional[_Iterable[str]] = ..., removed: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeviceClaim(_message.Message):
+    __slots__ = ("device_id", "connection_id")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    CONNECTION_ID_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    connection_id: str
+    def __init__(self, device_id: _Optional[str] = ..., connection_id: _Optional[str] = ...) -> None: ...
 
 class DeliverAckRequest(_message.Message):
     __slots__ = ("user_id", "device_id", "ack")

@@ -47,6 +47,33 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _boolean(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _add_cluster_options(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
+    add_option(
+        parser,
+        "--redis",
+        convert=str,
+        default="",
+        help="Redis (>= 7) or Valkey URL of the cluster, e.g. redis://127.0.0.1:6379/0"
+        + ("" if required else "; empty runs embedded"),
+    )
+    add_option(
+        parser,
+        "--lease-timeout",
+        convert=_positive,
+        default=5.0,
+        help="seconds a crashed gateway's users stay online before others reap them",
+    )
+
+
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     add_option(
         parser,
@@ -71,8 +98,27 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run gateway, presence and logic in one process")
+    serve = commands.add_parser(
+        "serve",
+        help="run a gateway: embedded with presence and logic, or a cluster member with --redis",
+    )
     _add_data_options(serve)
+    _add_cluster_options(serve)
+    add_option(
+        serve,
+        "--gateway-id",
+        convert=str,
+        default="",
+        help="name of this gateway in the cluster; a restart under the same name replaces "
+        "its old sessions (empty: random)",
+    )
+    add_option(
+        serve,
+        "--logic",
+        convert=_boolean,
+        default=True,
+        help="with --redis: also run a logic worker in this process (true or false)",
+    )
     add_option(serve, "--host", convert=str, default="127.0.0.1", help="address to listen on")
     add_option(
         serve,
@@ -156,6 +202,46 @@ def _build_parser() -> argparse.ArgumentParser:
         serve, "--log-level", convert=str, default="info", help="debug, info, warning or error"
     )
 
+    logic = commands.add_parser("logic", help="run a logic worker of a cluster")
+    _add_data_options(logic)
+    _add_cluster_options(logic, required=True)
+    add_option(
+        logic, "--log-level", convert=str, default="info", help="debug, info, warning or error"
+    )
+
+    cluster = commands.add_parser(
+        "cluster", help="start a local cluster: Redis, gateways and logic workers"
+    )
+    _add_data_options(cluster)
+    add_option(cluster, "--gateways", convert=_positive_int, default=2, help="gateway processes")
+    add_option(
+        cluster, "--logic-workers", convert=_positive_int, default=1, help="logic worker processes"
+    )
+    add_option(
+        cluster,
+        "--tcp-port",
+        convert=_positive_int,
+        default=7400,
+        help="TCP port of the first gateway; the others take the next ones",
+    )
+    add_option(
+        cluster,
+        "--ws-port",
+        convert=_positive_int,
+        default=7500,
+        help="WebSocket port of the first gateway; the others take the next ones",
+    )
+    add_option(
+        cluster,
+        "--redis",
+        convert=str,
+        default="",
+        help="Redis or Valkey URL to use; empty starts a private server on a free port",
+    )
+    add_option(
+        cluster, "--log-level", convert=str, default="info", help="debug, info, warning or error"
+    )
+
     token = commands.add_parser("token", help="print a development token for a user")
     token.add_argument("user", help="user id (the token's sub claim)")
     add_option(
@@ -210,6 +296,14 @@ def main(argv: list[str] | None = None) -> int:
         from tether.cli.serve import serve
 
         return run(serve(arguments))
+    if arguments.command == "logic":
+        from tether.cli.serve import logic_worker
+
+        return run(logic_worker(arguments))
+    if arguments.command == "cluster":
+        from tether.cli.cluster import cluster
+
+        return run(cluster(arguments))
     if arguments.command == "token":
         return _token(arguments)
     if arguments.command == "contacts":

@@ -1,4 +1,4 @@
-"""`tether serve`: run embedded tether until SIGINT or SIGTERM."""
+"""`tether serve` and `tether logic`: run one tether process until SIGINT or SIGTERM."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import logging
 from tether.cli.main import configure_logging, install_stop_signals
 from tether.gateway import GatewayConfig
 from tether.presence import PresenceConfig
-from tether.server import EmbeddedServer, ServerConfig
+from tether.protocol.errors import TetherError
+from tether.server import ServerConfig, TetherServer
 
-__all__ = ["serve"]
+__all__ = ["logic_worker", "serve"]
 
 logger = logging.getLogger("tether.cli")
 
@@ -33,29 +34,61 @@ async def serve(arguments: argparse.Namespace) -> int:
             max_frame_bytes=arguments.max_frame_bytes,
             max_body_bytes=arguments.max_body_bytes,
             max_outgoing_bytes=arguments.max_outgoing_bytes,
+            gateway_id=arguments.gateway_id,
         )
         config = ServerConfig(
             data_dir=arguments.data_dir,
             secret=arguments.secret,
             gateway=gateway,
             presence=PresenceConfig(grace_period=arguments.grace_period),
+            redis_url=arguments.redis,
+            run_logic=arguments.logic or not arguments.redis,
+            lease_timeout=arguments.lease_timeout,
         )
     except ValueError as error:
         logger.error("invalid setting: %s", error)
         return 2
-    server = EmbeddedServer(config)
+    return await _run(config)
+
+
+async def logic_worker(arguments: argparse.Namespace) -> int:
+    """Run a logic worker of a cluster until a stop signal."""
+    configure_logging(arguments.log_level)
+    if not arguments.redis:
+        logger.error("tether logic needs --redis URL (or TETHER_REDIS)")
+        return 2
+    config = ServerConfig(
+        data_dir=arguments.data_dir,
+        secret=arguments.secret,
+        redis_url=arguments.redis,
+        run_gateway=False,
+        lease_timeout=arguments.lease_timeout,
+    )
+    return await _run(config)
+
+
+async def _run(config: ServerConfig) -> int:
+    try:
+        server = TetherServer(config)
+    except ValueError as error:
+        logger.error("invalid setting: %s", error)
+        return 2
     try:
         await server.start()
-    except OSError as error:
+    except (OSError, TetherError) as error:
         logger.error("cannot start: %s", error)
         await server.close()
         return 1
     # One line on stdout that scripts and tests can wait for.
-    print(
-        f"tether ready tcp={config.gateway.host}:{server.tcp_port} "
-        f"ws={config.gateway.host}:{server.ws_port}{config.gateway.ws_path}",
-        flush=True,
-    )
+    if server.gateway is not None:
+        gateway = config.gateway
+        print(
+            f"tether ready tcp={gateway.host}:{server.tcp_port} "
+            f"ws={gateway.host}:{server.ws_port}{gateway.ws_path} gateway={server.gateway.id}",
+            flush=True,
+        )
+    else:
+        print("tether ready logic", flush=True)
     stop = asyncio.Event()
     install_stop_signals(stop)
     await stop.wait()

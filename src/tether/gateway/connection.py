@@ -78,6 +78,8 @@ class Connection:
 
     def queue(self, data: bytes) -> None:
         """Queue transport-ready bytes; close the connection if its outbox overflows."""
+        if self.closing_deadline:
+            return  # closing: the Disconnect was the last frame
         if self.protocol.state is ConnectionState.CLOSED:
             return
         if not self.outbox:
@@ -110,7 +112,7 @@ class Connection:
     def write_buffer_size(self) -> int:
         raise NotImplementedError
 
-    def close_transport(self, *, abort: bool, code: int) -> None:
+    def close_transport(self, *, abort: bool, code: int = 1000) -> None:
         raise NotImplementedError
 
 
@@ -159,7 +161,7 @@ class TcpConnection(Connection, asyncio.Protocol):
     def write_buffer_size(self) -> int:
         return self.transport.get_write_buffer_size() if self.transport is not None else 0
 
-    def close_transport(self, *, abort: bool, code: int) -> None:
+    def close_transport(self, *, abort: bool, code: int = 1000) -> None:
         if self.transport is None:
             return
         if abort:

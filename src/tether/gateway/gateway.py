@@ -36,7 +36,7 @@ from tether.gateway.connection import Connection
 from tether.gateway.presence_link import BusPresenceLink, PresenceLink
 from tether.presence.cluster import LocalDevice
 from tether.protocol import tether_pb2 as pb
-from tether.protocol.codes import Code
+from tether.protocol.codes import RECONNECT_RANGE_START, Code
 from tether.protocol.connection import PROTOCOL_VERSION
 from tether.protocol.errors import AuthenticationError, BusError
 from tether.protocol.states import ConnectionState
@@ -114,6 +114,13 @@ class Gateway:
         for connection in list(self.connections.values()):
             delay_ms = random.randint(0, spread_ms) if spread_ms else 0
             self._close(connection, code, reason, abort=False, reconnect_delay_ms=delay_ms)
+        # The sweep no longer runs, so enforce the close timeout here.
+        deadline = self._now() + self.config.close_timeout
+        while self.connections and self._now() < deadline:
+            await asyncio.sleep(0.02)
+        for connection in list(self.connections.values()):
+            logger.info("aborting %s: close did not finish in time", connection.describe())
+            connection.close_transport(abort=True)
         self._flush()
         self._flush_transitions()
         self.requests.fail_all()
@@ -196,7 +203,13 @@ class Gateway:
         dirty = self._dirty
         self._dirty = []
         for connection in dirty:
-            connection.flush()
+            try:
+                connection.flush()
+            except Exception:
+                # One broken transport must not keep the others' frames queued forever.
+                logger.exception("flush failed for %s", connection.describe())
+                connection.outbox.clear()
+                connection.outbox_bytes = 0
 
     # Frames from clients.
 
@@ -293,6 +306,8 @@ class Gateway:
                 code = Code(result.error_code)
             except ValueError:
                 code = Code.FORBIDDEN
+            if code < RECONNECT_RANGE_START:
+                code = Code.FORBIDDEN  # a request error code is no close code
             self._close(connection, code, result.error_message, abort=False)
             return
         self._open_session(connection, result.contacts)
@@ -313,6 +328,7 @@ class Gateway:
         connection.protocol.move_to(ConnectionState.OPEN)
         connection.last_heard = self._now()
         self._live[connection] = None
+        self._claim_device(connection)
         config = self.config
         connection.send_frame(
             pb.Frame(
@@ -342,6 +358,19 @@ class Gateway:
         connection.contacts = frozenset(contacts)
         self._watch(connection, connection.contacts)
         self._send_snapshot(connection)
+
+    def _claim_device(self, connection: Connection) -> None:
+        """Tell other gateways that this connection now holds its device."""
+        claim = env.Envelope(
+            device_claim=env.DeviceClaim(
+                device_id=connection.device_id, connection_id=connection.id
+            )
+        )
+        try:
+            self.bus.publish(channels.user_channel(connection.user_id), claim.SerializeToString())
+        except BusError as error:
+            # The older connection elsewhere stays open until it times out or closes.
+            logger.warning("could not announce %s: %s", connection.describe(), error)
 
     def _on_send(self, connection: Connection, send: pb.Send) -> None:
         problem = _check_send(send, self.config.max_body_bytes)
@@ -429,6 +458,12 @@ class Gateway:
             for device_id, connection in list(devices.items()):
                 if device_id != skip:
                     connection.send_payload(frame)
+        elif kind == "device_claim":
+            claim = message.device_claim
+            holder = devices.get(claim.device_id)
+            if holder is not None and holder.id != claim.connection_id:
+                del devices[claim.device_id]  # the newer session elsewhere owns presence now
+                self._close(holder, Code.REPLACED, "replaced by a newer connection", abort=False)
         elif kind == "contacts_update":
             update = message.contacts_update
             for connection in list(devices.values()):
@@ -613,9 +648,10 @@ class Gateway:
         del self._live[connection]
         user_id = connection.user_id
         devices = self.sessions.get(user_id)
-        if devices is not None and devices.get(connection.device_id) is connection:
-            del devices[connection.device_id]
-            self._add_transition(connection, _Transition.KIND_OFFLINE, pb.SetStatus())
+        if devices is not None:
+            if devices.get(connection.device_id) is connection:
+                del devices[connection.device_id]
+                self._add_transition(connection, _Transition.KIND_OFFLINE, pb.SetStatus())
             if not devices:
                 del self.sessions[user_id]
                 self.bus.unsubscribe(channels.user_channel(user_id), self._on_user_message)
@@ -646,7 +682,7 @@ class Gateway:
                     break
                 del self._closing[connection]
                 logger.info("aborting %s: close did not finish in time", connection.describe())
-                connection.close_transport(abort=True, code=Code.SLOW_CONSUMER)
+                connection.close_transport(abort=True)
             self.requests.expire(now)
             self._freeze_after_growth()
         except Exception:

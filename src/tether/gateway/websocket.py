@@ -62,7 +62,7 @@ class WsConnection(Connection):
             return 0
         return int(transport.underlying_transport.get_write_buffer_size())
 
-    def close_transport(self, *, abort: bool, code: int) -> None:
+    def close_transport(self, *, abort: bool, code: int = 1000) -> None:
         transport = self.transport
         if transport is None:
             return

@@ -262,7 +262,11 @@ class Store:
         return bool(self._query("SELECT 1 FROM conversations WHERE id = ?", (conversation,)))
 
     def mark_read(self, user_id: str, device_id: str, conversation: str, sequence: int) -> None:
-        """Advance a device's read marker in a conversation (never moves it back)."""
+        """Advance a device's read marker in a conversation (never back, never past the end)."""
+        rows = self._query("SELECT last_sequence FROM conversations WHERE id = ?", (conversation,))
+        if not rows:
+            return
+        sequence = min(sequence, int(rows[0][0]))
         self._run(
             "INSERT INTO read_markers VALUES (?, ?, ?, ?) "
             "ON CONFLICT DO UPDATE SET sequence = max(sequence, excluded.sequence)",

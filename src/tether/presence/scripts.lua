@@ -62,7 +62,9 @@ local function publish(hash, user, status, devices, now, channel_prefix, grace_k
   redis.call("HSET", hash, "status", status, "seen", seen)
   redis.call("HDEL", hash, "off_at")
   redis.call("ZREM", grace_key, user)
-  local version = redis.call("HINCRBY", hash, "ver", 1)
+  -- Versions follow the clock, so they keep growing after Redis loses its data.
+  local version = math.max(tonumber(redis.call("HGET", hash, "ver") or "0") + 1, now)
+  redis.call("HSET", hash, "ver", version)
   redis.call("PUBLISH", channel_prefix .. user, encode_change(user, status, seen, version))
   return 1
 end

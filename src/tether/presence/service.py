@@ -143,7 +143,8 @@ class PresenceService:
         else:
             user.last_seen_ms = now_ms
         user.status = status
-        user.version += 1
+        # Versions follow the clock, so they keep growing across a restart of presence.
+        user.version = max(user.version + 1, now_ms)
         change = env.Envelope(
             presence_change=env.PresenceChange(
                 presence=pb.UserPresence(

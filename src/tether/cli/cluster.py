@@ -1,0 +1,123 @@
+"""`tether cluster`: a local cluster for trying cluster mode on one machine.
+
+It starts a private Redis-protocol server on a free port (unless --redis names one), N gateway
+processes on consecutive ports and M logic workers, all sharing one data folder, prints where
+each listens, and stops everything on Ctrl-C or SIGTERM, children first, each by its PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tether.cli.main import configure_logging, install_stop_signals
+from tether.local_redis import RedisServer
+from tether.server import load_or_create_secret
+
+__all__ = ["cluster"]
+
+logger = logging.getLogger("tether.cli.cluster")
+
+_START_TIMEOUT = 30.0
+
+
+async def cluster(arguments: argparse.Namespace) -> int:
+    """Run a local cluster until a stop signal; return the exit status."""
+    configure_logging(arguments.log_level)
+    data_dir: Path = arguments.data_dir
+    load_or_create_secret(data_dir)  # one secret for every process, created before they race
+    redis_server: RedisServer | None = None
+    url = arguments.redis
+    if not url:
+        redis_server = RedisServer(data_dir / "redis")
+        try:
+            redis_server.start()
+        except (OSError, RuntimeError, TimeoutError) as error:
+            logger.error("cannot start a Redis server: %s", error)
+            return 1
+        url = redis_server.url
+        print(f"redis  {url}  ({redis_server.version()})", flush=True)
+
+    base = [sys.executable, "-m", "tether.cli.main"]
+    common = ["--data-dir", str(data_dir), "--redis", url, "--log-level", arguments.log_level]
+    children: list[tuple[str, subprocess.Popen[str]]] = []
+    try:
+        for index in range(arguments.logic_workers):
+            command = [*base, "logic", *common]
+            children.append((f"logic{index + 1}", _spawn(command)))
+        for index in range(arguments.gateways):
+            command = [
+                *base, "serve", *common, "--logic", "false",
+                "--gateway-id", f"gw{index + 1}",
+                "--tcp-port", str(arguments.tcp_port + index),
+                "--ws-port", str(arguments.ws_port + index),
+            ]  # fmt: skip
+            children.append((f"gw{index + 1}", _spawn(command)))
+        for name, child in children:
+            line = await asyncio.wait_for(asyncio.to_thread(_ready_line, child), _START_TIMEOUT)
+            if line is None:
+                logger.error("%s exited before it was ready (status %s)", name, child.poll())
+                return 1
+            print(f"{name:6} pid {child.pid}  {line}", flush=True)
+        print("cluster ready; Ctrl-C stops it", flush=True)
+
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        watcher = asyncio.create_task(_watch_children(children, stop))
+        await stop.wait()
+        watcher.cancel()
+        return 0
+    finally:
+        _stop_children(children)
+        if redis_server is not None:
+            redis_server.stop()
+
+
+def _spawn(command: list[str]) -> subprocess.Popen[str]:
+    # A session of its own keeps a terminal's Ctrl-C away from the child, so the parent can
+    # stop the children in order: gateways release their leases while Redis still runs.
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+    )  # fmt: skip
+
+
+def _ready_line(child: subprocess.Popen[str]) -> str | None:
+    """Return what follows "tether ready" on the child's stdout, or None if it exited."""
+    assert child.stdout is not None
+    for line in child.stdout:
+        if line.startswith("tether ready"):
+            return line.removeprefix("tether ready").strip()
+    return None
+
+
+async def _watch_children(
+    children: list[tuple[str, subprocess.Popen[str]]], stop: asyncio.Event
+) -> None:
+    """Stop the cluster when a child exits on its own."""
+    while not stop.is_set():
+        for name, child in children:
+            if child.poll() is not None:
+                logger.error("%s exited with status %s; stopping the cluster", name, child.poll())
+                stop.set()
+                return
+        await asyncio.sleep(0.5)
+
+
+def _stop_children(children: list[tuple[str, subprocess.Popen[str]]]) -> None:
+    """Stop gateways first, then logic workers: the reverse of the start order."""
+    for name, child in reversed(children):
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            logger.warning("%s did not stop in 15 s; killing pid %d", name, child.pid)
+            child.kill()
+            child.wait()
