@@ -9,15 +9,17 @@ started again on the same port, which is how tests simulate a broker outage.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
-__all__ = ["RedisServer", "find_server_binary"]
+__all__ = ["BINARY_ENV", "RedisServer", "find_server_binary", "free_port"]
 
 BINARY_ENV = "TETHER_REDIS_SERVER_BINARY"
 
@@ -47,6 +49,19 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def _stop_with_parent() -> None:
+    """Ask Linux to send the server SIGTERM when its parent process dies (prctl PR_SET_PDEATHSIG).
+
+    Without it, a test run or `tether cluster` killed before its cleanup would leave the
+    server running.
+    """
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 class RedisServer:
@@ -90,6 +105,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,  # a terminal's Ctrl-C reaches only its owner
+            preexec_fn=_stop_with_parent,
         )
         deadline = time.monotonic() + timeout
         while not self._answers_ping():

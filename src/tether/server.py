@@ -142,8 +142,7 @@ class TetherServer:
     @property
     def ready(self) -> bool:
         """Whether this process can serve: the bus is connected (always, when embedded)."""
-        ready = getattr(self.bus, "ready", True)
-        return bool(ready)
+        return self.bus.ready
 
     async def start(self) -> None:
         """Start every part and listen on the configured ports."""
@@ -156,7 +155,6 @@ class TetherServer:
             await self.presence.start()
         if self.cluster_presence is not None:
             await self.cluster_presence.start()
-            assert isinstance(self.bus, RedisBus)
             self.bus.add_reconnect_callback(self.cluster_presence.request_resync)
         self._admin.start()
         gateway = self.gateway

@@ -17,12 +17,14 @@ from __future__ import annotations
 import abc
 from collections.abc import Awaitable, Callable
 
-__all__ = ["Bus", "MessageHandler", "StreamHandler"]
+__all__ = ["Bus", "MessageHandler", "ReconnectCallback", "StreamHandler"]
 
 # Called with (channel, payload) for each message on a subscribed channel.
 MessageHandler = Callable[[str, bytes], None]
 # Called with a batch of payloads taken from a stream, in order.
 StreamHandler = Callable[[list[bytes]], Awaitable[None]]
+# Called after the bus has reconnected and resubscribed, for example to re-publish sessions.
+ReconnectCallback = Callable[[], Awaitable[None] | None]
 
 
 class Bus(abc.ABC):
@@ -65,3 +67,16 @@ class Bus(abc.ABC):
     @abc.abstractmethod
     def consume(self, stream: str, handler: StreamHandler) -> None:
         """Hand the entries of stream to handler in batches until the bus closes."""
+
+    # Connection state. A bus that cannot lose its connection keeps these defaults.
+
+    @property
+    def ready(self) -> bool:
+        """Whether the bus is connected and every subscription is in effect."""
+        return True
+
+    async def flush_subscriptions(self) -> None:  # noqa: B027 (a default, not abstract)
+        """Return once every subscribe and unsubscribe made so far is in effect."""
+
+    def add_reconnect_callback(self, callback: ReconnectCallback) -> None:  # noqa: B027 (a default)
+        """Call callback each time the bus is ready again after an outage."""

@@ -15,8 +15,8 @@ One bus uses these connections and tasks:
 
 `ready` is true while the subscriber link is up and every subscription is confirmed. While it
 is false, `publish` and `append` raise BusError at once instead of buffering, so a caller
-can report a retryable error; what they accepted before the outage was detected is handled
-as described on `RedisBus`.
+can report a retryable error. `RedisBus` describes what happens to messages they accepted
+before the outage was detected.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import os
 import random
 import socket
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,8 +42,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tether.bus.base import Bus, MessageHandler, StreamHandler
-from tether.protocol.errors import BusError, BusOverloaded
+from tether.bus.base import Bus, MessageHandler, ReconnectCallback, StreamHandler
+from tether.protocol.errors import BusError, BusOverloaded, BusUnavailable
 
 __all__ = ["CONSUMER_GROUP", "ReconnectCallback", "RedisBus", "RedisBusConfig"]
 
@@ -51,7 +51,7 @@ logger = logging.getLogger("tether.bus.redis")
 
 # Consumer group that every tether process reading a stream joins.
 CONSUMER_GROUP = "tether"
-# Field of a stream entry that holds the payload.
+# Field of a stream entry that contains the payload.
 PAYLOAD_FIELD = b"p"
 # Channels per SUBSCRIBE or UNSUBSCRIBE command, so one command stays a few hundred KB.
 SUBSCRIBE_BATCH = 1024
@@ -59,8 +59,6 @@ SUBSCRIBE_BATCH = 1024
 # messages already in the read buffer cannot starve other tasks.
 MESSAGES_PER_YIELD = 256
 
-# Called after the bus has reconnected and resubscribed, for example to re-publish sessions.
-ReconnectCallback = Callable[[], Awaitable[None] | None]
 
 # Failures of the link to the server, as opposed to errors the server replied with.
 _LINK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
@@ -148,8 +146,9 @@ class RedisBus(Bus):
       a WARNING, because Redis may or may not have delivered it.
     - `append` is at least once. An entry that `append` accepted is written, re-sent after a
       link failure (which can duplicate it) and handed to handlers until one returns, so
-      handlers must tolerate duplicates. An entry is lost only if the stream is trimmed past
-      it before it is read, or if the server loses it (a restart without persistence).
+      handlers must tolerate duplicates. An entry is lost if the stream is trimmed past it
+      before it is read, if the server loses it (a restart without persistence), or if this
+      process exits or `close` times out before the entry was written.
     - `publish` and `append` raise BusError while `ready` is false and BusOverloaded when
       their bounded buffer is full. Neither waits.
     """
@@ -158,20 +157,19 @@ class RedisBus(Bus):
         self.config = config = config or RedisBusConfig()
         self._address = _address_of(config.url)
 
-        # `retry=Retry(NoBackoff(), 0)`: no hidden retries inside redis-py, because this class
-        # decides what is resent after a failure.
-        no_retry = Retry(NoBackoff(), 0)
+        # No retries inside redis-py, because this class decides what is resent after a
+        # failure. RESP2 (protocol=2), because RESP3 turns pub/sub messages into push frames
+        # that redis-py hands to its own callback, and the raw replies parsed below are RESP2.
+        options: dict[str, Any] = {
+            "socket_connect_timeout": config.command_timeout,
+            "retry": Retry(NoBackoff(), 0),
+            "protocol": 2,
+        }
         self._commands = Redis.from_url(
-            config.url,
-            socket_timeout=config.command_timeout,
-            socket_connect_timeout=config.command_timeout,
-            retry=no_retry,
+            config.url, socket_timeout=config.command_timeout, **options
         )
         self._blocking = Redis.from_url(
-            config.url,
-            socket_timeout=config.command_timeout + config.block_ms / 1000,
-            socket_connect_timeout=config.command_timeout,
-            retry=no_retry,
+            config.url, socket_timeout=config.command_timeout + config.block_ms / 1000, **options
         )
         # Raw replies: the consumer parses XREADGROUP and XAUTOCLAIM itself, so their shape
         # does not depend on the redis-py version.
@@ -191,6 +189,7 @@ class RedisBus(Bus):
         self._pong_deadline: float | None = None
 
         self._up = asyncio.Event()  # the `ready` state
+        self._link_active = False  # the link tasks run; `_up` follows `_settled` meanwhile
         self._reconnect_callbacks: list[ReconnectCallback] = []
 
         self._publishes: deque[tuple[str, bytes]] = deque()
@@ -210,8 +209,9 @@ class RedisBus(Bus):
 
     @property
     def ready(self) -> bool:
-        """Whether the server is reachable and every subscription is confirmed."""
-        return self._up.is_set()
+        """Whether the bus is connected and, after each (re)connect, has every channel that was
+        subscribed at that time confirmed by the server."""
+        return self._up.is_set() and not self._closed
 
     async def start(self) -> None:
         """Connect, retrying until `connect_timeout`; raise BusError if that fails."""
@@ -267,17 +267,12 @@ class RedisBus(Bus):
                     len(self._publishes), len(self._appends),
                 )  # fmt: skip
         self._closed = True
-        self._up.clear()
-
-        tasks = [*self._consumers, self._writer, self._supervisor]
-        for task in tasks:
+        for task in (*self._consumers, self._writer, self._supervisor):
             if task is not None:
-                task.cancel()
-        for task in tasks:
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await _cancel(task)
         self._consumers.clear()
+        self._link_active = False
+        self._up.clear()
 
         self._settled.set()  # wakes flush_subscriptions, which then raises BusError
         self._written.set()
@@ -338,7 +333,7 @@ class RedisBus(Bus):
     def publish(self, channel: str, payload: bytes) -> None:
         self._check_open()
         if not self._up.is_set():
-            raise BusError(f"Redis at {self._address} is not reachable; publish not sent")
+            raise BusUnavailable(f"Redis at {self._address} is not reachable; publish not sent")
         if len(self._publishes) >= self.config.max_pending_publishes:
             raise BusOverloaded(f"{len(self._publishes)} publishes waiting to be sent to Redis")
         # NOTE: on Redis Cluster this should be SPUBLISH (sharded pub/sub), and the writer
@@ -352,7 +347,7 @@ class RedisBus(Bus):
     def append(self, stream: str, payload: bytes) -> None:
         self._check_open()
         if not self._up.is_set():
-            raise BusError(f"Redis at {self._address} is not reachable; entry not appended")
+            raise BusUnavailable(f"Redis at {self._address} is not reachable; entry not appended")
         if len(self._appends) >= self.config.max_pending_appends:
             raise BusOverloaded(f"{len(self._appends)} stream entries waiting to be sent")
         self._appends.append((stream, payload))
@@ -404,6 +399,7 @@ class RedisBus(Bus):
         reconnected = False
         while True:
             error = await self._serve_link(link, reconnected, first_up)
+            self._link_active = False
             self._up.clear()
             logger.info("lost the connection to Redis at %s: %s", self._address, error)
             # Every channel must be subscribed again, so flush_subscriptions waits meanwhile.
@@ -424,6 +420,7 @@ class RedisBus(Bus):
         self._dirty = set(self._channels)
         self._unconfirmed = 0
         self._pong_deadline = None
+        self._link_active = True
         self._update_settled()
         self._sender_wakeup.set()
 
@@ -432,15 +429,12 @@ class RedisBus(Bus):
         sender = loop.create_task(self._send_link(link), name="redis-link-sender")
         link_tasks = {reader, sender}
         try:
-            settled = loop.create_task(self._settled.wait())
+            up = loop.create_task(self._up.wait())
             try:
-                done, _ = await asyncio.wait(
-                    {*link_tasks, settled}, return_when=asyncio.FIRST_COMPLETED
-                )
+                done, _ = await asyncio.wait({*link_tasks, up}, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                settled.cancel()
-            if settled in done and not done & link_tasks:
-                self._up.set()
+                up.cancel()
+            if up in done and not done & link_tasks:
                 logger.info(
                     "connected to Redis at %s, %d channels subscribed",
                     self._address, len(self._channels),
@@ -579,6 +573,8 @@ class RedisBus(Bus):
     def _update_settled(self) -> None:
         if not self._dirty and self._unconfirmed <= 0:
             self._settled.set()
+            if self._link_active:
+                self._up.set()  # before any flush_subscriptions waiter resumes
         else:
             self._settled.clear()
 
@@ -745,6 +741,19 @@ class RedisBus(Bus):
     def _check_open(self) -> None:
         if self._closed:
             raise BusError("bus is closed")
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """Cancel task and wait until it has finished.
+
+    The cancellation is repeated because on Python < 3.12 `asyncio.wait_for`, which redis-py
+    uses around socket writes, can swallow a cancellation that arrives as the write ends.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.05)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _execute(client: Redis, *arguments: Any) -> Any:

@@ -5,7 +5,8 @@
     │   └── FrameTooLarge      a length prefix above the configured maximum
     ├── AuthenticationError    a token was rejected (carries a Code)
     ├── BusError               the bus failed to carry a message
-    │   └── BusOverloaded      a bounded bus queue is full
+    │   ├── BusOverloaded      a bounded bus queue is full
+    │   └── BusUnavailable     the bus is not connected right now
     ├── RequestError           a request to the server failed (client side, carries a Code)
     └── ConnectionClosed       the connection closed (client side, carries a Code)
 
@@ -21,6 +22,7 @@ __all__ = [
     "AuthenticationError",
     "BusError",
     "BusOverloaded",
+    "BusUnavailable",
     "ConnectionClosed",
     "FrameTooLarge",
     "ProtocolError",
@@ -66,6 +68,10 @@ class BusError(TetherError):
 
 class BusOverloaded(BusError):
     """A bounded queue of the bus is full; the message was not accepted."""
+
+
+class BusUnavailable(BusError):
+    """The bus is not connected right now; the message was not accepted. Retry later."""
 
 
 class RequestError(TetherError):

@@ -1,0 +1,276 @@
+"""Cluster mode with real processes: gateways and a logic worker joined by a real Redis server."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as redis
+from conftest import TIMEOUT, drain, next_of, presence_of
+
+from tether.auth import issue_token
+from tether.client import Client, RequestError
+from tether.client import events as ev
+from tether.local_redis import RedisServer
+from tether.protocol import tether_pb2 as pb
+from tether.protocol.codes import Code
+from tether.protocol.framing import prefix_frame
+from tether.server import send_admin_request
+
+SECRET = "cluster-test-secret-of-at-least-32-bytes"
+LEASE = 1.5  # seconds; short so a crash is noticed quickly
+TETHER = [sys.executable, "-m", "tether.cli.main"]
+
+
+class Process:
+    """A tether process started by a test, stopped by its PID."""
+
+    def __init__(self, name: str, command: list[str]) -> None:
+        self.name = name
+        self.command = command
+        self.popen = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        assert self.popen.stdout is not None
+        line = self.popen.stdout.readline()
+        if not line.startswith("tether ready"):
+            self.popen.kill()
+            raise RuntimeError(f"{name} did not start: {line!r} {self.popen.stderr.read()}")  # type: ignore[union-attr]
+        found = re.search(r"tcp=[\d.]+:(\d+)", line)
+        self.tcp_port = int(found.group(1)) if found else 0
+
+    @property
+    def url(self) -> str:
+        return f"tcp://127.0.0.1:{self.tcp_port}"
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=TIMEOUT * 2)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+    def kill(self) -> None:
+        self.popen.kill()
+        self.popen.wait()
+
+
+class Cluster:
+    def __init__(self, directory: Path, redis_server: RedisServer) -> None:
+        self.directory = directory
+        self.redis = redis_server
+        self.processes: list[Process] = []
+
+    def common(self) -> list[str]:
+        return ["--data-dir", str(self.directory), "--secret", SECRET, "--redis", self.redis.url,
+                "--lease-timeout", str(LEASE), "--log-level", "warning"]  # fmt: skip
+
+    def gateway(self, name: str, **settings: str) -> Process:
+        options = {
+            "--grace-period": "0.3", "--offline-timeout": "2", "--heartbeat-interval": "0.5",
+            "--connect-timeout": "2", "--request-timeout": "2",
+        }  # fmt: skip
+        options.update({f"--{key.replace('_', '-')}": value for key, value in settings.items()})
+        command = [*TETHER, "serve", *self.common(), "--logic", "false", "--gateway-id", name,
+                   "--tcp-port", "0", "--ws-port", "off"]  # fmt: skip
+        for key, value in options.items():
+            command += [key, value]
+        process = Process(name, command)
+        self.processes.append(process)
+        return process
+
+    def logic(self, name: str = "logic") -> Process:
+        process = Process(name, [*TETHER, "logic", *self.common()])
+        self.processes.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, redis_server: RedisServer) -> Iterator[Cluster]:
+    running = Cluster(tmp_path / "data", redis_server)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[Client]]:
+    opened: list[Client] = []
+    yield opened
+    for client in opened:
+        await client.close()
+
+
+async def connect(
+    clients: list[Client], gateway: Process, user: str, device: str = "phone", **options: object
+) -> Client:
+    client = Client(gateway.url, issue_token(SECRET, user), device, connect_timeout=TIMEOUT,
+                    ack_timeout=TIMEOUT, **options)  # type: ignore[arg-type]  # fmt: skip
+    await client.connect()
+    clients.append(client)
+    return client
+
+
+async def befriend(cluster: Cluster, user_a: str, user_b: str) -> None:
+    result = await send_admin_request(cluster.directory, "contacts.add", [user_a, user_b])
+    assert result is not None and result.error_code == 0
+
+
+async def test_presence_and_messages_cross_gateways(
+    cluster: Cluster, clients: list[Client]
+) -> None:
+    cluster.logic()
+    gw1, gw2 = cluster.gateway("gw1"), cluster.gateway("gw2")
+    await befriend(cluster, "alice", "bob")
+    bob = await connect(clients, gw2, "bob")
+    await next_of(bob, ev.PresenceSnapshot)  # gw2 watches alice from here on
+    alice = await connect(clients, gw1, "alice")
+    assert (await presence_of(bob, "alice")).status == "online"
+    snapshot = await next_of(alice, ev.PresenceSnapshot)
+    assert isinstance(snapshot, ev.PresenceSnapshot)
+    assert snapshot.contacts["bob"].status == "online"
+
+    ack = await alice.send("bob", "across")
+    message = await next_of(bob, ev.Message)
+    assert isinstance(message, ev.Message)
+    assert message.message_id == ack.message_id
+    reply = await bob.send("alice", "and back")
+    answer = await next_of(alice, ev.Message)
+    assert isinstance(answer, ev.Message)
+    assert answer.sequence == reply.sequence == 2
+
+    await alice.set_status("busy")
+    assert (await presence_of(bob, "alice")).status == "busy"
+
+
+async def test_killed_gateway_users_go_offline(cluster: Cluster, clients: list[Client]) -> None:
+    cluster.logic()
+    gw1, gw2 = cluster.gateway("gw1"), cluster.gateway("gw2")
+    await befriend(cluster, "alice", "bob")
+    bob = await connect(clients, gw2, "bob")
+    await next_of(bob, ev.PresenceSnapshot)  # gw2 watches alice from here on
+    await connect(clients, gw1, "alice")
+    assert (await presence_of(bob, "alice")).status == "online"
+
+    loop = asyncio.get_running_loop()
+    killed_at = loop.time()
+    gw1.kill()
+    offline = await presence_of(bob, "alice", timeout=LEASE + TIMEOUT)
+    assert offline.status == "offline"
+    assert loop.time() - killed_at < LEASE + 2.0  # lease plus reaper passes
+
+    restarted = cluster.gateway("gw1")
+    assert restarted.tcp_port > 0
+    events = await drain(bob, quiet=LEASE + 0.5)
+    assert not [e for e in events if isinstance(e, ev.PresenceChanged)]
+
+
+async def test_device_moves_gateway_without_flap(cluster: Cluster, clients: list[Client]) -> None:
+    cluster.logic()
+    gw1, gw2 = cluster.gateway("gw1"), cluster.gateway("gw2")
+    await befriend(cluster, "alice", "bob")
+    bob = await connect(clients, gw2, "bob")
+    await next_of(bob, ev.PresenceSnapshot)  # gw2 watches alice from here on
+    # Alice's phone on gw1 goes silent with its socket open (no heartbeats, no close).
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw1.tcp_port)
+    connect_frame = pb.Connect(
+        protocol_version=1, token=issue_token(SECRET, "alice"), device_id="phone"
+    )
+    writer.write(prefix_frame(pb.Frame(connect=connect_frame).SerializeToString()))
+    assert await asyncio.wait_for(reader.read(65536), TIMEOUT)  # Connected arrived
+    assert (await presence_of(bob, "alice")).status == "online"
+
+    await connect(clients, gw2, "alice", device="phone")
+    # gw1 times the old connection out after 2 s; its cleanup must not remove the new session.
+    events = await drain(bob, quiet=3.5)
+    assert not [e for e in events if isinstance(e, ev.PresenceChanged)]
+    assert await asyncio.wait_for(reader.read(65536), TIMEOUT)  # gw1's Disconnect: it did time out
+    writer.close()
+
+
+async def test_only_watching_gateways_subscribe(
+    cluster: Cluster, clients: list[Client], redis_server: RedisServer
+) -> None:
+    cluster.logic()
+    gw1, gw2, gw3 = cluster.gateway("gw1"), cluster.gateway("gw2"), cluster.gateway("gw3")
+    await befriend(cluster, "alice", "bob")
+    await connect(clients, gw1, "alice")
+    bob = await connect(clients, gw2, "bob")
+    await next_of(bob, ev.PresenceSnapshot)  # gw2 watches alice from here on
+    carol = await connect(clients, gw3, "carol")
+
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        counts = dict(await client.pubsub_numsub("tether.presence.alice", "tether.presence.carol"))
+    finally:
+        await client.aclose()
+    assert counts[b"tether.presence.alice"] == 1  # only gw2, where bob watches alice
+    assert counts[b"tether.presence.carol"] == 0  # nobody may see carol
+    assert not [e for e in await drain(carol) if isinstance(e, ev.PresenceChanged)]
+
+
+async def test_redis_restart_recovers(
+    cluster: Cluster, clients: list[Client], redis_server: RedisServer
+) -> None:
+    cluster.logic()
+    gw1, gw2 = cluster.gateway("gw1"), cluster.gateway("gw2")
+    await befriend(cluster, "alice", "bob")
+    bob = await connect(clients, gw2, "bob")
+    await next_of(bob, ev.PresenceSnapshot)  # gw2 watches alice from here on
+    alice = await connect(clients, gw1, "alice")
+    assert (await presence_of(bob, "alice")).status == "online"
+
+    redis_server.stop()
+    with pytest.raises((RequestError, TimeoutError)) as failure:
+        await alice.send("bob", "during the outage")
+    if isinstance(failure.value, RequestError):
+        assert failure.value.code == Code.UNAVAILABLE
+    redis_server.start()
+
+    # Gateways resubscribe and report their sessions again; clients stay connected.
+    deadline = asyncio.get_running_loop().time() + TIMEOUT * 2
+    while True:
+        try:
+            ack = await alice.send("bob", "after the outage")
+            break
+        except RequestError as error:
+            assert error.code == Code.UNAVAILABLE
+            assert asyncio.get_running_loop().time() < deadline, "cluster did not recover"
+            await asyncio.sleep(0.3)
+    message = await next_of(bob, ev.Message, timeout=TIMEOUT)
+    assert isinstance(message, ev.Message)
+    assert message.body == b"after the outage"
+    assert message.message_id == ack.message_id
+    presence = await asyncio.wait_for(_redis_status(redis_server, "alice"), TIMEOUT)
+    assert presence == b"2"  # online again in the rebuilt cluster presence
+
+
+async def _redis_status(redis_server: RedisServer, user: str) -> bytes:
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        while True:
+            status = await client.hget(f"tether:p:{user}", "status")
+            if status is not None:
+                return bytes(status)
+            await asyncio.sleep(0.1)
+    finally:
+        await client.aclose()
