@@ -99,6 +99,28 @@ SAMPLE_FRAMES: dict[str, pb.Frame] = {
     "contacts_changed": pb.Frame(
         contacts_changed=pb.ContactsChanged(added=["dave", "erin"], removed=["frank"])
     ),
+    "unread": pb.Frame(
+        unread=pb.Unread(
+            conversations=[
+                pb.ConversationState(
+                    conversation_id="d:alice:bob", last_sequence=9, read_sequence=4
+                )
+            ],
+            truncated=True,
+        )
+    ),
+    "sync": pb.Frame(
+        sync=pb.Sync(request_id="s-1", conversation_id="d:alice:bob", after_sequence=4, limit=2)
+    ),
+    "sync_result": pb.Frame(
+        sync_result=pb.SyncResult(
+            request_id="s-1",
+            conversation_id="d:alice:bob",
+            messages=[pb.Message(message_id=5, conversation_id="d:alice:bob", sequence=5)],
+            has_more=True,
+            last_sequence=9,
+        )
+    ),
 }
 
 FRAME_KINDS = [field.name for field in pb.Frame.DESCRIPTOR.oneofs_by_name["kind"].fields]
@@ -352,7 +374,7 @@ def test_open_allows_client_kind(kind: str) -> None:
 
 
 def test_open_kinds_as_specified() -> None:
-    expected = {"heartbeat", "send", "deliver_ack", "set_status", "disconnect"}
+    expected = {"heartbeat", "send", "deliver_ack", "set_status", "disconnect", "sync"}
 
     assert ALLOWED_FROM_CLIENT[ConnectionState.OPEN] == expected
 

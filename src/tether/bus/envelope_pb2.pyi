@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Envelope(_message.Message):
-    __slots__ = ("reply_to", "request_id", "connect_request", "connect_result", "send_request", "send_result", "user_delivery", "transitions", "presence_change", "snapshot_request", "snapshot_result", "contacts_update", "deliver_ack", "admin_request", "admin_result", "device_claim")
+    __slots__ = ("reply_to", "request_id", "connect_request", "connect_result", "send_request", "send_result", "user_delivery", "transitions", "presence_change", "snapshot_request", "snapshot_result", "contacts_update", "deliver_ack", "admin_request", "admin_result", "device_claim", "sync_request", "sync_reply")
     REPLY_TO_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CONNECT_REQUEST_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,8 @@ class Envelope(_message.Message):
     ADMIN_REQUEST_FIELD_NUMBER: _ClassVar[int]
     ADMIN_RESULT_FIELD_NUMBER: _ClassVar[int]
     DEVICE_CLAIM_FIELD_NUMBER: _ClassVar[int]
+    SYNC_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    SYNC_REPLY_FIELD_NUMBER: _ClassVar[int]
     reply_to: str
     request_id: int
     connect_request: ConnectRequest
@@ -42,7 +44,9 @@ class Envelope(_message.Message):
     admin_request: AdminRequest
     admin_result: AdminResult
     device_claim: DeviceClaim
-    def __init__(self, reply_to: _Optional[str] = ..., request_id: _Optional[int] = ..., connect_request: _Optional[_Union[ConnectRequest, _Mapping]] = ..., connect_result: _Optional[_Union[ConnectResult, _Mapping]] = ..., send_request: _Optional[_Union[SendRequest, _Mapping]] = ..., send_result: _Optional[_Union[SendResult, _Mapping]] = ..., user_delivery: _Optional[_Union[UserDelivery, _Mapping]] = ..., transitions: _Optional[_Union[TransitionBatch, _Mapping]] = ..., presence_change: _Optional[_Union[PresenceChange, _Mapping]] = ..., snapshot_request: _Optional[_Union[SnapshotRequest, _Mapping]] = ..., snapshot_result: _Optional[_Union[SnapshotResult, _Mapping]] = ..., contacts_update: _Optional[_Union[ContactsUpdate, _Mapping]] = ..., deliver_ack: _Optional[_Union[DeliverAckRequest, _Mapping]] = ..., admin_request: _Optional[_Union[AdminRequest, _Mapping]] = ..., admin_result: _Optional[_Union[AdminResult, _Mapping]] = ..., device_claim: _Optional[_Union[DeviceClaim, _Mapping]] = ...) -> None: ...
+    sync_request: SyncRequest
+    sync_reply: SyncReply
+    def __init__(self, reply_to: _Optional[str] = ..., request_id: _Optional[int] = ..., connect_request: _Optional[_Union[ConnectRequest, _Mapping]] = ..., connect_result: _Optional[_Union[ConnectResult, _Mapping]] = ..., send_request: _Optional[_Union[SendRequest, _Mapping]] = ..., send_result: _Optional[_Union[SendResult, _Mapping]] = ..., user_delivery: _Optional[_Union[UserDelivery, _Mapping]] = ..., transitions: _Optional[_Union[TransitionBatch, _Mapping]] = ..., presence_change: _Optional[_Union[PresenceChange, _Mapping]] = ..., snapshot_request: _Optional[_Union[SnapshotRequest, _Mapping]] = ..., snapshot_result: _Optional[_Union[SnapshotResult, _Mapping]] = ..., contacts_update: _Optional[_Union[ContactsUpdate, _Mapping]] = ..., deliver_ack: _Optional[_Union[DeliverAckRequest, _Mapping]] = ..., admin_request: _Optional[_Union[AdminRequest, _Mapping]] = ..., admin_result: _Optional[_Union[AdminResult, _Mapping]] = ..., device_claim: _Optional[_Union[DeviceClaim, _Mapping]] = ..., sync_request: _Optional[_Union[SyncRequest, _Mapping]] = ..., sync_reply: _Optional[_Union[SyncReply, _Mapping]] = ...) -> None: ...
 
 class ConnectRequest(_message.Message):
     __slots__ = ("user_id", "device_id", "platform")
@@ -55,14 +59,16 @@ class ConnectRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., device_id: _Optional[str] = ..., platform: _Optional[_Union[_tether_pb2.Platform, str]] = ...) -> None: ...
 
 class ConnectResult(_message.Message):
-    __slots__ = ("error_code", "error_message", "contacts")
+    __slots__ = ("error_code", "error_message", "contacts", "unread")
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     CONTACTS_FIELD_NUMBER: _ClassVar[int]
+    UNREAD_FIELD_NUMBER: _ClassVar[int]
     error_code: int
     error_message: str
     contacts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., contacts: _Optional[_Iterable[str]] = ...) -> None: ...
+    unread: _tether_pb2.Unread
+    def __init__(self, error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., contacts: _Optional[_Iterable[str]] = ..., unread: _Optional[_Union[_tether_pb2.Unread, _Mapping]] = ...) -> None: ...
 
 class SendRequest(_message.Message):
     __slots__ = ("sender", "sender_device", "send")
@@ -159,6 +165,24 @@ class DeviceClaim(_message.Message):
     device_id: str
     connection_id: str
     def __init__(self, device_id: _Optional[str] = ..., connection_id: _Optional[str] = ...) -> None: ...
+
+class SyncRequest(_message.Message):
+    __slots__ = ("user_id", "sync")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    SYNC_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    sync: _tether_pb2.Sync
+    def __init__(self, user_id: _Optional[str] = ..., sync: _Optional[_Union[_tether_pb2.Sync, _Mapping]] = ...) -> None: ...
+
+class SyncReply(_message.Message):
+    __slots__ = ("error_code", "error_message", "result")
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    error_code: int
+    error_message: str
+    result: _tether_pb2.SyncResult
+    def __init__(self, error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., result: _Optional[_Union[_tether_pb2.SyncResult, _Mapping]] = ...) -> None: ...
 
 class DeliverAckRequest(_message.Message):
     __slots__ = ("user_id", "device_id", "ack")

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 
 from tether.client import events as ev
+from tether.client.catchup import Conversations
 from tether.client.transport import ClientTransport, open_transport
 from tether.protocol import tether_pb2 as pb
 from tether.protocol.codes import is_final
@@ -86,6 +87,9 @@ class Client:
         self.presence: dict[str, ev.Presence] = {}
         self._status = _status_frame(status)
         self._events: asyncio.Queue[ev.Event] = asyncio.Queue(max_events)
+        self._conversations = Conversations(
+            self._emit, device_id=device_id, auto_ack=auto_ack, timeout=ack_timeout
+        )
         self._pending: dict[str, tuple[pb.Send, asyncio.Future[pb.SendAck]]] = {}
         self._transport: ClientTransport | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -259,6 +263,7 @@ class Client:
         finally:
             self.session = None
             self._transport = None
+            self._conversations.stop()
             if heartbeat is not None:
                 heartbeat.cancel()
             transport.close()
@@ -281,6 +286,7 @@ class Client:
             connected.offline_timeout_ms / 1000,
         )
         self.session = session
+        self._conversations.connected(transport, connected.user_id)
         for send, _future in list(self._pending.values()):
             await transport.send(pb.Frame(send=send).SerializeToString())
         if self._first_session is not None and not self._first_session.done():
@@ -291,6 +297,7 @@ class Client:
         self, transport: ClientTransport, kind: str | None, frame: pb.Frame
     ) -> None:
         if kind == "send_ack":
+            self._conversations.on_send_ack(frame.send_ack)
             entry = self._pending.get(frame.send_ack.client_message_id)
             if entry is not None and not entry[1].done():
                 entry[1].set_result(frame.send_ack)
@@ -299,16 +306,15 @@ class Client:
             entry = self._pending.get(error.ref)
             if entry is not None and not entry[1].done():
                 entry[1].set_exception(RequestError(error.code, error.message))
-            elif entry is None:
+            elif entry is None and not self._conversations.on_error(error):
                 logger.warning("server error %d: %s", error.code, error.message)
         elif kind == "deliver":
             for message in frame.deliver.messages:
-                await self._emit(ev.Message.from_proto(message))
-                if self.auto_ack:
-                    ack = pb.DeliverAck(
-                        conversation_id=message.conversation_id, sequence=message.sequence
-                    )
-                    await transport.send(pb.Frame(deliver_ack=ack).SerializeToString())
+                await self._conversations.on_live(message)
+        elif kind == "sync_result":
+            self._conversations.on_sync_result(frame.sync_result)
+        elif kind == "unread":
+            self._conversations.on_unread(frame.unread)
         elif kind == "presence_update":
             presence = ev.Presence.from_proto(frame.presence_update.presence)
             known = self.presence.get(presence.user_id)

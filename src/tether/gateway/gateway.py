@@ -227,6 +227,8 @@ class Gateway:
                 self._on_set_status(connection, frame.set_status)
             elif kind == "deliver_ack":
                 self._on_deliver_ack(connection, frame.deliver_ack)
+            elif kind == "sync":
+                self._on_sync(connection, frame.sync)
             elif kind == "disconnect":
                 logger.info(
                     "client %s disconnects: code %d %s",
@@ -310,9 +312,11 @@ class Gateway:
                 code = Code.FORBIDDEN  # a request error code is no close code
             self._close(connection, code, result.error_message, abort=False)
             return
-        self._open_session(connection, result.contacts)
+        self._open_session(connection, result.contacts, result.unread)
 
-    def _open_session(self, connection: Connection, contacts: Iterable[str]) -> None:
+    def _open_session(
+        self, connection: Connection, contacts: Iterable[str], unread: pb.Unread
+    ) -> None:
         user_id = connection.user_id
         devices = self.sessions.get(user_id)
         if devices is None:
@@ -344,6 +348,8 @@ class Gateway:
                 )
             )
         )
+        # Before any Deliver: the client must know where it stands before live messages.
+        connection.send_frame(pb.Frame(unread=unread))
         logger.info(
             "opened %s over %s from %s",
             connection.describe(),
@@ -413,6 +419,40 @@ class Gateway:
         else:
             frame = pb.Frame(send_ack=reply.send_result.ack)
         connection.send_frame(frame)
+
+    def _on_sync(self, connection: Connection, sync: pb.Sync) -> None:
+        if not 0 < len(sync.request_id.encode()) <= MAX_ID_BYTES or not sync.conversation_id:
+            message = f"request_id must be 1 to {MAX_ID_BYTES} bytes and conversation_id set"
+            connection.send_frame(
+                pb.Frame(
+                    error=pb.Error(code=Code.BAD_REQUEST, message=message, ref=sync.request_id)
+                )
+            )
+            return
+        request = env.Envelope(sync_request=env.SyncRequest(user_id=connection.user_id, sync=sync))
+        callback = functools.partial(self._on_sync_reply, connection, sync.request_id)
+        if not self._request(channels.LOGIC_STREAM, request, callback, stream=True):
+            callback(None)
+
+    def _on_sync_reply(
+        self, connection: Connection, request_id: str, reply: env.Envelope | None
+    ) -> None:
+        if connection.protocol.state is not ConnectionState.OPEN:
+            return
+        if reply is None:
+            error = pb.Error(
+                code=Code.UNAVAILABLE, message="logic layer did not answer in time", ref=request_id
+            )
+            connection.send_frame(pb.Frame(error=error))
+        elif reply.sync_reply.error_code:
+            error = pb.Error(
+                code=reply.sync_reply.error_code,
+                message=reply.sync_reply.error_message,
+                ref=request_id,
+            )
+            connection.send_frame(pb.Frame(error=error))
+        else:
+            connection.send_frame(pb.Frame(sync_result=reply.sync_reply.result))
 
     def _on_set_status(self, connection: Connection, status: pb.SetStatus) -> None:
         problem = _check_status(status)

@@ -24,6 +24,11 @@ __all__ = ["LogicConfig", "LogicService"]
 
 logger = logging.getLogger("tether.logic")
 
+# Conversations listed in Unread on connect; a device further behind syncs the rest later.
+MAX_UNREAD_LISTED = 1000
+DEFAULT_SYNC_PAGE = 100
+MAX_SYNC_PAGE = 500
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LogicConfig:
@@ -104,6 +109,8 @@ class LogicService:
             self._connect(store, request, outbox)
         elif kind == "send_request":
             self._send(store, request, outbox)
+        elif kind == "sync_request":
+            self._sync(store, request, outbox)
         elif kind == "deliver_ack":
             ack = request.deliver_ack
             if store.is_participant(ack.user_id, ack.ack.conversation_id):
@@ -118,10 +125,40 @@ class LogicService:
             logger.warning("ignored logic request of kind %s", kind)
 
     def _connect(self, store: Store, request: env.Envelope, outbox: _Outbox) -> None:
-        user_id = request.connect_request.user_id
-        store.ensure_user(user_id)
-        result = env.ConnectResult(contacts=store.contacts(user_id))
+        connect = request.connect_request
+        store.ensure_user(connect.user_id)
+        rows = store.unread(connect.user_id, connect.device_id, MAX_UNREAD_LISTED + 1)
+        unread = pb.Unread(
+            conversations=[
+                pb.ConversationState(
+                    conversation_id=conversation, last_sequence=last, read_sequence=read
+                )
+                for conversation, last, read in rows[:MAX_UNREAD_LISTED]
+            ],
+            truncated=len(rows) > MAX_UNREAD_LISTED,
+        )
+        result = env.ConnectResult(contacts=store.contacts(connect.user_id), unread=unread)
         _reply(outbox, request, env.Envelope(connect_result=result))
+
+    def _sync(self, store: Store, request: env.Envelope, outbox: _Outbox) -> None:
+        sync = request.sync_request.sync
+        if not store.is_participant(request.sync_request.user_id, sync.conversation_id):
+            reply = env.SyncReply(
+                error_code=Code.NOT_FOUND,
+                error_message=f"no conversation {sync.conversation_id!r} of this user",
+            )
+            _reply(outbox, request, env.Envelope(sync_reply=reply))
+            return
+        limit = min(sync.limit or DEFAULT_SYNC_PAGE, MAX_SYNC_PAGE)
+        messages = store.history(sync.conversation_id, sync.after_sequence, limit + 1)
+        result = pb.SyncResult(
+            request_id=sync.request_id,
+            conversation_id=sync.conversation_id,
+            messages=[_to_message(stored) for stored in messages[:limit]],
+            has_more=len(messages) > limit,
+            last_sequence=store.last_sequence(sync.conversation_id),
+        )
+        _reply(outbox, request, env.Envelope(sync_reply=env.SyncReply(result=result)))
 
     def _send(self, store: Store, request: env.Envelope, outbox: _Outbox) -> None:
         send_request = request.send_request
@@ -215,6 +252,10 @@ class LogicService:
             elif kind == "admin_request":
                 reply = env.Envelope(
                     admin_result=env.AdminResult(error_code=Code.INTERNAL, error_message=message)
+                )
+            elif kind == "sync_request":
+                reply = env.Envelope(
+                    sync_reply=env.SyncReply(error_code=Code.UNAVAILABLE, error_message=message)
                 )
             else:
                 continue

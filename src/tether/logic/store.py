@@ -51,6 +51,18 @@ _MIGRATIONS: list[str] = [
         PRIMARY KEY (user_id, device_id, conversation_id)
     ) WITHOUT ROWID;
     """,
+    # Who takes part in each conversation, so a device's unread conversations are one query.
+    """
+    CREATE TABLE conversation_members (
+        user_id TEXT NOT NULL,
+        conversation_id TEXT NOT NULL,
+        PRIMARY KEY (user_id, conversation_id)
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO conversation_members
+        SELECT sender, conversation_id FROM messages;
+    INSERT OR IGNORE INTO conversation_members
+        SELECT recipient, conversation_id FROM messages;
+    """,
 ]
 
 
@@ -212,6 +224,10 @@ class Store:
         sequence = self._query(
             "SELECT last_sequence FROM conversations WHERE id = ?", (conversation,)
         )[0][0]
+        for member in (sender, recipient):
+            self._run(
+                "INSERT OR IGNORE INTO conversation_members VALUES (?, ?)", (member, conversation)
+            )
         cursor = self._run(
             "INSERT INTO messages (conversation_id, sequence, sender, sender_device, recipient, "
             "client_message_id, body, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -256,10 +272,32 @@ class Store:
 
     def is_participant(self, user_id: str, conversation: str) -> bool:
         """Tell whether user_id takes part in a stored conversation."""
-        kind, _, members = conversation.partition(":")
-        if kind != "d" or user_id not in members.split(":"):
-            return False
-        return bool(self._query("SELECT 1 FROM conversations WHERE id = ?", (conversation,)))
+        rows = self._query(
+            "SELECT 1 FROM conversation_members WHERE user_id = ? AND conversation_id = ?",
+            (user_id, conversation),
+        )
+        return bool(rows)
+
+    def last_sequence(self, conversation: str) -> int:
+        """Return the newest sequence number of a conversation, 0 if it has no message."""
+        rows = self._query("SELECT last_sequence FROM conversations WHERE id = ?", (conversation,))
+        return int(rows[0][0]) if rows else 0
+
+    def unread(self, user_id: str, device_id: str, limit: int) -> list[tuple[str, int, int]]:
+        """Return (conversation, last sequence, read sequence) where the device is behind.
+
+        At most limit rows, the conversations with the oldest read position first.
+        """
+        rows = self._query(
+            "SELECT c.id, c.last_sequence, COALESCE(r.sequence, 0) AS read_sequence "
+            "FROM conversation_members m JOIN conversations c ON c.id = m.conversation_id "
+            "LEFT JOIN read_markers r ON r.user_id = m.user_id AND r.device_id = ? "
+            "AND r.conversation_id = c.id "
+            "WHERE m.user_id = ? AND c.last_sequence > COALESCE(r.sequence, 0) "
+            "ORDER BY c.id LIMIT ?",
+            (device_id, user_id, limit),
+        )
+        return [(str(row[0]), int(row[1]), int(row[2])) for row in rows]
 
     def mark_read(self, user_id: str, device_id: str, conversation: str, sequence: int) -> None:
         """Advance a device's read marker in a conversation (never back, never past the end)."""

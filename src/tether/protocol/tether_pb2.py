@@ -24,53 +24,61 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctether/protocol/tether.proto\x12\ttether.v1\"\x80\x05\n\x05\x46rame\x12%\n\x07\x63onnect\x18\x01 \x01(\x0b\x32\x12.tether.v1.ConnectH\x00\x12)\n\tconnected\x18\x02 \x01(\x0b\x32\x14.tether.v1.ConnectedH\x00\x12)\n\theartbeat\x18\x03 \x01(\x0b\x32\x14.tether.v1.HeartbeatH\x00\x12\x30\n\rheartbeat_ack\x18\x04 \x01(\x0b\x32\x17.tether.v1.HeartbeatAckH\x00\x12\x1f\n\x04send\x18\x05 \x01(\x0b\x32\x0f.tether.v1.SendH\x00\x12&\n\x08send_ack\x18\x06 \x01(\x0b\x32\x12.tether.v1.SendAckH\x00\x12%\n\x07\x64\x65liver\x18\x07 \x01(\x0b\x32\x12.tether.v1.DeliverH\x00\x12,\n\x0b\x64\x65liver_ack\x18\x08 \x01(\x0b\x32\x15.tether.v1.DeliverAckH\x00\x12*\n\nset_status\x18\t \x01(\x0b\x32\x14.tether.v1.SetStatusH\x00\x12\x34\n\x0fpresence_update\x18\n \x01(\x0b\x32\x19.tether.v1.PresenceUpdateH\x00\x12\x38\n\x11presence_snapshot\x18\x0b \x01(\x0b\x32\x1b.tether.v1.PresenceSnapshotH\x00\x12!\n\x05\x65rror\x18\x0c \x01(\x0b\x32\x10.tether.v1.ErrorH\x00\x12+\n\ndisconnect\x18\r \x01(\x0b\x32\x15.tether.v1.DisconnectH\x00\x12\x36\n\x10\x63ontacts_changed\x18\x0e \x01(\x0b\x32\x1a.tether.v1.ContactsChangedH\x00\x42\x06\n\x04kind\"\xa7\x01\n\x07\x43onnect\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12%\n\x08platform\x18\x04 \x01(\x0e\x32\x13.tether.v1.Platform\x12\x13\n\x0b\x63lient_name\x18\x05 \x01(\t\x12$\n\x06status\x18\x06 \x01(\x0b\x32\x14.tether.v1.SetStatus\"\xce\x01\n\tConnected\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\r\x12\x1a\n\x12offline_timeout_ms\x18\x04 \x01(\r\x12\x16\n\x0eserver_time_ms\x18\x05 \x01(\x03\x12\x17\n\x0fmax_frame_bytes\x18\x06 \x01(\r\x12\x18\n\x10protocol_version\x18\x07 \x01(\r\x12\x16\n\x0emax_body_bytes\x18\x08 \x01(\r\"\x1a\n\tHeartbeat\x12\r\n\x05nonce\x18\x01 \x01(\x04\"5\n\x0cHeartbeatAck\x12\r\n\x05nonce\x18\x01 \x01(\x04\x12\x16\n\x0eserver_time_ms\x18\x02 \x01(\x03\"B\n\x04Send\x12\x19\n\x11\x63lient_message_id\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\"y\n\x07SendAck\x12\x19\n\x11\x63lient_message_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\x04\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x14\n\x0ctimestamp_ms\x18\x05 \x01(\x03\"\xc1\x01\n\x07Message\x12\x12\n\nmessage_id\x18\x01 \x01(\x04\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x15\n\rsender_device\x18\x05 \x01(\t\x12\x11\n\trecipient\x18\x06 \x01(\t\x12\x0c\n\x04\x62ody\x18\x07 \x01(\x0c\x12\x14\n\x0ctimestamp_ms\x18\x08 \x01(\x03\x12\x19\n\x11\x63lient_message_id\x18\t \x01(\t\"/\n\x07\x44\x65liver\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.tether.v1.Message\"7\n\nDeliverAck\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"Q\n\tSetStatus\x12%\n\x08\x61\x63tivity\x18\x01 \x01(\x0e\x32\x13.tether.v1.Activity\x12\x1d\n\x04mode\x18\x02 \x01(\x0e\x32\x0f.tether.v1.Mode\"i\n\x0cUserPresence\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12!\n\x06status\x18\x02 \x01(\x0e\x32\x11.tether.v1.Status\x12\x14\n\x0clast_seen_ms\x18\x03 \x01(\x03\x12\x0f\n\x07version\x18\x04 \x01(\x04\";\n\x0ePresenceUpdate\x12)\n\x08presence\x18\x01 \x01(\x0b\x32\x17.tether.v1.UserPresence\"=\n\x10PresenceSnapshot\x12)\n\x08\x63ontacts\x18\x01 \x03(\x0b\x32\x17.tether.v1.UserPresence\"1\n\x0f\x43ontactsChanged\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x03(\t\x12\x0f\n\x07removed\x18\x02 \x03(\t\"3\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0b\n\x03ref\x18\x03 \x01(\t\"F\n\nDisconnect\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x1a\n\x12reconnect_delay_ms\x18\x03 \x01(\r*\x88\x01\n\x08Platform\x12\x18\n\x14PLATFORM_UNSPECIFIED\x10\x00\x12\x10\n\x0cPLATFORM_WEB\x10\x01\x12\x14\n\x10PLATFORM_DESKTOP\x10\x02\x12\x10\n\x0cPLATFORM_IOS\x10\x03\x12\x14\n\x10PLATFORM_ANDROID\x10\x04\x12\x12\n\x0ePLATFORM_OTHER\x10\x05*L\n\x08\x41\x63tivity\x12\x18\n\x14\x41\x43TIVITY_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41\x43TIVITY_ACTIVE\x10\x01\x12\x11\n\rACTIVITY_IDLE\x10\x02*S\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0eMODE_AVAILABLE\x10\x01\x12\r\n\tMODE_BUSY\x10\x02\x12\x12\n\x0eMODE_INVISIBLE\x10\x03*i\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATUS_OFFLINE\x10\x01\x12\x11\n\rSTATUS_ONLINE\x10\x02\x12\x0f\n\x0bSTATUS_AWAY\x10\x03\x12\x0f\n\x0bSTATUS_BUSY\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctether/protocol/tether.proto\x12\ttether.v1\"\xf4\x05\n\x05\x46rame\x12%\n\x07\x63onnect\x18\x01 \x01(\x0b\x32\x12.tether.v1.ConnectH\x00\x12)\n\tconnected\x18\x02 \x01(\x0b\x32\x14.tether.v1.ConnectedH\x00\x12)\n\theartbeat\x18\x03 \x01(\x0b\x32\x14.tether.v1.HeartbeatH\x00\x12\x30\n\rheartbeat_ack\x18\x04 \x01(\x0b\x32\x17.tether.v1.HeartbeatAckH\x00\x12\x1f\n\x04send\x18\x05 \x01(\x0b\x32\x0f.tether.v1.SendH\x00\x12&\n\x08send_ack\x18\x06 \x01(\x0b\x32\x12.tether.v1.SendAckH\x00\x12%\n\x07\x64\x65liver\x18\x07 \x01(\x0b\x32\x12.tether.v1.DeliverH\x00\x12,\n\x0b\x64\x65liver_ack\x18\x08 \x01(\x0b\x32\x15.tether.v1.DeliverAckH\x00\x12*\n\nset_status\x18\t \x01(\x0b\x32\x14.tether.v1.SetStatusH\x00\x12\x34\n\x0fpresence_update\x18\n \x01(\x0b\x32\x19.tether.v1.PresenceUpdateH\x00\x12\x38\n\x11presence_snapshot\x18\x0b \x01(\x0b\x32\x1b.tether.v1.PresenceSnapshotH\x00\x12!\n\x05\x65rror\x18\x0c \x01(\x0b\x32\x10.tether.v1.ErrorH\x00\x12+\n\ndisconnect\x18\r \x01(\x0b\x32\x15.tether.v1.DisconnectH\x00\x12\x36\n\x10\x63ontacts_changed\x18\x0e \x01(\x0b\x32\x1a.tether.v1.ContactsChangedH\x00\x12#\n\x06unread\x18\x0f \x01(\x0b\x32\x11.tether.v1.UnreadH\x00\x12\x1f\n\x04sync\x18\x10 \x01(\x0b\x32\x0f.tether.v1.SyncH\x00\x12,\n\x0bsync_result\x18\x11 \x01(\x0b\x32\x15.tether.v1.SyncResultH\x00\x42\x06\n\x04kind\"\xa7\x01\n\x07\x43onnect\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12%\n\x08platform\x18\x04 \x01(\x0e\x32\x13.tether.v1.Platform\x12\x13\n\x0b\x63lient_name\x18\x05 \x01(\t\x12$\n\x06status\x18\x06 \x01(\x0b\x32\x14.tether.v1.SetStatus\"\xce\x01\n\tConnected\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\r\x12\x1a\n\x12offline_timeout_ms\x18\x04 \x01(\r\x12\x16\n\x0eserver_time_ms\x18\x05 \x01(\x03\x12\x17\n\x0fmax_frame_bytes\x18\x06 \x01(\r\x12\x18\n\x10protocol_version\x18\x07 \x01(\r\x12\x16\n\x0emax_body_bytes\x18\x08 \x01(\r\"\x1a\n\tHeartbeat\x12\r\n\x05nonce\x18\x01 \x01(\x04\"5\n\x0cHeartbeatAck\x12\r\n\x05nonce\x18\x01 \x01(\x04\x12\x16\n\x0eserver_time_ms\x18\x02 \x01(\x03\"B\n\x04Send\x12\x19\n\x11\x63lient_message_id\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\"y\n\x07SendAck\x12\x19\n\x11\x63lient_message_id\x18\x01 \x01(\t\x12\x12\n\nmessage_id\x18\x02 \x01(\x04\x12\x17\n\x0f\x63onversation_id\x18\x03 \x01(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x14\n\x0ctimestamp_ms\x18\x05 \x01(\x03\"\xc1\x01\n\x07Message\x12\x12\n\nmessage_id\x18\x01 \x01(\x04\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x15\n\rsender_device\x18\x05 \x01(\t\x12\x11\n\trecipient\x18\x06 \x01(\t\x12\x0c\n\x04\x62ody\x18\x07 \x01(\x0c\x12\x14\n\x0ctimestamp_ms\x18\x08 \x01(\x03\x12\x19\n\x11\x63lient_message_id\x18\t \x01(\t\"/\n\x07\x44\x65liver\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.tether.v1.Message\"7\n\nDeliverAck\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\"Q\n\tSetStatus\x12%\n\x08\x61\x63tivity\x18\x01 \x01(\x0e\x32\x13.tether.v1.Activity\x12\x1d\n\x04mode\x18\x02 \x01(\x0e\x32\x0f.tether.v1.Mode\"i\n\x0cUserPresence\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12!\n\x06status\x18\x02 \x01(\x0e\x32\x11.tether.v1.Status\x12\x14\n\x0clast_seen_ms\x18\x03 \x01(\x03\x12\x0f\n\x07version\x18\x04 \x01(\x04\";\n\x0ePresenceUpdate\x12)\n\x08presence\x18\x01 \x01(\x0b\x32\x17.tether.v1.UserPresence\"=\n\x10PresenceSnapshot\x12)\n\x08\x63ontacts\x18\x01 \x03(\x0b\x32\x17.tether.v1.UserPresence\"1\n\x0f\x43ontactsChanged\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x03(\t\x12\x0f\n\x07removed\x18\x02 \x03(\t\"Z\n\x11\x43onversationState\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x15\n\rlast_sequence\x18\x02 \x01(\x04\x12\x15\n\rread_sequence\x18\x03 \x01(\x04\"P\n\x06Unread\x12\x33\n\rconversations\x18\x01 \x03(\x0b\x32\x1c.tether.v1.ConversationState\x12\x11\n\ttruncated\x18\x02 \x01(\x08\"Z\n\x04Sync\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x03 \x01(\x04\x12\r\n\x05limit\x18\x04 \x01(\r\"\x88\x01\n\nSyncResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x02 \x01(\t\x12$\n\x08messages\x18\x03 \x03(\x0b\x32\x12.tether.v1.Message\x12\x10\n\x08has_more\x18\x04 \x01(\x08\x12\x15\n\rlast_sequence\x18\x05 \x01(\x04\"3\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0b\n\x03ref\x18\x03 \x01(\t\"F\n\nDisconnect\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x1a\n\x12reconnect_delay_ms\x18\x03 \x01(\r*\x88\x01\n\x08Platform\x12\x18\n\x14PLATFORM_UNSPECIFIED\x10\x00\x12\x10\n\x0cPLATFORM_WEB\x10\x01\x12\x14\n\x10PLATFORM_DESKTOP\x10\x02\x12\x10\n\x0cPLATFORM_IOS\x10\x03\x12\x14\n\x10PLATFORM_ANDROID\x10\x04\x12\x12\n\x0ePLATFORM_OTHER\x10\x05*L\n\x08\x41\x63tivity\x12\x18\n\x14\x41\x43TIVITY_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41\x43TIVITY_ACTIVE\x10\x01\x12\x11\n\rACTIVITY_IDLE\x10\x02*S\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0eMODE_AVAILABLE\x10\x01\x12\r\n\tMODE_BUSY\x10\x02\x12\x12\n\x0eMODE_INVISIBLE\x10\x03*i\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATUS_OFFLINE\x10\x01\x12\x11\n\rSTATUS_ONLINE\x10\x02\x12\x0f\n\x0bSTATUS_AWAY\x10\x03\x12\x0f\n\x0bSTATUS_BUSY\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tether.protocol.tether_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PLATFORM']._serialized_start=2132
-  _globals['_PLATFORM']._serialized_end=2268
-  _globals['_ACTIVITY']._serialized_start=2270
-  _globals['_ACTIVITY']._serialized_end=2346
-  _globals['_MODE']._serialized_start=2348
-  _globals['_MODE']._serialized_end=2431
-  _globals['_STATUS']._serialized_start=2433
-  _globals['_STATUS']._serialized_end=2538
+  _globals['_PLATFORM']._serialized_start=2653
+  _globals['_PLATFORM']._serialized_end=2789
+  _globals['_ACTIVITY']._serialized_start=2791
+  _globals['_ACTIVITY']._serialized_end=2867
+  _globals['_MODE']._serialized_start=2869
+  _globals['_MODE']._serialized_end=2952
+  _globals['_STATUS']._serialized_start=2954
+  _globals['_STATUS']._serialized_end=3059
   _globals['_FRAME']._serialized_start=44
-  _globals['_FRAME']._serialized_end=684
-  _globals['_CONNECT']._serialized_start=687
-  _globals['_CONNECT']._serialized_end=854
-  _globals['_CONNECTED']._serialized_start=857
-  _globals['_CONNECTED']._serialized_end=1063
-  _globals['_HEARTBEAT']._serialized_start=1065
-  _globals['_HEARTBEAT']._serialized_end=1091
-  _globals['_HEARTBEATACK']._serialized_start=1093
-  _globals['_HEARTBEATACK']._serialized_end=1146
-  _globals['_SEND']._serialized_start=1148
-  _globals['_SEND']._serialized_end=1214
-  _globals['_SENDACK']._serialized_start=1216
-  _globals['_SENDACK']._serialized_end=1337
-  _globals['_MESSAGE']._serialized_start=1340
-  _globals['_MESSAGE']._serialized_end=1533
-  _globals['_DELIVER']._serialized_start=1535
-  _globals['_DELIVER']._serialized_end=1582
-  _globals['_DELIVERACK']._serialized_start=1584
-  _globals['_DELIVERACK']._serialized_end=1639
-  _globals['_SETSTATUS']._serialized_start=1641
-  _globals['_SETSTATUS']._serialized_end=1722
-  _globals['_USERPRESENCE']._serialized_start=1724
-  _globals['_USERPRESENCE']._serialized_end=1829
-  _globals['_PRESENCEUPDATE']._serialized_start=1831
-  _globals['_PRESENCEUPDATE']._serialized_end=1890
-  _globals['_PRESENCESNAPSHOT']._serialized_start=1892
-  _globals['_PRESENCESNAPSHOT']._serialized_end=1953
-  _globals['_CONTACTSCHANGED']._serialized_start=1955
-  _globals['_CONTACTSCHANGED']._serialized_end=2004
-  _globals['_ERROR']._serialized_start=2006
-  _globals['_ERROR']._serialized_end=2057
-  _globals['_DISCONNECT']._serialized_start=2059
-  _globals['_DISCONNECT']._serialized_end=2129
+  _globals['_FRAME']._serialized_end=800
+  _globals['_CONNECT']._serialized_start=803
+  _globals['_CONNECT']._serialized_end=970
+  _globals['_CONNECTED']._serialized_start=973
+  _globals['_CONNECTED']._serialized_end=1179
+  _globals['_HEARTBEAT']._serialized_start=1181
+  _globals['_HEARTBEAT']._serialized_end=1207
+  _globals['_HEARTBEATACK']._serialized_start=1209
+  _globals['_HEARTBEATACK']._serialized_end=1262
+  _globals['_SEND']._serialized_start=1264
+  _globals['_SEND']._serialized_end=1330
+  _globals['_SENDACK']._serialized_start=1332
+  _globals['_SENDACK']._serialized_end=1453
+  _globals['_MESSAGE']._serialized_start=1456
+  _globals['_MESSAGE']._serialized_end=1649
+  _globals['_DELIVER']._serialized_start=1651
+  _globals['_DELIVER']._serialized_end=1698
+  _globals['_DELIVERACK']._serialized_start=1700
+  _globals['_DELIVERACK']._serialized_end=1755
+  _globals['_SETSTATUS']._serialized_start=1757
+  _globals['_SETSTATUS']._serialized_end=1838
+  _globals['_USERPRESENCE']._serialized_start=1840
+  _globals['_USERPRESENCE']._serialized_end=1945
+  _globals['_PRESENCEUPDATE']._serialized_start=1947
+  _globals['_PRESENCEUPDATE']._serialized_end=2006
+  _globals['_PRESENCESNAPSHOT']._serialized_start=2008
+  _globals['_PRESENCESNAPSHOT']._serialized_end=2069
+  _globals['_CONTACTSCHANGED']._serialized_start=2071
+  _globals['_CONTACTSCHANGED']._serialized_end=2120
+  _globals['_CONVERSATIONSTATE']._serialized_start=2122
+  _globals['_CONVERSATIONSTATE']._serialized_end=2212
+  _globals['_UNREAD']._serialized_start=2214
+  _globals['_UNREAD']._serialized_end=2294
+  _globals['_SYNC']._serialized_start=2296
+  _globals['_SYNC']._serialized_end=2386
+  _globals['_SYNCRESULT']._serialized_start=2389
+  _globals['_SYNCRESULT']._serialized_end=2525
+  _globals['_ERROR']._serialized_start=2527
+  _globals['_ERROR']._serialized_end=2578
+  _globals['_DISCONNECT']._serialized_start=2580
+  _globals['_DISCONNECT']._serialized_end=2650
 # @@protoc_insertion_point(module_scope)

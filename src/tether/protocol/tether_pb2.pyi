@@ -56,7 +56,7 @@ STATUS_AWAY: Status
 STATUS_BUSY: Status
 
 class Frame(_message.Message):
-    __slots__ = ("connect", "connected", "heartbeat", "heartbeat_ack", "send", "send_ack", "deliver", "deliver_ack", "set_status", "presence_update", "presence_snapshot", "error", "disconnect", "contacts_changed")
+    __slots__ = ("connect", "connected", "heartbeat", "heartbeat_ack", "send", "send_ack", "deliver", "deliver_ack", "set_status", "presence_update", "presence_snapshot", "error", "disconnect", "contacts_changed", "unread", "sync", "sync_result")
     CONNECT_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,9 @@ class Frame(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     DISCONNECT_FIELD_NUMBER: _ClassVar[int]
     CONTACTS_CHANGED_FIELD_NUMBER: _ClassVar[int]
+    UNREAD_FIELD_NUMBER: _ClassVar[int]
+    SYNC_FIELD_NUMBER: _ClassVar[int]
+    SYNC_RESULT_FIELD_NUMBER: _ClassVar[int]
     connect: Connect
     connected: Connected
     heartbeat: Heartbeat
@@ -85,7 +88,10 @@ class Frame(_message.Message):
     error: Error
     disconnect: Disconnect
     contacts_changed: ContactsChanged
-    def __init__(self, connect: _Optional[_Union[Connect, _Mapping]] = ..., connected: _Optional[_Union[Connected, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., send: _Optional[_Union[Send, _Mapping]] = ..., send_ack: _Optional[_Union[SendAck, _Mapping]] = ..., deliver: _Optional[_Union[Deliver, _Mapping]] = ..., deliver_ack: _Optional[_Union[DeliverAck, _Mapping]] = ..., set_status: _Optional[_Union[SetStatus, _Mapping]] = ..., presence_update: _Optional[_Union[PresenceUpdate, _Mapping]] = ..., presence_snapshot: _Optional[_Union[PresenceSnapshot, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., disconnect: _Optional[_Union[Disconnect, _Mapping]] = ..., contacts_changed: _Optional[_Union[ContactsChanged, _Mapping]] = ...) -> None: ...
+    unread: Unread
+    sync: Sync
+    sync_result: SyncResult
+    def __init__(self, connect: _Optional[_Union[Connect, _Mapping]] = ..., connected: _Optional[_Union[Connected, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., send: _Optional[_Union[Send, _Mapping]] = ..., send_ack: _Optional[_Union[SendAck, _Mapping]] = ..., deliver: _Optional[_Union[Deliver, _Mapping]] = ..., deliver_ack: _Optional[_Union[DeliverAck, _Mapping]] = ..., set_status: _Optional[_Union[SetStatus, _Mapping]] = ..., presence_update: _Optional[_Union[PresenceUpdate, _Mapping]] = ..., presence_snapshot: _Optional[_Union[PresenceSnapshot, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., disconnect: _Optional[_Union[Disconnect, _Mapping]] = ..., contacts_changed: _Optional[_Union[ContactsChanged, _Mapping]] = ..., unread: _Optional[_Union[Unread, _Mapping]] = ..., sync: _Optional[_Union[Sync, _Mapping]] = ..., sync_result: _Optional[_Union[SyncResult, _Mapping]] = ...) -> None: ...
 
 class Connect(_message.Message):
     __slots__ = ("protocol_version", "token", "device_id", "platform", "client_name", "status")
@@ -236,6 +242,50 @@ class ContactsChanged(_message.Message):
     added: _containers.RepeatedScalarFieldContainer[str]
     removed: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, added: _Optional[_Iterable[str]] = ..., removed: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ConversationState(_message.Message):
+    __slots__ = ("conversation_id", "last_sequence", "read_sequence")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    READ_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    last_sequence: int
+    read_sequence: int
+    def __init__(self, conversation_id: _Optional[str] = ..., last_sequence: _Optional[int] = ..., read_sequence: _Optional[int] = ...) -> None: ...
+
+class Unread(_message.Message):
+    __slots__ = ("conversations", "truncated")
+    CONVERSATIONS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    conversations: _containers.RepeatedCompositeFieldContainer[ConversationState]
+    truncated: bool
+    def __init__(self, conversations: _Optional[_Iterable[_Union[ConversationState, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class Sync(_message.Message):
+    __slots__ = ("request_id", "conversation_id", "after_sequence", "limit")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    conversation_id: str
+    after_sequence: int
+    limit: int
+    def __init__(self, request_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., after_sequence: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class SyncResult(_message.Message):
+    __slots__ = ("request_id", "conversation_id", "messages", "has_more", "last_sequence")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    HAS_MORE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    conversation_id: str
+    messages: _containers.RepeatedCompositeFieldContainer[Message]
+    has_more: bool
+    last_sequence: int
+    def __init__(self, request_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., has_more: _Optional[bool] = ..., last_sequence: _Optional[int] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "ref")

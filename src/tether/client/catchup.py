@@ -1,0 +1,201 @@
+"""Message order and catch-up in the client SDK.
+
+The live push is the fast path; sequence numbers are the truth. `Conversations` keeps, per
+conversation, the highest sequence number the application has been given (`last`). A live
+message one above it is handed over at once. A message at or below it is a duplicate and
+dropped. A message further above it means messages were missed: it waits while a Sync fetches
+the gap, oldest first, and is handed over after them. On connect, the server's Unread frame
+lists the conversations this device is behind in, and they are fetched the same way.
+
+Each message reaches the application once and in sequence order per conversation, across
+reconnects of one `Client`. A new `Client` starts from the server's read markers, which the
+DeliverAcks move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+
+from tether.client import events as ev
+from tether.client.transport import ClientTransport
+from tether.protocol import tether_pb2 as pb
+from tether.protocol.errors import RequestError
+
+__all__ = ["Conversations"]
+
+logger = logging.getLogger("tether.client")
+
+SYNC_PAGE = 100
+
+
+class Conversations:
+    """Per-conversation order, deduplication and catch-up for one client."""
+
+    def __init__(
+        self,
+        emit: Callable[[ev.Event], Awaitable[None]],
+        *,
+        device_id: str,
+        auto_ack: bool,
+        timeout: float,
+    ) -> None:
+        self._emit = emit
+        self._device_id = device_id
+        self._auto_ack = auto_ack
+        self._timeout = timeout
+        self.last: dict[str, int] = {}
+        self._waiting: dict[str, list[pb.Message]] = {}  # live messages held during a sync
+        self._to_fetch: dict[str, None] = {}  # conversations to sync, in order
+        self._replies: dict[str, asyncio.Future[pb.SyncResult]] = {}
+        self._request_ids = itertools.count(1)
+        self._worker: asyncio.Task[None] | None = None
+        self._transport: ClientTransport | None = None
+        self._user_id = ""
+        self._ready: list[pb.Message] = []  # held messages released by _release_waiting
+
+    def connected(self, transport: ClientTransport, user_id: str) -> None:
+        """Start a new connection: forget its predecessor's requests, keep the positions."""
+        self.stop()
+        self._transport = transport
+        self._user_id = user_id
+
+    def stop(self) -> None:
+        """Cancel the catch-up of the connection that ended; it resumes after the next Unread."""
+        if self._worker is not None:
+            self._worker.cancel()
+            self._worker = None
+        for future in self._replies.values():
+            future.cancel()
+        self._replies.clear()
+        self._to_fetch.clear()
+        self._waiting.clear()
+        self._transport = None
+
+    def on_unread(self, unread: pb.Unread) -> None:
+        """Queue a fetch of every conversation the server says this device is behind in."""
+        for state in unread.conversations:
+            conversation = state.conversation_id
+            last = max(self.last.get(conversation, 0), state.read_sequence)
+            self.last[conversation] = last
+            if state.last_sequence > last:
+                self._fetch(conversation)
+        if unread.truncated:
+            logger.warning("server listed only part of the unread conversations")
+
+    async def on_live(self, message: pb.Message) -> None:
+        """Hand a pushed message over, drop it as a duplicate, or hold it behind a gap."""
+        conversation = message.conversation_id
+        waiting = self._waiting.get(conversation)
+        if waiting is not None:
+            waiting.append(message)
+            return
+        last = self.last.get(conversation)
+        if last is None or message.sequence == last + 1:
+            await self._deliver(message)
+            await self._ack(conversation)
+        elif message.sequence > last + 1:
+            self._waiting[conversation] = [message]
+            self._fetch(conversation)
+
+    def on_send_ack(self, ack: pb.SendAck) -> None:
+        """Count this device's own message as seen, so it opens no gap."""
+        last = self.last.get(ack.conversation_id)
+        if last is not None and ack.sequence == last + 1:
+            self.last[ack.conversation_id] = ack.sequence
+
+    def on_sync_result(self, result: pb.SyncResult) -> None:
+        future = self._replies.pop(result.request_id, None)
+        if future is not None and not future.done():
+            future.set_result(result)
+
+    def on_error(self, error: pb.Error) -> bool:
+        """Fail the Sync the error refers to; False if it is not one of ours."""
+        future = self._replies.pop(error.ref, None)
+        if future is None:
+            return False
+        if not future.done():
+            future.set_exception(RequestError(error.code, error.message))
+        return True
+
+    # Internals.
+
+    def _fetch(self, conversation: str) -> None:
+        self._to_fetch[conversation] = None
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._catch_up())
+
+    async def _catch_up(self) -> None:
+        try:
+            while self._to_fetch:
+                conversation = next(iter(self._to_fetch))
+                await self._sync(conversation)
+                if not self._release_waiting(conversation):
+                    del self._to_fetch[conversation]
+                await self._flush_released(conversation)
+        except (RequestError, TimeoutError, ConnectionError, OSError) as error:
+            # The next connection lists what is still unread, so closing loses nothing.
+            logger.warning("catch-up failed, reconnecting: %s", error)
+            if self._transport is not None:
+                self._transport.close()
+
+    async def _sync(self, conversation: str) -> None:
+        transport = self._transport
+        assert transport is not None
+        while True:
+            request_id = f"sync-{next(self._request_ids)}"
+            future: asyncio.Future[pb.SyncResult] = asyncio.get_running_loop().create_future()
+            self._replies[request_id] = future
+            sync = pb.Sync(
+                request_id=request_id,
+                conversation_id=conversation,
+                after_sequence=self.last.get(conversation, 0),
+                limit=SYNC_PAGE,
+            )
+            await transport.send(pb.Frame(sync=sync).SerializeToString())
+            result = await asyncio.wait_for(future, self._timeout)
+            for message in result.messages:
+                if message.sequence > self.last.get(conversation, 0):
+                    await self._deliver(message)
+            await self._ack(conversation)
+            if not result.has_more:
+                return
+
+    def _release_waiting(self, conversation: str) -> bool:
+        """Order held messages after a sync; True if a gap remains and another sync is due."""
+        held = sorted(self._waiting.get(conversation, ()), key=lambda item: item.sequence)
+        last = self.last.get(conversation, 0)
+        ready: list[pb.Message] = []
+        for message in held:
+            if message.sequence <= last:
+                continue
+            if message.sequence != last + 1:
+                self._waiting[conversation] = [m for m in held if m.sequence > last]
+                self._ready = ready
+                return True
+            ready.append(message)
+            last = message.sequence
+        self._waiting.pop(conversation, None)
+        self._ready = ready
+        return False
+
+    async def _flush_released(self, conversation: str) -> None:
+        ready, self._ready = self._ready, []
+        for message in ready:
+            await self._deliver(message)
+        if ready:
+            await self._ack(conversation)
+
+    async def _deliver(self, message: pb.Message) -> None:
+        self.last[message.conversation_id] = message.sequence
+        own = message.sender == self._user_id and message.sender_device == self._device_id
+        if not own:  # the application already has its own sends from send()
+            await self._emit(ev.Message.from_proto(message))
+
+    async def _ack(self, conversation: str) -> None:
+        if not self._auto_ack or self._transport is None:
+            return
+        ack = pb.DeliverAck(conversation_id=conversation, sequence=self.last[conversation])
+        await self._transport.send(pb.Frame(deliver_ack=ack).SerializeToString())
