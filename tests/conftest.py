@@ -18,6 +18,7 @@ from tether.auth import issue_token
 from tether.client import Client
 from tether.client import events as ev
 from tether.gateway import GatewayConfig
+from tether.gateway.limits import LimitsConfig
 from tether.presence import PresenceConfig
 from tether.protocol import tether_pb2 as pb
 from tether.protocol.framing import StreamDecoder, prefix_frame
@@ -46,6 +47,8 @@ def test_gateway_config(**overrides: object) -> GatewayConfig:
         "sweep_interval": 0.05,
         "request_timeout": 2.0,
         "close_timeout": 1.0,
+        # Tests send bursts of hundreds of frames; the limits have tests of their own.
+        "limits": LimitsConfig(frames_per_second=1_000_000, frame_burst=1_000_000),
     }
     settings.update(overrides)
     return GatewayConfig(**settings)  # type: ignore[arg-type]

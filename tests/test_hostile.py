@@ -42,6 +42,7 @@ from conftest import (
 from tether.auth import issue_token
 from tether.client import Client
 from tether.client import events as ev
+from tether.gateway.limits import LimitsConfig
 from tether.protocol import tether_pb2 as pb
 from tether.protocol.codes import Code
 from tether.protocol.framing import encode_varint, prefix_frame
@@ -849,10 +850,15 @@ async def test_replaced_during_traffic_loses_nothing(
         if isinstance(event, ev.Message):
             before.append(event.message_id)
     after = [e.message_id for e in await drain(new) if isinstance(e, ev.Message)]
-    # Each acknowledged message reached exactly one of the two connections.
-    assert sorted(before + after) == acked
+    # The new connection catches up from the device's last acknowledged position, so it gets
+    # everything the old one did not acknowledge, in order, each message once.
+    assert after == sorted(after)
+    assert len(set(after)) == len(after)
+    assert len(set(before)) == len(before)
+    assert set(before) | set(after) == set(acked)
     assert before
     assert after
+    assert after[-1] == acked[-1]
     session = next(iter(server.gateway.sessions["alice"].values()))
     assert new.session is not None
     assert session.id == new.session.session_id
@@ -987,3 +993,83 @@ async def test_unread_heartbeat_acks_close_sender(
         # Unread data makes this close a reset, which ends the server's side at once.
         raw.writer.transport.abort()
         await asyncio.sleep(QUIET)
+
+
+# Limits on rates and counts.
+
+
+async def test_frame_flood_rate_limited(start_server: ServerFactory) -> None:
+    limits = LimitsConfig(frames_per_second=20, frame_burst=40)
+    server = await start_server(limits=limits)
+    flooder = await RawClient.open(server)
+    flooder.send_connect("flooder")
+    await flooder.receive_kind("connected")
+    heartbeat = prefix_frame(pb.Frame(heartbeat=pb.Heartbeat(nonce=1)).SerializeToString())
+    flooder.send_raw(heartbeat * 100)
+    frame = await flooder.receive_kind("disconnect")
+    assert frame.disconnect.code == Code.RATE_LIMITED
+    assert 0 < frame.disconnect.reconnect_delay_ms <= limits.retry_window * 1000
+    flooder.close()
+
+
+async def test_steady_client_not_rate_limited(start_server: ServerFactory) -> None:
+    server = await start_server(limits=LimitsConfig(frames_per_second=20, frame_burst=40))
+    steady = await RawClient.open(server)
+    steady.send_connect("steady")
+    await steady.receive_kind("connected")
+    for nonce in range(60):  # 3 s at 20 frames per second
+        steady.send(pb.Frame(heartbeat=pb.Heartbeat(nonce=nonce)))
+        assert (await steady.receive_kind("heartbeat_ack")).heartbeat_ack.nonce == nonce
+        await asyncio.sleep(0.05)
+    steady.close()
+
+
+async def test_connections_per_address_capped(start_server: ServerFactory) -> None:
+    server = await start_server(limits=LimitsConfig(max_connections_per_ip=3))
+    held = [await RawClient.open(server) for _ in range(3)]
+    extra = await RawClient.open(server)
+    frame = await extra.receive_kind("disconnect")
+    assert frame.disconnect.code == Code.OVERLOADED
+    assert frame.disconnect.reconnect_delay_ms > 0
+    extra.close()
+    held[0].close()
+    await asyncio.sleep(0.2)  # the freed slot is released when the transport closes
+    again = await RawClient.open(server)
+    again.send_connect("again")
+    assert (await again.receive_kind("connected")).connected.user_id == "again"
+    for raw in [*held[1:], again]:
+        raw.close()
+
+
+async def test_connect_storm_told_to_retry(start_server: ServerFactory) -> None:
+    limits = LimitsConfig(new_connections_per_second=5, new_connection_burst=5, retry_window=4)
+    server = await start_server(limits=limits)
+    clients = [await RawClient.open(server) for _ in range(15)]
+    delays = []
+    for raw in clients[5:]:
+        frame = await raw.receive_kind("disconnect")
+        assert frame.disconnect.code == Code.OVERLOADED
+        delays.append(frame.disconnect.reconnect_delay_ms)
+    assert all(0 < delay <= 4000 for delay in delays)
+    assert len(set(delays)) > 1  # spread, so the storm does not come back at once
+    for raw in clients:
+        raw.close()
+
+
+async def test_devices_per_user_capped(start_server: ServerFactory) -> None:
+    server = await start_server(limits=LimitsConfig(max_devices_per_user=2))
+    devices = []
+    for name in ("phone", "laptop"):
+        raw = await RawClient.open(server)
+        raw.send_connect("alice", device=name)
+        await raw.receive_kind("connected")
+        devices.append(raw)
+    third = await RawClient.open(server)
+    third.send_connect("alice", device="tablet")
+    assert await third.disconnect_code() == Code.TOO_MANY_DEVICES
+    # The same device reconnecting replaces its old connection instead of counting twice.
+    again = await RawClient.open(server)
+    again.send_connect("alice", device="phone")
+    await again.receive_kind("connected")
+    for raw in [*devices, third, again]:
+        raw.close()

@@ -199,6 +199,41 @@ def _build_parser() -> argparse.ArgumentParser:
         help="bytes queued to one client before it is closed as a slow consumer",
     )
     add_option(
+        serve,
+        "--frames-per-second",
+        convert=_positive,
+        default=100.0,
+        help="frames one connection may send per second on average",
+    )
+    add_option(
+        serve,
+        "--frame-burst",
+        convert=_positive_int,
+        default=200,
+        help="frames one connection may send at once above the average",
+    )
+    add_option(
+        serve,
+        "--new-connections-per-second",
+        convert=_positive,
+        default=1000.0,
+        help="connections the gateway accepts per second; above it clients are told to retry",
+    )
+    add_option(
+        serve,
+        "--max-connections-per-ip",
+        convert=_positive_int,
+        default=1000,
+        help="concurrent connections from one IP address",
+    )
+    add_option(
+        serve,
+        "--max-devices-per-user",
+        convert=_positive_int,
+        default=10,
+        help="concurrent devices of one user on this gateway",
+    )
+    add_option(
         serve, "--log-level", convert=str, default="info", help="debug, info, warning or error"
     )
 

@@ -8,6 +8,7 @@ import logging
 
 from tether.cli.main import configure_logging, install_stop_signals
 from tether.gateway import GatewayConfig
+from tether.gateway.limits import LimitsConfig
 from tether.presence import PresenceConfig
 from tether.protocol.errors import TetherError
 from tether.server import ServerConfig, TetherServer
@@ -35,6 +36,14 @@ async def serve(arguments: argparse.Namespace) -> int:
             max_body_bytes=arguments.max_body_bytes,
             max_outgoing_bytes=arguments.max_outgoing_bytes,
             gateway_id=arguments.gateway_id,
+            limits=LimitsConfig(
+                frames_per_second=arguments.frames_per_second,
+                frame_burst=arguments.frame_burst,
+                new_connections_per_second=arguments.new_connections_per_second,
+                new_connection_burst=max(1, int(arguments.new_connections_per_second * 2)),
+                max_connections_per_ip=arguments.max_connections_per_ip,
+                max_devices_per_user=arguments.max_devices_per_user,
+            ),
         )
         config = ServerConfig(
             data_dir=arguments.data_dir,

@@ -29,6 +29,7 @@ __all__ = ["Conversations"]
 logger = logging.getLogger("tether.client")
 
 SYNC_PAGE = 100
+ACK_INTERVAL = 0.1  # seconds between batches of DeliverAcks
 
 
 class Conversations:
@@ -55,6 +56,8 @@ class Conversations:
         self._transport: ClientTransport | None = None
         self._user_id = ""
         self._ready: list[pb.Message] = []  # held messages released by _release_waiting
+        self._unacked: dict[str, None] = {}  # conversations with an ack to send
+        self._acker: asyncio.Task[None] | None = None
 
     def connected(self, transport: ClientTransport, user_id: str) -> None:
         """Start a new connection: forget its predecessor's requests, keep the positions."""
@@ -67,6 +70,10 @@ class Conversations:
         if self._worker is not None:
             self._worker.cancel()
             self._worker = None
+        if self._acker is not None:
+            self._acker.cancel()
+            self._acker = None
+        self._unacked.clear()
         for future in self._replies.values():
             future.cancel()
         self._replies.clear()
@@ -195,7 +202,26 @@ class Conversations:
             await self._emit(ev.Message.from_proto(message))
 
     async def _ack(self, conversation: str) -> None:
+        """Schedule a DeliverAck; acks go out at most every ACK_INTERVAL per connection.
+
+        Coalescing keeps a busy receiver far below the server's frames-per-second limit.
+        """
         if not self._auto_ack or self._transport is None:
             return
-        ack = pb.DeliverAck(conversation_id=conversation, sequence=self.last[conversation])
-        await self._transport.send(pb.Frame(deliver_ack=ack).SerializeToString())
+        self._unacked[conversation] = None
+        if self._acker is None or self._acker.done():
+            self._acker = asyncio.get_running_loop().create_task(self._send_acks())
+
+    async def _send_acks(self) -> None:
+        await asyncio.sleep(ACK_INTERVAL)
+        transport = self._transport
+        pending, self._unacked = self._unacked, {}
+        if transport is None:
+            return
+        try:
+            for conversation in pending:
+                ack = pb.DeliverAck(conversation_id=conversation, sequence=self.last[conversation])
+                await transport.send(pb.Frame(deliver_ack=ack).SerializeToString())
+        except (ConnectionError, OSError) as error:
+            # The next connection's Unread lists whatever this ack would have covered.
+            logger.debug("delivery ack not sent: %s", error)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from tether.gateway.limits import LimitsConfig
 
 __all__ = ["GatewayConfig"]
 
@@ -41,6 +43,8 @@ class GatewayConfig:
     """Largest message body accepted in a Send (default 32 KiB)."""
     max_outgoing_bytes: int = 1_048_576
     """Bytes queued to one client before it is closed as a slow consumer (default 1 MiB)."""
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    """Rate and count limits per connection, address, user and gateway."""
 
     def __post_init__(self) -> None:
         for name in (

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from tether.gateway.limits import TokenBucket
 from tether.protocol import tether_pb2 as pb
 from tether.protocol.connection import ServerProtocol
 from tether.protocol.states import ConnectionState
@@ -27,6 +28,8 @@ class Connection:
 
     __slots__ = (
         "activity",
+        "address",
+        "bucket",
         "closing_deadline",
         "contacts",
         "device_id",
@@ -63,6 +66,8 @@ class Connection:
         self.closing_deadline = 0.0
         self.outbox: list[bytes] = []
         self.outbox_bytes = 0
+        self.address = ""  # peer IP counted against the per-address limit; empty if not counted
+        self.bucket: TokenBucket | None = None  # frames per second, set once accepted
 
     @property
     def state(self) -> ConnectionState:
@@ -129,9 +134,7 @@ class TcpConnection(Connection, asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        self.gateway.connection_made(self)
+        self.gateway.connection_made(self, transport.get_extra_info("peername"))
 
     def data_received(self, data: bytes) -> None:
         if self.protocol.state is ConnectionState.CLOSING:

@@ -20,6 +20,7 @@ import asyncio
 import functools
 import gc
 import logging
+import math
 import os
 import random
 import time
@@ -33,6 +34,7 @@ from tether.bus.base import Bus
 from tether.bus.requests import RequestTracker
 from tether.gateway.config import GatewayConfig
 from tether.gateway.connection import Connection
+from tether.gateway.limits import ConnectionRateLimiter, PerKeyCounter, TokenBucket
 from tether.gateway.presence_link import BusPresenceLink, PresenceLink
 from tether.presence.cluster import LocalDevice
 from tether.protocol import tether_pb2 as pb
@@ -90,6 +92,14 @@ class Gateway:
         self._prefix = os.urandom(3).hex()
         self._started = False
         self._frozen_at = 0  # connection count at the last gc.freeze()
+        limits = config.limits
+        self._connect_limiter = ConnectionRateLimiter(
+            limits.new_connections_per_second,
+            limits.new_connection_burst,
+            limits.retry_window,
+            0.0,
+        )
+        self._per_address: PerKeyCounter[str] = PerKeyCounter(limits.max_connections_per_ip)
 
     # Life cycle.
 
@@ -134,13 +144,45 @@ class Gateway:
 
     # Transport callbacks.
 
-    def connection_made(self, connection: Connection) -> None:
-        """Register a new transport connection, which now has connect_timeout to log in."""
-        connection.last_heard = self._now()
+    def connection_made(self, connection: Connection, peer: object) -> None:
+        """Register a new transport connection, which now has connect_timeout to log in.
+
+        Above the gateway's connection rate, or the limit of connections from one address,
+        the client is closed at once with OVERLOADED and a jittered delay before it may retry.
+        """
+        now = self._now()
+        connection.last_heard = now
         self.connections[connection.id] = connection
         self._awaiting[connection] = None
+        address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        connection.peer = f"{address}:{peer[1]}" if isinstance(peer, tuple) else address
+        limits = self.config.limits
+        connection.bucket = TokenBucket(limits.frames_per_second, limits.frame_burst, now)
+
+        retry_after = self._connect_limiter.retry_after(now)
+        if retry_after is not None:
+            self._reject(connection, "too many new connections", retry_after)
+            return
+        if not self._per_address.acquire(address):
+            self._reject(connection, f"too many connections from {address}", self._retry_delay())
+            return
+        connection.address = address
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("accepted %s from %s", connection.describe(), connection.peer)
+
+    def _reject(self, connection: Connection, reason: str, retry_after: float) -> None:
+        logger.warning("rejected %s from %s: %s", connection.id, connection.peer, reason)
+        self._close(
+            connection,
+            Code.OVERLOADED,
+            reason,
+            abort=False,
+            reconnect_delay_ms=math.ceil(retry_after * 1000),
+        )
+
+    def _retry_delay(self) -> float:
+        """Return a delay spread over the retry window, never zero."""
+        return random.uniform(0.001, self.config.limits.retry_window)
 
     def heard(self, connection: Connection) -> None:
         """Record that bytes arrived on an open connection: any frame counts as liveness.
@@ -154,6 +196,9 @@ class Gateway:
 
     def connection_lost(self, connection: Connection, exc: Exception | None) -> None:
         """Forget a connection whose transport is gone."""
+        if connection.address:
+            self._per_address.release(connection.address)
+            connection.address = ""
         was_open = connection.protocol.state is ConnectionState.OPEN
         if connection.protocol.state is not ConnectionState.CLOSED:
             connection.protocol.move_to(ConnectionState.CLOSED)
@@ -215,6 +260,15 @@ class Gateway:
 
     def handle_frames(self, connection: Connection, frames: list[pb.Frame]) -> None:
         """Act on each validated frame of one read, in order."""
+        bucket = connection.bucket
+        if bucket is not None and not bucket.take(self._loop.time(), len(frames)):  # type: ignore[union-attr]
+            logger.warning("rate limit exceeded by %s", connection.describe())
+            delay_ms = math.ceil(self._retry_delay() * 1000)
+            self._close(
+                connection, Code.RATE_LIMITED, "too many frames per second", abort=False,
+                reconnect_delay_ms=delay_ms,
+            )  # fmt: skip
+            return
         for frame in frames:
             kind = frame.WhichOneof("kind")
             if kind == "heartbeat":
@@ -319,6 +373,15 @@ class Gateway:
     ) -> None:
         user_id = connection.user_id
         devices = self.sessions.get(user_id)
+        limit = self.config.limits.max_devices_per_user
+        if devices is not None and connection.device_id not in devices and len(devices) >= limit:
+            self._close(
+                connection,
+                Code.TOO_MANY_DEVICES,
+                f"{len(devices)} devices of this user are connected here; the limit is {limit}",
+                abort=False,
+            )
+            return
         if devices is None:
             devices = self.sessions[user_id] = {}
             self.bus.subscribe(channels.user_channel(user_id), self._on_user_message)

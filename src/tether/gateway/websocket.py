@@ -89,8 +89,7 @@ class _Listener(picows.WSListener):
         connection = self.connection
         connection.transport = transport
         peer = transport.underlying_transport.get_extra_info("peername")
-        connection.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        connection.gateway.connection_made(connection)
+        connection.gateway.connection_made(connection, peer)
 
     def on_ws_frame(self, transport: Any, frame: Any) -> None:
         connection = self.connection

@@ -51,6 +51,7 @@ class Code(enum.IntEnum):
     OVERLOADED = 4004
     CONNECT_TIMEOUT = 4005
     BACKEND_UNAVAILABLE = 4006
+    RATE_LIMITED = 4007
 
     # Final disconnects.
     PROTOCOL_ERROR = 4500
@@ -60,6 +61,7 @@ class Code(enum.IntEnum):
     REPLACED = 4504
     UNSUPPORTED_VERSION = 4505
     FORBIDDEN = 4506
+    TOO_MANY_DEVICES = 4507
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +111,11 @@ _TABLE: dict[Code, CodeInfo] = {
             "The logic layer did not answer the connect request in time.",
         ),
         CodeInfo(
+            Code.RATE_LIMITED,
+            True,
+            "The client sent frames faster than the server allows; wait reconnect_delay_ms.",
+        ),
+        CodeInfo(
             Code.PROTOCOL_ERROR,
             False,
             "A frame could not be decoded or was not allowed in the connection's state.",
@@ -127,6 +134,11 @@ _TABLE: dict[Code, CodeInfo] = {
             "The client's protocol_version is not supported.",
         ),
         CodeInfo(Code.FORBIDDEN, False, "The logic layer rejected this user or device."),
+        CodeInfo(
+            Code.TOO_MANY_DEVICES,
+            False,
+            "The user has the most devices a gateway allows connected; close one first.",
+        ),
     )
 }
 
