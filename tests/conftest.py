@@ -65,12 +65,15 @@ async def start_server(tmp_path: Path) -> AsyncIterator[ServerFactory]:
     """Return a function that starts an embedded server on free ports; all stop at teardown."""
     servers: list[EmbeddedServer] = []
 
-    async def start(*, grace_period: float = 0.3, **gateway: object) -> EmbeddedServer:
+    async def start(
+        *, grace_period: float = 0.3, token_leeway: float = 5.0, **gateway: object
+    ) -> EmbeddedServer:
         config = ServerConfig(
             data_dir=tmp_path / f"server{len(servers)}",
             secret=SECRET,
             gateway=test_gateway_config(**gateway),
             presence=PresenceConfig(grace_period=grace_period),
+            token_leeway=token_leeway,
         )
         server = EmbeddedServer(config)
         await server.start()

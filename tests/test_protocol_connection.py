@@ -109,6 +109,8 @@ SAMPLE_FRAMES: dict[str, pb.Frame] = {
             truncated=True,
         )
     ),
+    "refresh": pb.Frame(refresh=pb.Refresh(token="header.payload.signature")),
+    "refreshed": pb.Frame(refreshed=pb.Refreshed(token_expires_ms=1_796_400_000_000)),
     "sync": pb.Frame(
         sync=pb.Sync(request_id="s-1", conversation_id="d:alice:bob", after_sequence=4, limit=2)
     ),
@@ -374,7 +376,7 @@ def test_open_allows_client_kind(kind: str) -> None:
 
 
 def test_open_kinds_as_specified() -> None:
-    expected = {"heartbeat", "send", "deliver_ack", "set_status", "disconnect", "sync"}
+    expected = {"heartbeat", "send", "deliver_ack", "set_status", "disconnect", "sync", "refresh"}
 
     assert ALLOWED_FROM_CLIENT[ConnectionState.OPEN] == expected
 

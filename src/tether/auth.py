@@ -58,6 +58,13 @@ class TokenVerifier:
 
     def verify(self, token: str) -> str:
         """Return the user id of a valid token; raise AuthenticationError otherwise."""
+        return self.verify_claims(token)[0]
+
+    def verify_claims(self, token: str) -> tuple[str, float | None]:
+        """Return the user id and expiry (Unix seconds, None if none) of a valid token.
+
+        Raise AuthenticationError with TOKEN_EXPIRED or UNAUTHORIZED otherwise.
+        """
         if not token:
             raise AuthenticationError(Code.UNAUTHORIZED, "token is missing")
         try:
@@ -74,6 +81,8 @@ class TokenVerifier:
             raise AuthenticationError(Code.UNAUTHORIZED, f"invalid token: {error}") from error
         subject = claims["sub"]
         try:
-            return validate_user_id(subject if isinstance(subject, str) else "")
+            user_id = validate_user_id(subject if isinstance(subject, str) else "")
         except ValueError as error:
             raise AuthenticationError(Code.UNAUTHORIZED, f"invalid sub claim: {error}") from error
+        expiry = claims.get("exp")
+        return user_id, float(expiry) if isinstance(expiry, int | float) else None

@@ -67,6 +67,8 @@ class ServerConfig:
     """Run the reference logic in this process (default true; always true when embedded)."""
     lease_timeout: float = 5.0
     """Cluster only: seconds a gateway's devices outlive it without a lease renewal."""
+    token_leeway: float = 5.0
+    """Seconds of clock skew tolerated on token expiry (default 5)."""
 
 
 def load_or_create_secret(data_dir: Path) -> str:
@@ -106,7 +108,7 @@ class TetherServer:
         self.presence: PresenceService | None = None
         self.gateway: Gateway | None = None
         self.logic: LogicService | None = None
-        verifier = TokenVerifier(secret=self.secret)
+        verifier = TokenVerifier(secret=self.secret, leeway=config.token_leeway)
 
         if config.redis_url:
             gateway_id = config.gateway.gateway_id or f"gw-{os.urandom(4).hex()}"
@@ -156,6 +158,8 @@ class TetherServer:
         if self.cluster_presence is not None:
             await self.cluster_presence.start()
             self.bus.add_reconnect_callback(self.cluster_presence.request_resync)
+        if self.gateway is not None:
+            self.bus.add_reconnect_callback(self.gateway.after_bus_outage)
         self._admin.start()
         gateway = self.gateway
         if gateway is not None:

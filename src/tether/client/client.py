@@ -17,8 +17,9 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 
 from tether.client import events as ev
@@ -42,6 +43,8 @@ _MODES = {
 }
 # Close code reported when the transport failed without a Disconnect frame.
 TRANSPORT_LOST = 1006
+# Share of a token's lifetime after which the client refreshes it.
+REFRESH_AT = 0.8
 # Seconds a session must last before the reconnect backoff starts again from its first step.
 STABLE_SESSION = 10.0
 
@@ -65,15 +68,19 @@ class Client:
         backoff_max: float = 30.0,
         max_events: int = 10_000,
         auto_ack: bool = True,
+        token_provider: Callable[[], Awaitable[str]] | None = None,
     ) -> None:
         """Prepare a client; `connect()` opens it.
 
         Times are in seconds. `max_events` bounds the events waiting for `events()`: when it
         is full the client stops reading from the socket. `auto_ack` sends a DeliverAck for
-        every message as soon as it is queued.
+        every message as soon as it is queued. `token_provider`, if given, returns a fresh
+        token: the client sends it in a Refresh frame at REFRESH_AT of the token's lifetime
+        and connects with a fresh one after a reconnect.
         """
         self.url = url
         self.token = token
+        self.token_provider = token_provider
         self.device_id = device_id
         self.platform = platform
         self.client_name = client_name
@@ -96,6 +103,8 @@ class Client:
         self._first_session: asyncio.Future[ev.SessionOpened] | None = None
         self._closing = False
         self._nonce = 0
+        self._token_expires_ms = 0
+        self._token_issued_ms = 0  # when the current token's expiry was learned
         self._last_reason = "none"
 
     async def __aenter__(self) -> Client:
@@ -229,9 +238,12 @@ class Client:
             return TRANSPORT_LOST, reason, 0.0, False
         self._transport = transport
         heartbeat: asyncio.Task[None] | None = None
+        refresher: asyncio.Task[None] | None = None
         opened = False
         code, reason, delay = TRANSPORT_LOST, "connection lost", 0.0
         try:
+            if self.token_provider is not None and self._token_expired_soon():
+                self.token = await self.token_provider()
             connect = pb.Connect(
                 protocol_version=PROTOCOL_VERSION,
                 token=self.token,
@@ -255,7 +267,12 @@ class Client:
                 if kind == "connected":
                     opened = True
                     heartbeat = asyncio.create_task(self._heartbeat(transport, frame.connected))
+                    self._token_expires_ms = frame.connected.token_expires_ms
+                    refresher = self._schedule_refresh(transport)
                     await self._on_connected(transport, frame.connected)
+                elif kind == "refreshed":
+                    self._token_expires_ms = frame.refreshed.token_expires_ms
+                    refresher = self._schedule_refresh(transport)
                 else:
                     await self._on_frame(transport, kind, frame)
         except (ConnectionError, OSError) as error:
@@ -264,10 +281,35 @@ class Client:
             self.session = None
             self._transport = None
             self._conversations.stop()
-            if heartbeat is not None:
-                heartbeat.cancel()
+            for task in (heartbeat, refresher):
+                if task is not None:
+                    task.cancel()
             transport.close()
         return code, reason, delay, opened
+
+    def _token_expired_soon(self) -> bool:
+        """Tell whether the current token is past REFRESH_AT of its lifetime, or unknown."""
+        if not self._token_expires_ms:
+            return self._token_issued_ms == 0  # first connect: the given token is fresh
+        lifetime = self._token_expires_ms - self._token_issued_ms
+        return time.time() * 1000 >= self._token_issued_ms + lifetime * REFRESH_AT
+
+    def _schedule_refresh(self, transport: ClientTransport) -> asyncio.Task[None] | None:
+        """Start the task that sends Refresh before the token expires, if it can be refreshed."""
+        self._token_issued_ms = int(time.time() * 1000)
+        if self.token_provider is None or not self._token_expires_ms:
+            return None
+        lifetime = max(0.0, (self._token_expires_ms - self._token_issued_ms) / 1000)
+        return asyncio.create_task(self._refresh(transport, lifetime * REFRESH_AT))
+
+    async def _refresh(self, transport: ClientTransport, delay: float) -> None:
+        await asyncio.sleep(delay)
+        assert self.token_provider is not None
+        try:
+            self.token = await self.token_provider()
+            await transport.send(pb.Frame(refresh=pb.Refresh(token=self.token)).SerializeToString())
+        except Exception as error:  # a failing provider must not kill the connection loop
+            logger.warning("token refresh failed: %s", error)
 
     async def _receive(self, transport: ClientTransport) -> bytes | None:
         """Return the next frame, or None if the server has been silent past its timeout."""

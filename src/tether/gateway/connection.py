@@ -43,6 +43,7 @@ class Connection:
         "platform",
         "protocol",
         "snapshot_sent",
+        "token_expires",
         "user_id",
     )
 
@@ -68,6 +69,7 @@ class Connection:
         self.outbox_bytes = 0
         self.address = ""  # peer IP counted against the per-address limit; empty if not counted
         self.bucket: TokenBucket | None = None  # frames per second, set once accepted
+        self.token_expires = 0.0  # Unix time the token expires, 0 if it never does
 
     @property
     def state(self) -> ConnectionState:

@@ -12,7 +12,7 @@ from google.protobuf.message import DecodeError
 
 from tether.protocol import tether_pb2 as pb
 from tether.protocol.codes import Code
-from tether.protocol.errors import ProtocolError
+from tether.protocol.errors import FrameTooLarge, ProtocolError
 from tether.protocol.framing import StreamDecoder, prefix_frame
 from tether.protocol.states import ALLOWED_FROM_CLIENT, ConnectionState, check_transition
 
@@ -55,7 +55,7 @@ class ServerProtocol:
         if self.violation is not None:
             return []
         if len(data) > self.max_frame_bytes:
-            self._fail(ProtocolError(Code.FRAME_TOO_LARGE, f"frame of {len(data)} bytes"))
+            self._fail(FrameTooLarge(len(data), self.max_frame_bytes))
             return []
         return self._parse_all((data,))
 

@@ -56,7 +56,7 @@ STATUS_AWAY: Status
 STATUS_BUSY: Status
 
 class Frame(_message.Message):
-    __slots__ = ("connect", "connected", "heartbeat", "heartbeat_ack", "send", "send_ack", "deliver", "deliver_ack", "set_status", "presence_update", "presence_snapshot", "error", "disconnect", "contacts_changed", "unread", "sync", "sync_result")
+    __slots__ = ("connect", "connected", "heartbeat", "heartbeat_ack", "send", "send_ack", "deliver", "deliver_ack", "set_status", "presence_update", "presence_snapshot", "error", "disconnect", "contacts_changed", "unread", "sync", "sync_result", "refresh", "refreshed")
     CONNECT_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,8 @@ class Frame(_message.Message):
     UNREAD_FIELD_NUMBER: _ClassVar[int]
     SYNC_FIELD_NUMBER: _ClassVar[int]
     SYNC_RESULT_FIELD_NUMBER: _ClassVar[int]
+    REFRESH_FIELD_NUMBER: _ClassVar[int]
+    REFRESHED_FIELD_NUMBER: _ClassVar[int]
     connect: Connect
     connected: Connected
     heartbeat: Heartbeat
@@ -91,7 +93,9 @@ class Frame(_message.Message):
     unread: Unread
     sync: Sync
     sync_result: SyncResult
-    def __init__(self, connect: _Optional[_Union[Connect, _Mapping]] = ..., connected: _Optional[_Union[Connected, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., send: _Optional[_Union[Send, _Mapping]] = ..., send_ack: _Optional[_Union[SendAck, _Mapping]] = ..., deliver: _Optional[_Union[Deliver, _Mapping]] = ..., deliver_ack: _Optional[_Union[DeliverAck, _Mapping]] = ..., set_status: _Optional[_Union[SetStatus, _Mapping]] = ..., presence_update: _Optional[_Union[PresenceUpdate, _Mapping]] = ..., presence_snapshot: _Optional[_Union[PresenceSnapshot, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., disconnect: _Optional[_Union[Disconnect, _Mapping]] = ..., contacts_changed: _Optional[_Union[ContactsChanged, _Mapping]] = ..., unread: _Optional[_Union[Unread, _Mapping]] = ..., sync: _Optional[_Union[Sync, _Mapping]] = ..., sync_result: _Optional[_Union[SyncResult, _Mapping]] = ...) -> None: ...
+    refresh: Refresh
+    refreshed: Refreshed
+    def __init__(self, connect: _Optional[_Union[Connect, _Mapping]] = ..., connected: _Optional[_Union[Connected, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., send: _Optional[_Union[Send, _Mapping]] = ..., send_ack: _Optional[_Union[SendAck, _Mapping]] = ..., deliver: _Optional[_Union[Deliver, _Mapping]] = ..., deliver_ack: _Optional[_Union[DeliverAck, _Mapping]] = ..., set_status: _Optional[_Union[SetStatus, _Mapping]] = ..., presence_update: _Optional[_Union[PresenceUpdate, _Mapping]] = ..., presence_snapshot: _Optional[_Union[PresenceSnapshot, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., disconnect: _Optional[_Union[Disconnect, _Mapping]] = ..., contacts_changed: _Optional[_Union[ContactsChanged, _Mapping]] = ..., unread: _Optional[_Union[Unread, _Mapping]] = ..., sync: _Optional[_Union[Sync, _Mapping]] = ..., sync_result: _Optional[_Union[SyncResult, _Mapping]] = ..., refresh: _Optional[_Union[Refresh, _Mapping]] = ..., refreshed: _Optional[_Union[Refreshed, _Mapping]] = ...) -> None: ...
 
 class Connect(_message.Message):
     __slots__ = ("protocol_version", "token", "device_id", "platform", "client_name", "status")
@@ -110,7 +114,7 @@ class Connect(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., token: _Optional[str] = ..., device_id: _Optional[str] = ..., platform: _Optional[_Union[Platform, str]] = ..., client_name: _Optional[str] = ..., status: _Optional[_Union[SetStatus, _Mapping]] = ...) -> None: ...
 
 class Connected(_message.Message):
-    __slots__ = ("session_id", "user_id", "heartbeat_interval_ms", "offline_timeout_ms", "server_time_ms", "max_frame_bytes", "protocol_version", "max_body_bytes")
+    __slots__ = ("session_id", "user_id", "heartbeat_interval_ms", "offline_timeout_ms", "server_time_ms", "max_frame_bytes", "protocol_version", "max_body_bytes", "token_expires_ms")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +123,7 @@ class Connected(_message.Message):
     MAX_FRAME_BYTES_FIELD_NUMBER: _ClassVar[int]
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     MAX_BODY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_EXPIRES_MS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     user_id: str
     heartbeat_interval_ms: int
@@ -127,7 +132,20 @@ class Connected(_message.Message):
     max_frame_bytes: int
     protocol_version: int
     max_body_bytes: int
-    def __init__(self, session_id: _Optional[str] = ..., user_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., offline_timeout_ms: _Optional[int] = ..., server_time_ms: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., protocol_version: _Optional[int] = ..., max_body_bytes: _Optional[int] = ...) -> None: ...
+    token_expires_ms: int
+    def __init__(self, session_id: _Optional[str] = ..., user_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., offline_timeout_ms: _Optional[int] = ..., server_time_ms: _Optional[int] = ..., max_frame_bytes: _Optional[int] = ..., protocol_version: _Optional[int] = ..., max_body_bytes: _Optional[int] = ..., token_expires_ms: _Optional[int] = ...) -> None: ...
+
+class Refresh(_message.Message):
+    __slots__ = ("token",)
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    def __init__(self, token: _Optional[str] = ...) -> None: ...
+
+class Refreshed(_message.Message):
+    __slots__ = ("token_expires_ms",)
+    TOKEN_EXPIRES_MS_FIELD_NUMBER: _ClassVar[int]
+    token_expires_ms: int
+    def __init__(self, token_expires_ms: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("nonce",)
