@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
+import heapq
 import logging
 import math
 import os
@@ -48,6 +49,8 @@ __all__ = ["Gateway"]
 logger = logging.getLogger("tether.gateway")
 
 MAX_ID_BYTES = 64
+# Requests for a session's state after a bus outage, each request_timeout apart.
+_REFRESH_ATTEMPTS = 5
 # New connections since the last gc.freeze() that trigger another one.
 _GC_FREEZE_STEP = 1000
 _Transition = env.Transition
@@ -92,6 +95,8 @@ class Gateway:
         self._prefix = os.urandom(3).hex()
         self._started = False
         self._frozen_at = 0  # connection count at the last gc.freeze()
+        # Token expiry deadlines (Unix time plus leeway), soonest first.
+        self._expiries: list[tuple[float, str, Connection]] = []
         limits = config.limits
         self._connect_limiter = ConnectionRateLimiter(
             limits.new_connections_per_second,
@@ -283,6 +288,8 @@ class Gateway:
                 self._on_deliver_ack(connection, frame.deliver_ack)
             elif kind == "sync":
                 self._on_sync(connection, frame.sync)
+            elif kind == "refresh":
+                self._on_refresh(connection, frame.refresh)
             elif kind == "disconnect":
                 logger.info(
                     "client %s disconnects: code %d %s",
@@ -326,11 +333,12 @@ class Gateway:
             self._close(connection, Code.PROTOCOL_ERROR, problem, abort=False)
             return
         try:
-            user_id = self.verifier.verify(connect.token)
+            user_id, expires = self.verifier.verify_claims(connect.token)
         except AuthenticationError as error:
             logger.info("rejected connect from %s: %s", connection.peer, error)
             self._close(connection, error.code, str(error), abort=False)
             return
+        connection.token_expires = expires or 0.0
 
         connection.user_id = user_id
         connection.device_id = connect.device_id
@@ -395,6 +403,7 @@ class Gateway:
         connection.protocol.move_to(ConnectionState.OPEN)
         connection.last_heard = self._now()
         self._live[connection] = None
+        self._track_expiry(connection)
         self._claim_device(connection)
         config = self.config
         connection.send_frame(
@@ -408,6 +417,7 @@ class Gateway:
                     max_frame_bytes=config.max_frame_bytes,
                     protocol_version=PROTOCOL_VERSION,
                     max_body_bytes=config.max_body_bytes,
+                    token_expires_ms=int(connection.token_expires * 1000),
                 )
             )
         )
@@ -482,6 +492,53 @@ class Gateway:
         else:
             frame = pb.Frame(send_ack=reply.send_result.ack)
         connection.send_frame(frame)
+
+    def _on_refresh(self, connection: Connection, refresh: pb.Refresh) -> None:
+        try:
+            user_id, expires = self.verifier.verify_claims(refresh.token)
+        except AuthenticationError as error:
+            logger.info("rejected token refresh of %s: %s", connection.describe(), error)
+            self._close(connection, error.code, f"refresh rejected: {error}", abort=False)
+            return
+        if user_id != connection.user_id:
+            logger.warning("token refresh of %s names user %s", connection.describe(), user_id)
+            self._close(
+                connection, Code.UNAUTHORIZED, "refresh token names another user", abort=False
+            )
+            return
+        connection.token_expires = expires or 0.0
+        self._track_expiry(connection)
+        expires_ms = int(connection.token_expires * 1000)
+        connection.send_frame(pb.Frame(refreshed=pb.Refreshed(token_expires_ms=expires_ms)))
+
+    def _track_expiry(self, connection: Connection) -> None:
+        """Schedule the close of a connection whose token expires, checked by the sweep."""
+        if not connection.token_expires:
+            return
+        deadline = connection.token_expires + self.verifier.leeway
+        heapq.heappush(self._expiries, (deadline, connection.id, connection))
+        # Entries of closed or refreshed connections stay until due; rebuild when they dominate.
+        if len(self._expiries) > 2 * len(self._live) + 1024:
+            self._expiries = [
+                (live.token_expires + self.verifier.leeway, live.id, live)
+                for live in self._live
+                if live.token_expires
+            ]
+            heapq.heapify(self._expiries)
+
+    def _expire_tokens(self) -> None:
+        now = time.time()
+        expiries = self._expiries
+        while expiries and expiries[0][0] <= now:
+            deadline, _, connection = heapq.heappop(expiries)
+            current = connection.token_expires + self.verifier.leeway
+            if connection.protocol.state is ConnectionState.OPEN and current == deadline:
+                self._close(
+                    connection,
+                    Code.TOKEN_EXPIRED,
+                    "token expired; reconnect with a new one or send Refresh before expiry",
+                    abort=False,
+                )
 
     def _on_sync(self, connection: Connection, sync: pb.Sync) -> None:
         if not 0 < len(sync.request_id.encode()) <= MAX_ID_BYTES or not sync.conversation_id:
@@ -697,6 +754,63 @@ class Gateway:
         self._transitions = []
         self.presence.report(self.id, transitions)
 
+    def after_bus_outage(self) -> None:
+        """Recover what pub/sub dropped while the bus was down.
+
+        Deliveries and presence changes published during the outage reached no one here. Each
+        open connection gets a fresh Unread list (its client fetches what it missed with Sync)
+        and its contact list again, and every watched user's presence is read again.
+        """
+        connections = [c for devices in self.sessions.values() for c in devices.values()]
+        logger.info("bus is back: refreshing %d sessions", len(connections))
+        for connection in connections:
+            self._refresh_session(connection, attempt=1)
+        if self.watchers:
+            self.presence.query(list(self.watchers), self._on_presence_refresh)
+
+    def _refresh_session(self, connection: Connection, *, attempt: int) -> None:
+        request = env.Envelope(
+            connect_request=env.ConnectRequest(
+                user_id=connection.user_id,
+                device_id=connection.device_id,
+                platform=connection.platform,
+            )
+        )
+        callback = functools.partial(self._on_session_refresh, connection, attempt)
+        if not self._request(channels.LOGIC_STREAM, request, callback, stream=True):
+            logger.warning("could not refresh %s after the outage", connection.describe())
+
+    def _on_session_refresh(
+        self, connection: Connection, attempt: int, reply: env.Envelope | None
+    ) -> None:
+        if connection.protocol.state is not ConnectionState.OPEN:
+            return
+        if reply is None:
+            # Logic workers may come back after the gateway; ask again for a while.
+            if attempt < _REFRESH_ATTEMPTS:
+                self._refresh_session(connection, attempt=attempt + 1)
+            else:
+                logger.warning("logic never answered the refresh of %s", connection.describe())
+            return
+        result = reply.connect_result
+        if result.error_code:
+            return  # the next reconnect of the client settles it
+        contacts = set(result.contacts)
+        self._update_contacts(
+            connection, contacts - connection.contacts, connection.contacts - contacts
+        )
+        connection.send_frame(pb.Frame(unread=result.unread))
+
+    def _on_presence_refresh(self, users: list[pb.UserPresence] | None) -> None:
+        for presence in users or ():
+            cached = self.presence_cache.get(presence.user_id)
+            if cached is not None and cached.version >= presence.version:
+                continue
+            change = env.Envelope(presence_change=env.PresenceChange(presence=presence))
+            self._on_presence_change(
+                channels.presence_channel(presence.user_id), change.SerializeToString()
+            )
+
     def local_devices(self) -> list[LocalDevice]:
         """Return every open session of this gateway, for a presence resync."""
         return [
@@ -787,6 +901,7 @@ class Gateway:
                 logger.info("aborting %s: close did not finish in time", connection.describe())
                 connection.close_transport(abort=True)
             self.requests.expire(now)
+            self._expire_tokens()
             self._freeze_after_growth()
         except Exception:
             logger.exception("gateway sweep failed")

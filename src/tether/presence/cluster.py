@@ -316,19 +316,16 @@ class RedisPresence:
         logger.info("resynced %d devices under epoch %d", len(devices), self.epoch)
 
     async def _maintenance_loop(self) -> None:
+        # Every pass renews the lease, so renewals come at least every lease_timeout / 3.
         interval = min(self.config.reap_interval, self.config.lease_timeout / 3)
-        next_renewal = 0.0
         while True:
             await asyncio.sleep(interval)
             try:
-                now = time.monotonic()
-                if now >= next_renewal:
-                    if not await self._renew():
-                        logger.warning(
-                            "lease of %s epoch %d lapsed; resyncing", self.gateway_id, self.epoch
-                        )
-                        self.request_resync()
-                    next_renewal = now + self.config.lease_timeout / 3
+                if not await self._renew():
+                    logger.warning(
+                        "lease of %s epoch %d lapsed; resyncing", self.gateway_id, self.epoch
+                    )
+                    self.request_resync()
                 await self._reap()
                 await self._scripts["finish_grace"](
                     keys=[self._grace_key],
