@@ -175,3 +175,88 @@ def test_serve_reads_environment(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "TETHER_OFFLINE_TIMEOUT" in result.stderr
+
+
+def _free_port_pair() -> int:
+    """Return a port p of 127.0.0.1 such that p and p + 1 are both free right now."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return int(port)
+    raise RuntimeError("no two consecutive free ports found")
+
+
+def test_cluster_command_runs_and_stops(tmp_path: Path) -> None:
+    tcp_base, ws_base = _free_port_pair(), _free_port_pair()
+    process = subprocess.Popen(
+        [
+            *TETHER,
+            "cluster",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--gateways",
+            "2",
+            "--logic-workers",
+            "1",
+            "--tcp-port",
+            str(tcp_base),
+            "--ws-port",
+            str(ws_base),
+            "--log-level",
+            "warning",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        lines = []
+        while not lines or not lines[-1].startswith("cluster ready"):
+            line = process.stdout.readline()
+            assert line, f"tether cluster exited early: {process.stderr.read()}"  # type: ignore[union-attr]
+            lines.append(line)
+        output = "".join(lines)
+        assert f"tcp=127.0.0.1:{tcp_base} " in output
+        assert f"tcp=127.0.0.1:{tcp_base + 1} " in output
+        assert "redis  redis://127.0.0.1:" in output
+        pids = [int(pid) for pid in re.findall(r" pid (\d+) ", output)]
+        assert len(pids) == 3
+
+        added = run_tether("contacts", "add", "alice", "bob", data_dir=tmp_path / "data")
+        assert "(live)" in added.stdout, added.stderr
+        env = {**os.environ, "TETHER_DATA_DIR": str(tmp_path / "data")}
+        bob = subprocess.Popen(
+            [*TETHER, "client", "bob", "--url", f"ws://127.0.0.1:{ws_base + 1}/ws"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=env,
+        )  # fmt: skip
+        assert bob.stdout is not None and bob.stdin is not None
+        assert json.loads(bob.stdout.readline())["event"] == "connected"
+        assert json.loads(bob.stdout.readline())["event"] == "snapshot"
+        alice = run_tether(
+            "client", "alice", "--url", f"tcp://127.0.0.1:{tcp_base}",
+            data_dir=tmp_path / "data", stdin="send bob across the cluster\nquit\n",
+        )  # fmt: skip
+        assert '"event": "ack"' in alice.stdout, alice.stdout + alice.stderr
+        events = [json.loads(bob.stdout.readline()) for _ in range(2)]
+        message = next(event for event in events if event["event"] == "message")
+        assert message["text"] == "across the cluster"
+        bob.stdin.close()
+        assert bob.wait(timeout=TIMEOUT) == 0
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=TIMEOUT * 6) == 0
+    for pid in pids:  # every child stopped with the cluster
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+        )
