@@ -131,3 +131,24 @@ async def test_sync_foreign_conversation_rejected(
     assert error.code == Code.NOT_FOUND
     assert error.ref == "peek"
     raw.close()
+
+
+async def test_unlisted_conversation_resumes_at_marker(
+    server: EmbeddedServer, connect: ClientFactory
+) -> None:
+    await add_contacts(server, "alice", "bob")
+    alice = await connect(server, "alice")
+    for index in range(3):
+        await alice.send("bob", f"old {index}")
+    first = await connect(server, "bob")
+    await collect_messages(first, 3)
+    await asyncio.sleep(0.3)  # the coalesced DeliverAck reaches the store
+    await first.close()
+
+    # A new client of the same device has no position; nothing is unread, so Unread is empty.
+    second = await connect(server, "bob")
+    ack = await alice.send("bob", "new")
+    (message,) = await collect_messages(second, 1)
+    assert message.message_id == ack.message_id
+    assert message.sequence == 4
+    assert not [e for e in await drain(second) if isinstance(e, ev.Message)]

@@ -288,3 +288,21 @@ async def test_logic_worker_killed_others_continue(cluster: Cluster, clients: li
     received = [e for e in await drain(bob, quiet=1.0) if isinstance(e, ev.Message)]
     assert sorted(m.message_id for m in received) == sorted(a.message_id for a in acked)
     assert [m.sequence for m in received] == list(range(1, 11))
+
+
+async def test_same_device_on_two_gateways_one_survives(
+    cluster: Cluster, clients: list[Client]
+) -> None:
+    cluster.logic()
+    gw1, gw2 = cluster.gateway("gw1"), cluster.gateway("gw2")
+    first, second = await asyncio.gather(
+        connect(clients, gw1, "alice", "phone"), connect(clients, gw2, "alice", "phone")
+    )
+    await asyncio.sleep(1.0)  # both device claims have crossed the bus
+    closed = []
+    for client in (first, second):
+        for event in await drain(client, quiet=0.3):
+            if isinstance(event, ev.Disconnected):
+                closed.append((client, event.code))
+    assert len(closed) == 1
+    assert closed[0][1] == Code.REPLACED

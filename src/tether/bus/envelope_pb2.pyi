@@ -159,20 +159,24 @@ class ContactsUpdate(_message.Message):
     def __init__(self, added: _Optional[_Iterable[str]] = ..., removed: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeviceClaim(_message.Message):
-    __slots__ = ("device_id", "connection_id")
+    __slots__ = ("device_id", "connection_id", "opened_ms")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     CONNECTION_ID_FIELD_NUMBER: _ClassVar[int]
+    OPENED_MS_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     connection_id: str
-    def __init__(self, device_id: _Optional[str] = ..., connection_id: _Optional[str] = ...) -> None: ...
+    opened_ms: int
+    def __init__(self, device_id: _Optional[str] = ..., connection_id: _Optional[str] = ..., opened_ms: _Optional[int] = ...) -> None: ...
 
 class SyncRequest(_message.Message):
-    __slots__ = ("user_id", "sync")
+    __slots__ = ("user_id", "sync", "device_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     SYNC_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     sync: _tether_pb2.Sync
-    def __init__(self, user_id: _Optional[str] = ..., sync: _Optional[_Union[_tether_pb2.Sync, _Mapping]] = ...) -> None: ...
+    device_id: str
+    def __init__(self, user_id: _Optional[str] = ..., sync: _Optional[_Union[_tether_pb2.Sync, _Mapping]] = ..., device_id: _Optional[str] = ...) -> None: ...
 
 class SyncReply(_message.Message):
     __slots__ = ("error_code", "error_message", "result")

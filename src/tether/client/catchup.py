@@ -100,10 +100,12 @@ class Conversations:
             waiting.append(message)
             return
         last = self.last.get(conversation)
-        if last is None or message.sequence == last + 1:
+        if message.sequence == (last or 0) + 1:
             await self._deliver(message)
             await self._ack(conversation)
-        elif message.sequence > last + 1:
+        elif last is None or message.sequence > last + 1:
+            # A gap, or a conversation this client has no position in: fetch from the server's
+            # read marker of this device first, so nothing stored before this message is lost.
             self._waiting[conversation] = [message]
             self._fetch(conversation)
 
@@ -160,9 +162,12 @@ class Conversations:
                 conversation_id=conversation,
                 after_sequence=self.last.get(conversation, 0),
                 limit=SYNC_PAGE,
+                from_read_marker=conversation not in self.last,
             )
             await transport.send(pb.Frame(sync=sync).SerializeToString())
             result = await asyncio.wait_for(future, self._timeout)
+            if conversation not in self.last and result.messages:
+                self.last[conversation] = result.messages[0].sequence - 1
             for message in result.messages:
                 if message.sequence > self.last.get(conversation, 0):
                     await self._deliver(message)

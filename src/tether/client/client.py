@@ -26,7 +26,7 @@ from tether.client import events as ev
 from tether.client.catchup import Conversations
 from tether.client.transport import ClientTransport, open_transport
 from tether.protocol import tether_pb2 as pb
-from tether.protocol.codes import is_final
+from tether.protocol.codes import Code, is_final
 from tether.protocol.connection import PROTOCOL_VERSION
 from tether.protocol.errors import ConnectionClosed, RequestError
 
@@ -211,8 +211,13 @@ class Client:
             if opened and lasted >= STABLE_SESSION:
                 attempt = 0  # a session that was accepted and then kicked at once keeps backing off
             self._last_reason = reason
+            retry_with_new_token = code == Code.TOKEN_EXPIRED and self.token_provider is not None
+            if retry_with_new_token:
+                self._token_expires_ms = 1  # long past: the next connect fetches a fresh token
             final = (
-                self._closing or not self.reconnect or (code != TRANSPORT_LOST and is_final(code))
+                self._closing
+                or not self.reconnect
+                or (code != TRANSPORT_LOST and is_final(code) and not retry_with_new_token)
             )
             await self._emit(ev.Disconnected(code, reason, reconnecting=not final))
             if final:
@@ -288,9 +293,12 @@ class Client:
         return code, reason, delay, opened
 
     def _token_expired_soon(self) -> bool:
-        """Tell whether the current token is past REFRESH_AT of its lifetime, or unknown."""
+        """Tell whether the current token is past REFRESH_AT of its lifetime.
+
+        False when it never expires or its expiry is not known yet (before the first connect).
+        """
         if not self._token_expires_ms:
-            return self._token_issued_ms == 0  # first connect: the given token is fresh
+            return False
         lifetime = self._token_expires_ms - self._token_issued_ms
         return time.time() * 1000 >= self._token_issued_ms + lifetime * REFRESH_AT
 

@@ -37,6 +37,7 @@ class Connection:
         "id",
         "last_heard",
         "mode",
+        "opened_ms",
         "outbox",
         "outbox_bytes",
         "peer",
@@ -70,6 +71,7 @@ class Connection:
         self.address = ""  # peer IP counted against the per-address limit; empty if not counted
         self.bucket: TokenBucket | None = None  # frames per second, set once accepted
         self.token_expires = 0.0  # Unix time the token expires, 0 if it never does
+        self.opened_ms = 0  # Unix ms of its device claim; 0 before it, so it yields to claims
 
     @property
     def state(self) -> ConnectionState:

@@ -1,4 +1,4 @@
-"""The gateway: client connections, local sessions, heartbeats and local fan-out.
+"""The gateway core: client connections, local sessions, heartbeats and local fan-out.
 
 Heartbeats end here: a heartbeat costs one read, one parse and one small write, and never a
 bus message. Only transitions (device online, offline, status) leave the gateway, batched once
@@ -9,9 +9,10 @@ Tables, all local to this process:
 
 - `sessions`: user -> device -> open connection. A new connection of a device replaces the
   old one, which is closed with REPLACED.
-- `watchers`: watched user -> local connections that may see that user's presence (contacts).
-  The gateway subscribes to a user's presence channel while that set is non-empty.
-- `presence_cache`: last known presence of every watched user, used for snapshots.
+- `watchers` and `presence_cache`: presence interest, described in `tether.gateway.interest`.
+
+`Gateway` inherits presence interest from `PresenceInterest` (`tether.gateway.interest`) and
+the handling of client requests from `ClientRequests` (`tether.gateway.client_requests`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import gc
-import heapq
 import logging
 import math
 import os
@@ -33,8 +33,10 @@ from tether.bus import channels
 from tether.bus import envelope_pb2 as env
 from tether.bus.base import Bus
 from tether.bus.requests import RequestTracker
+from tether.gateway.client_requests import MAX_ID_BYTES, ClientRequests, _check_status
 from tether.gateway.config import GatewayConfig
 from tether.gateway.connection import Connection
+from tether.gateway.interest import PresenceInterest
 from tether.gateway.limits import ConnectionRateLimiter, PerKeyCounter, TokenBucket
 from tether.gateway.presence_link import BusPresenceLink, PresenceLink
 from tether.presence.cluster import LocalDevice
@@ -48,15 +50,12 @@ __all__ = ["Gateway"]
 
 logger = logging.getLogger("tether.gateway")
 
-MAX_ID_BYTES = 64
-# Requests for a session's state after a bus outage, each request_timeout apart.
-_REFRESH_ATTEMPTS = 5
 # New connections since the last gc.freeze() that trigger another one.
 _GC_FREEZE_STEP = 1000
 _Transition = env.Transition
 
 
-class Gateway:
+class Gateway(PresenceInterest, ClientRequests):
     """Connection handling shared by the TCP and WebSocket servers of one process."""
 
     def __init__(
@@ -95,6 +94,7 @@ class Gateway:
         self._prefix = os.urandom(3).hex()
         self._started = False
         self._frozen_at = 0  # connection count at the last gc.freeze()
+        self._claims: set[asyncio.Task[None]] = set()  # device claims waiting for the bus
         # Token expiry deadlines (Unix time plus leeway), soonest first.
         self._expiries: list[tuple[float, str, Connection]] = []
         limits = config.limits
@@ -434,15 +434,36 @@ class Gateway:
             _Transition.KIND_ONLINE,
             pb.SetStatus(activity=connection.activity, mode=connection.mode),
         )
-        connection.contacts = frozenset(contacts)
+        connection.contacts = self._limit_watched(connection, frozenset(contacts))
         self._watch(connection, connection.contacts)
         self._send_snapshot(connection)
 
     def _claim_device(self, connection: Connection) -> None:
-        """Tell other gateways that this connection now holds its device."""
+        """Tell other gateways, once subscribed to the user's channel, that this connection
+        now holds its device."""
+        task = self._loop.create_task(self._publish_claim(connection))  # type: ignore[union-attr]
+        self._claims.add(task)
+        task.add_done_callback(self._claims.discard)
+
+    async def _publish_claim(self, connection: Connection) -> None:
+        # The claim's time is taken once this gateway hears the user's channel: a claim from
+        # another gateway published after it is then received here, so of two connections of
+        # one device opened at once the one with the earlier claim always hears the later.
+        # NOTE: across machines this assumes clocks agree to well under the time a claim
+        # takes to cross the bus.
+        try:
+            await self.bus.flush_subscriptions()
+        except BusError as error:
+            logger.warning("could not announce %s: %s", connection.describe(), error)
+            return
+        if connection.protocol.state is not ConnectionState.OPEN:
+            return
+        connection.opened_ms = _now_ms()
         claim = env.Envelope(
             device_claim=env.DeviceClaim(
-                device_id=connection.device_id, connection_id=connection.id
+                device_id=connection.device_id,
+                connection_id=connection.id,
+                opened_ms=connection.opened_ms,
             )
         )
         try:
@@ -450,152 +471,6 @@ class Gateway:
         except BusError as error:
             # The older connection elsewhere stays open until it times out or closes.
             logger.warning("could not announce %s: %s", connection.describe(), error)
-
-    def _on_send(self, connection: Connection, send: pb.Send) -> None:
-        problem = _check_send(send, self.config.max_body_bytes)
-        if problem is not None:
-            code, message = problem
-            connection.send_frame(
-                pb.Frame(error=pb.Error(code=code, message=message, ref=send.client_message_id))
-            )
-            return
-        request = env.Envelope(
-            send_request=env.SendRequest(
-                sender=connection.user_id, sender_device=connection.device_id, send=send
-            )
-        )
-        callback = functools.partial(self._on_send_result, connection, send.client_message_id)
-        if not self._request(channels.LOGIC_STREAM, request, callback, stream=True):
-            callback(None)
-
-    def _on_send_result(
-        self, connection: Connection, client_message_id: str, reply: env.Envelope | None
-    ) -> None:
-        if connection.protocol.state is not ConnectionState.OPEN:
-            # The message may be stored: a resend with the same id returns the original ack.
-            return
-        if reply is None:
-            frame = pb.Frame(
-                error=pb.Error(
-                    code=Code.UNAVAILABLE,
-                    message="logic layer did not accept the message in time; resend it",
-                    ref=client_message_id,
-                )
-            )
-        elif reply.send_result.error_code:
-            result = reply.send_result
-            frame = pb.Frame(
-                error=pb.Error(
-                    code=result.error_code, message=result.error_message, ref=client_message_id
-                )
-            )
-        else:
-            frame = pb.Frame(send_ack=reply.send_result.ack)
-        connection.send_frame(frame)
-
-    def _on_refresh(self, connection: Connection, refresh: pb.Refresh) -> None:
-        try:
-            user_id, expires = self.verifier.verify_claims(refresh.token)
-        except AuthenticationError as error:
-            logger.info("rejected token refresh of %s: %s", connection.describe(), error)
-            self._close(connection, error.code, f"refresh rejected: {error}", abort=False)
-            return
-        if user_id != connection.user_id:
-            logger.warning("token refresh of %s names user %s", connection.describe(), user_id)
-            self._close(
-                connection, Code.UNAUTHORIZED, "refresh token names another user", abort=False
-            )
-            return
-        connection.token_expires = expires or 0.0
-        self._track_expiry(connection)
-        expires_ms = int(connection.token_expires * 1000)
-        connection.send_frame(pb.Frame(refreshed=pb.Refreshed(token_expires_ms=expires_ms)))
-
-    def _track_expiry(self, connection: Connection) -> None:
-        """Schedule the close of a connection whose token expires, checked by the sweep."""
-        if not connection.token_expires:
-            return
-        deadline = connection.token_expires + self.verifier.leeway
-        heapq.heappush(self._expiries, (deadline, connection.id, connection))
-        # Entries of closed or refreshed connections stay until due; rebuild when they dominate.
-        if len(self._expiries) > 2 * len(self._live) + 1024:
-            self._expiries = [
-                (live.token_expires + self.verifier.leeway, live.id, live)
-                for live in self._live
-                if live.token_expires
-            ]
-            heapq.heapify(self._expiries)
-
-    def _expire_tokens(self) -> None:
-        now = time.time()
-        expiries = self._expiries
-        while expiries and expiries[0][0] <= now:
-            deadline, _, connection = heapq.heappop(expiries)
-            current = connection.token_expires + self.verifier.leeway
-            if connection.protocol.state is ConnectionState.OPEN and current == deadline:
-                self._close(
-                    connection,
-                    Code.TOKEN_EXPIRED,
-                    "token expired; reconnect with a new one or send Refresh before expiry",
-                    abort=False,
-                )
-
-    def _on_sync(self, connection: Connection, sync: pb.Sync) -> None:
-        if not 0 < len(sync.request_id.encode()) <= MAX_ID_BYTES or not sync.conversation_id:
-            message = f"request_id must be 1 to {MAX_ID_BYTES} bytes and conversation_id set"
-            connection.send_frame(
-                pb.Frame(
-                    error=pb.Error(code=Code.BAD_REQUEST, message=message, ref=sync.request_id)
-                )
-            )
-            return
-        request = env.Envelope(sync_request=env.SyncRequest(user_id=connection.user_id, sync=sync))
-        callback = functools.partial(self._on_sync_reply, connection, sync.request_id)
-        if not self._request(channels.LOGIC_STREAM, request, callback, stream=True):
-            callback(None)
-
-    def _on_sync_reply(
-        self, connection: Connection, request_id: str, reply: env.Envelope | None
-    ) -> None:
-        if connection.protocol.state is not ConnectionState.OPEN:
-            return
-        if reply is None:
-            error = pb.Error(
-                code=Code.UNAVAILABLE, message="logic layer did not answer in time", ref=request_id
-            )
-            connection.send_frame(pb.Frame(error=error))
-        elif reply.sync_reply.error_code:
-            error = pb.Error(
-                code=reply.sync_reply.error_code,
-                message=reply.sync_reply.error_message,
-                ref=request_id,
-            )
-            connection.send_frame(pb.Frame(error=error))
-        else:
-            connection.send_frame(pb.Frame(sync_result=reply.sync_reply.result))
-
-    def _on_set_status(self, connection: Connection, status: pb.SetStatus) -> None:
-        problem = _check_status(status)
-        if problem is not None:
-            connection.send_frame(pb.Frame(error=pb.Error(code=Code.BAD_REQUEST, message=problem)))
-            return
-        if status.activity:
-            connection.activity = status.activity
-        if status.mode:
-            connection.mode = status.mode
-        self._add_transition(connection, _Transition.KIND_STATUS, status)
-
-    def _on_deliver_ack(self, connection: Connection, ack: pb.DeliverAck) -> None:
-        request = env.Envelope(
-            deliver_ack=env.DeliverAckRequest(
-                user_id=connection.user_id, device_id=connection.device_id, ack=ack
-            )
-        )
-        try:
-            self.bus.append(channels.LOGIC_STREAM, request.SerializeToString())
-        except BusError as error:
-            # Acks only advance a read marker; a later ack covers this one.
-            logger.warning("dropped delivery ack of %s: %s", connection.describe(), error)
 
     # Messages from the bus.
 
@@ -621,7 +496,12 @@ class Gateway:
         elif kind == "device_claim":
             claim = message.device_claim
             holder = devices.get(claim.device_id)
-            if holder is not None and holder.id != claim.connection_id:
+            # Two gateways opening the same device at once both see the other's claim: only
+            # the older connection (earlier open, then smaller id) gives way, so one survives.
+            if holder is not None and (holder.opened_ms, holder.id) < (
+                claim.opened_ms,
+                claim.connection_id,
+            ):
                 del devices[claim.device_id]  # the newer session elsewhere owns presence now
                 self._close(holder, Code.REPLACED, "replaced by a newer connection", abort=False)
         elif kind == "contacts_update":
@@ -630,105 +510,6 @@ class Gateway:
                 self._update_contacts(connection, update.added, update.removed)
         else:
             logger.warning("ignored message of kind %s on %s", kind, channel)
-
-    def _on_presence_change(self, channel: str, payload: bytes) -> None:
-        presence = env.Envelope.FromString(payload).presence_change.presence
-        user_id = presence.user_id
-        watchers = self.watchers.get(user_id)
-        if not watchers:
-            return
-        cached = self.presence_cache.get(user_id)
-        if cached is not None and cached.version >= presence.version:
-            return  # older than what a snapshot already showed
-        self.presence_cache[user_id] = presence
-        frame = pb.Frame(presence_update=pb.PresenceUpdate(presence=presence)).SerializeToString()
-        for connection in list(watchers):  # a slow consumer leaves the set during the loop
-            if connection.snapshot_sent:
-                connection.send_payload(frame)
-
-    # Presence interest.
-
-    def _watch(self, connection: Connection, users: frozenset[str] | list[str]) -> None:
-        for user_id in users:
-            watchers = self.watchers.get(user_id)
-            if watchers is None:
-                watchers = self.watchers[user_id] = set()
-                self.bus.subscribe(channels.presence_channel(user_id), self._on_presence_change)
-            watchers.add(connection)
-
-    def _unwatch(self, connection: Connection, users: frozenset[str] | list[str]) -> None:
-        for user_id in users:
-            watchers = self.watchers.get(user_id)
-            if watchers is None:
-                continue
-            watchers.discard(connection)
-            if not watchers:
-                del self.watchers[user_id]
-                self.presence_cache.pop(user_id, None)
-                self.bus.unsubscribe(channels.presence_channel(user_id), self._on_presence_change)
-
-    def _send_snapshot(self, connection: Connection) -> None:
-        missing = [user for user in connection.contacts if user not in self.presence_cache]
-        if not missing:
-            self._finish_snapshot(connection, [])
-            return
-        self.presence.query(missing, functools.partial(self._finish_snapshot, connection))
-
-    def _cache_presence(self, users: list[pb.UserPresence]) -> None:
-        """Keep the newest known presence of each watched user."""
-        cache = self.presence_cache
-        for presence in users:
-            cached = cache.get(presence.user_id)
-            watched = presence.user_id in self.watchers
-            if watched and (cached is None or cached.version < presence.version):
-                cache[presence.user_id] = presence
-
-    def _finish_snapshot(self, connection: Connection, users: list[pb.UserPresence] | None) -> None:
-        cache = self.presence_cache
-        if users:
-            self._cache_presence(users)
-        if connection.protocol.state is not ConnectionState.OPEN:
-            return
-        if users is None and any(user not in cache for user in connection.contacts):
-            logger.warning("presence did not answer the snapshot for %s", connection.describe())
-        contacts = [
-            cache.get(user_id) or pb.UserPresence(user_id=user_id, status=pb.STATUS_OFFLINE)
-            for user_id in sorted(connection.contacts)
-        ]
-        connection.send_frame(pb.Frame(presence_snapshot=pb.PresenceSnapshot(contacts=contacts)))
-        connection.snapshot_sent = True
-
-    def _update_contacts(
-        self, connection: Connection, added: Iterable[str], removed: Iterable[str]
-    ) -> None:
-        new_contacts = (connection.contacts | set(added)) - set(removed)
-        gained = sorted(new_contacts - connection.contacts)
-        lost = sorted(connection.contacts - new_contacts)
-        if not gained and not lost:
-            return
-        connection.contacts = frozenset(new_contacts)
-        self._unwatch(connection, lost)
-        self._watch(connection, gained)
-        connection.send_frame(
-            pb.Frame(contacts_changed=pb.ContactsChanged(added=gained, removed=lost))
-        )
-        known = [self.presence_cache[user] for user in gained if user in self.presence_cache]
-        for presence in known:
-            connection.send_frame(pb.Frame(presence_update=pb.PresenceUpdate(presence=presence)))
-        unknown = [user for user in gained if user not in self.presence_cache]
-        if unknown:
-            self.presence.query(unknown, functools.partial(self._on_added_presence, connection))
-
-    def _on_added_presence(
-        self, connection: Connection, users: list[pb.UserPresence] | None
-    ) -> None:
-        if users is None or connection.protocol.state is not ConnectionState.OPEN:
-            return
-        self._cache_presence(users)
-        for presence in users:
-            if presence.user_id in connection.contacts:
-                cached = self.presence_cache.get(presence.user_id, presence)
-                connection.send_frame(pb.Frame(presence_update=pb.PresenceUpdate(presence=cached)))
 
     # Transitions.
 
@@ -767,49 +548,6 @@ class Gateway:
             self._refresh_session(connection, attempt=1)
         if self.watchers:
             self.presence.query(list(self.watchers), self._on_presence_refresh)
-
-    def _refresh_session(self, connection: Connection, *, attempt: int) -> None:
-        request = env.Envelope(
-            connect_request=env.ConnectRequest(
-                user_id=connection.user_id,
-                device_id=connection.device_id,
-                platform=connection.platform,
-            )
-        )
-        callback = functools.partial(self._on_session_refresh, connection, attempt)
-        if not self._request(channels.LOGIC_STREAM, request, callback, stream=True):
-            logger.warning("could not refresh %s after the outage", connection.describe())
-
-    def _on_session_refresh(
-        self, connection: Connection, attempt: int, reply: env.Envelope | None
-    ) -> None:
-        if connection.protocol.state is not ConnectionState.OPEN:
-            return
-        if reply is None:
-            # Logic workers may come back after the gateway; ask again for a while.
-            if attempt < _REFRESH_ATTEMPTS:
-                self._refresh_session(connection, attempt=attempt + 1)
-            else:
-                logger.warning("logic never answered the refresh of %s", connection.describe())
-            return
-        result = reply.connect_result
-        if result.error_code:
-            return  # the next reconnect of the client settles it
-        contacts = set(result.contacts)
-        self._update_contacts(
-            connection, contacts - connection.contacts, connection.contacts - contacts
-        )
-        connection.send_frame(pb.Frame(unread=result.unread))
-
-    def _on_presence_refresh(self, users: list[pb.UserPresence] | None) -> None:
-        for presence in users or ():
-            cached = self.presence_cache.get(presence.user_id)
-            if cached is not None and cached.version >= presence.version:
-                continue
-            change = env.Envelope(presence_change=env.PresenceChange(presence=presence))
-            self._on_presence_change(
-                channels.presence_channel(presence.user_id), change.SerializeToString()
-            )
 
     def local_devices(self) -> list[LocalDevice]:
         """Return every open session of this gateway, for a presence resync."""
@@ -979,30 +717,6 @@ class Gateway:
             "watched_users": len(self.watchers),
             "pending_requests": len(self.requests),
         }
-
-
-_ACTIVITIES = frozenset(pb.Activity.values())
-_MODES = frozenset(pb.Mode.values())
-
-
-def _check_status(status: pb.SetStatus) -> str | None:
-    """Return what is wrong with a SetStatus, or None if both fields are known values."""
-    if status.activity not in _ACTIVITIES:
-        return f"unknown activity {status.activity}"
-    if status.mode not in _MODES:
-        return f"unknown mode {status.mode}"
-    return None
-
-
-def _check_send(send: pb.Send, max_body_bytes: int) -> tuple[int, str] | None:
-    """Return (code, message) describing what is wrong with a Send, or None if it is valid."""
-    if not 0 < len(send.client_message_id.encode()) <= MAX_ID_BYTES:
-        return Code.BAD_REQUEST, f"client_message_id must be 1 to {MAX_ID_BYTES} bytes"
-    if not 0 < len(send.recipient.encode()) <= MAX_ID_BYTES:
-        return Code.BAD_REQUEST, f"recipient must be 1 to {MAX_ID_BYTES} bytes"
-    if len(send.body) > max_body_bytes:
-        return Code.BODY_TOO_LARGE, f"body of {len(send.body)} bytes exceeds {max_body_bytes}"
-    return None
 
 
 def _now_ms() -> int:

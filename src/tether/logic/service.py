@@ -83,8 +83,7 @@ class LogicService:
             try:
                 self._bus.publish(channel, message)
             except BusError as error:
-                # NOTE: the message is stored, but nothing delivers it later yet: catch-up by
-                # sequence number is not implemented, so the recipient misses this live push.
+                # The message is stored: the recipient's next Unread or Sync brings it.
                 logger.warning("could not publish to %s: %s", channel, error)
 
     def _handle(self, store: Store, payload: bytes, outbox: _Outbox) -> None:
@@ -150,7 +149,11 @@ class LogicService:
             _reply(outbox, request, env.Envelope(sync_reply=reply))
             return
         limit = min(sync.limit or DEFAULT_SYNC_PAGE, MAX_SYNC_PAGE)
-        messages = store.history(sync.conversation_id, sync.after_sequence, limit + 1)
+        after = sync.after_sequence
+        if sync.from_read_marker:
+            device_id = request.sync_request.device_id
+            after = store.read_marker(request.sync_request.user_id, device_id, sync.conversation_id)
+        messages = store.history(sync.conversation_id, after, limit + 1)
         result = pb.SyncResult(
             request_id=sync.request_id,
             conversation_id=sync.conversation_id,

@@ -286,7 +286,7 @@ class Store:
     def unread(self, user_id: str, device_id: str, limit: int) -> list[tuple[str, int, int]]:
         """Return (conversation, last sequence, read sequence) where the device is behind.
 
-        At most limit rows, the conversations with the oldest read position first.
+        At most limit rows, in conversation id order.
         """
         rows = self._query(
             "SELECT c.id, c.last_sequence, COALESCE(r.sequence, 0) AS read_sequence "

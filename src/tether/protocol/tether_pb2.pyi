@@ -280,16 +280,18 @@ class Unread(_message.Message):
     def __init__(self, conversations: _Optional[_Iterable[_Union[ConversationState, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class Sync(_message.Message):
-    __slots__ = ("request_id", "conversation_id", "after_sequence", "limit")
+    __slots__ = ("request_id", "conversation_id", "after_sequence", "limit", "from_read_marker")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    FROM_READ_MARKER_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     conversation_id: str
     after_sequence: int
     limit: int
-    def __init__(self, request_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., after_sequence: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+    from_read_marker: bool
+    def __init__(self, request_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., after_sequence: _Optional[int] = ..., limit: _Optional[int] = ..., from_read_marker: _Optional[bool] = ...) -> None: ...
 
 class SyncResult(_message.Message):
     __slots__ = ("request_id", "conversation_id", "messages", "has_more", "last_sequence")
