@@ -93,24 +93,15 @@ class ClientRequests:
         if connection.protocol.state is not ConnectionState.OPEN:
             # The message may be stored: a resend with the same id returns the original ack.
             return
-        if reply is None:
-            frame = pb.Frame(
-                error=pb.Error(
-                    code=Code.UNAVAILABLE,
-                    message="logic layer did not accept the message in time; resend it",
-                    ref=client_message_id,
-                )
-            )
-        elif reply.send_result.error_code:
-            result = reply.send_result
-            frame = pb.Frame(
-                error=pb.Error(
-                    code=result.error_code, message=result.error_message, ref=client_message_id
-                )
-            )
+        result = reply.send_result if reply is not None else None
+        error = _request_error(
+            client_message_id, result, "logic layer did not accept the message in time; resend it"
+        )
+        if error is not None:
+            connection.send_frame(pb.Frame(error=error))
         else:
-            frame = pb.Frame(send_ack=reply.send_result.ack)
-        connection.send_frame(frame)
+            assert result is not None
+            connection.send_frame(pb.Frame(send_ack=result.ack))
 
     def _on_refresh(self, connection: Connection, refresh: pb.Refresh) -> None:
         try:
@@ -182,20 +173,13 @@ class ClientRequests:
     ) -> None:
         if connection.protocol.state is not ConnectionState.OPEN:
             return
-        if reply is None:
-            error = pb.Error(
-                code=Code.UNAVAILABLE, message="logic layer did not answer in time", ref=request_id
-            )
-            connection.send_frame(pb.Frame(error=error))
-        elif reply.sync_reply.error_code:
-            error = pb.Error(
-                code=reply.sync_reply.error_code,
-                message=reply.sync_reply.error_message,
-                ref=request_id,
-            )
+        result = reply.sync_reply if reply is not None else None
+        error = _request_error(request_id, result, "logic layer did not answer in time")
+        if error is not None:
             connection.send_frame(pb.Frame(error=error))
         else:
-            connection.send_frame(pb.Frame(sync_result=reply.sync_reply.result))
+            assert result is not None
+            connection.send_frame(pb.Frame(sync_result=result.result))
 
     def _on_set_status(self, connection: Connection, status: pb.SetStatus) -> None:
         problem = _check_status(status)
@@ -258,6 +242,17 @@ class ClientRequests:
 
 _ACTIVITIES = frozenset(pb.Activity.values())
 _MODES = frozenset(pb.Mode.values())
+
+
+def _request_error(
+    ref: str, result: env.SendResult | env.SyncReply | None, unanswered: str
+) -> pb.Error | None:
+    """Return the Error for a request logic rejected or never answered; None if it succeeded."""
+    if result is None:
+        return pb.Error(code=Code.UNAVAILABLE, message=unanswered, ref=ref)
+    if result.error_code:
+        return pb.Error(code=result.error_code, message=result.error_message, ref=ref)
+    return None
 
 
 def _check_status(status: pb.SetStatus) -> str | None:
