@@ -25,7 +25,7 @@ from tether.protocol.framing import StreamDecoder, prefix_frame
 from tether.server import EmbeddedServer, ServerConfig, send_admin_request
 
 SCALE = float(os.environ.get("TETHER_TEST_TIMEOUT_SCALE", "1"))
-TIMEOUT = 5.0 * SCALE  # longest wait for something that should happen
+TIMEOUT = 5.0 * SCALE  # maximum wait for something that should happen
 QUIET = 0.3 * SCALE  # how long "nothing arrives" is watched for
 SECRET = "test-secret-of-at-least-32-bytes-for-hs256"
 

@@ -228,7 +228,7 @@ class TetherServer:
     async def _on_control_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        """Answer one admin request: a varint-delimited Envelope with an AdminRequest."""
+        """Handle one admin request: a varint-delimited Envelope with an AdminRequest."""
         decoder = StreamDecoder(_MAX_CONTROL_FRAME)
         try:
             payloads: list[bytes] = []
@@ -250,7 +250,8 @@ class TetherServer:
             if reply is None:
                 reply = env.Envelope(
                     admin_result=env.AdminResult(
-                        error_code=Code.UNAVAILABLE, error_message="logic did not answer in time"
+                        error_code=Code.UNAVAILABLE,
+                        error_message="logic layer did not respond in time",
                     )
                 )
             writer.write(prefix_frame(reply.SerializeToString()))
@@ -284,7 +285,7 @@ async def send_admin_request(
         while True:
             data = await asyncio.wait_for(reader.read(_MAX_CONTROL_FRAME), timeout)
             if not data:
-                raise ConnectionError("server closed the control socket without answering")
+                raise ConnectionError("server closed the control socket without a response")
             payloads = decoder.feed(data)
             if payloads:
                 return env.Envelope.FromString(payloads[0]).admin_result

@@ -34,5 +34,5 @@ def presence_channel(user_id: str) -> str:
 
 
 def gateway_channel(gateway_id: str) -> str:
-    """Channel of answers to one process's requests."""
+    """Channel of replies to one process's requests."""
     return f"tether.reply.{gateway_id}"

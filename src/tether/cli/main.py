@@ -140,7 +140,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--heartbeat-interval",
         convert=_positive,
         default=4.0,
-        help="seconds between client heartbeats, told to clients",
+        help="seconds between client heartbeats, sent to clients on connect",
     )
     add_option(
         serve,
@@ -168,7 +168,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "--request-timeout",
         convert=_positive,
         default=5.0,
-        help="seconds to wait for the logic layer to answer",
+        help="seconds to wait for a reply from the logic layer",
     )
     add_option(
         serve,

@@ -82,7 +82,7 @@ class Conversations:
         self._transport = None
 
     def on_unread(self, unread: pb.Unread) -> None:
-        """Queue a fetch of every conversation the server says this device is behind in."""
+        """Queue a fetch of every conversation the server lists this device as behind in."""
         for state in unread.conversations:
             conversation = state.conversation_id
             last = max(self.last.get(conversation, 0), state.read_sequence)

@@ -228,7 +228,9 @@ class ClientRequests:
             if attempt < _REFRESH_ATTEMPTS:
                 self._refresh_session(connection, attempt=attempt + 1)
             else:
-                logger.warning("logic never answered the refresh of %s", connection.describe())
+                logger.warning(
+                    "logic layer never responded to the refresh of %s", connection.describe()
+                )
             return
         result = reply.connect_result
         if result.error_code:
@@ -247,7 +249,7 @@ _MODES = frozenset(pb.Mode.values())
 def _request_error(
     ref: str, result: env.SendResult | env.SyncReply | None, unanswered: str
 ) -> pb.Error | None:
-    """Return the Error for a request logic rejected or never answered; None if it succeeded."""
+    """Return the Error for a request that logic rejected or left without a reply, else None."""
     if result is None:
         return pb.Error(code=Code.UNAVAILABLE, message=unanswered, ref=ref)
     if result.error_code:

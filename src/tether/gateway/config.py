@@ -30,7 +30,7 @@ class GatewayConfig:
     connect_timeout: float = 5.0
     """Seconds a new connection has to send its Connect frame (default 5)."""
     request_timeout: float = 5.0
-    """Seconds to wait for the logic layer to answer a connect or send (default 5)."""
+    """Seconds to wait for a reply from the logic layer to a connect or send (default 5)."""
     sweep_interval: float = 1.0
     """Seconds between checks for timed-out connections and requests (default 1)."""
     close_timeout: float = 5.0

@@ -153,7 +153,7 @@ class TcpConnection(Connection, asyncio.Protocol):
 
     def eof_received(self) -> bool:
         # A client that half-closes sends nothing more, not even the heartbeats that keep a
-        # session: end it now, also when the logic layer has yet to answer its Connect.
+        # session: end it now, also when the logic layer has not yet replied to its Connect.
         self.gateway.peer_finished(self)
         return False  # the transport closes our side too
 

@@ -119,8 +119,8 @@ class Gateway(PresenceInterest, ClientRequests):
     async def close(self, code: Code = Code.SHUTDOWN, reason: str = "server shutting down") -> None:
         """Close every connection with code and stop the sweep.
 
-        Each client is told to wait a random delay up to `reconnect_spread` before it
-        reconnects, so a restart does not bring every client back in the same instant.
+        Each client gets a random reconnect delay up to `reconnect_spread`, so a restart does
+        not bring every client back in the same instant.
         """
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -231,8 +231,8 @@ class Gateway(PresenceInterest, ClientRequests):
         logger.warning(
             "slow consumer %s: %d bytes queued", connection.describe(), connection.outbox_bytes
         )
-        # Drop what is not yet written; the Disconnect goes after what the transport holds,
-        # and the close timeout aborts the connection if the client never reads it.
+        # Drop what is not yet written. The Disconnect goes after the bytes the transport
+        # already buffers, and the close timeout aborts a client that never reads them.
         connection.outbox.clear()
         connection.outbox_bytes = 0
         self._close(connection, Code.SLOW_CONSUMER, "outgoing queue overflowed", abort=False)
@@ -360,7 +360,9 @@ class Gateway(PresenceInterest, ClientRequests):
         if connection.protocol.state is not ConnectionState.AUTHENTICATING:
             return  # closed while the logic layer was thinking
         if reply is None:
-            logger.warning("logic layer did not answer connect of %s", connection.describe())
+            logger.warning(
+                "logic layer did not respond in time to the connect of %s", connection.describe()
+            )
             self._close(connection, Code.BACKEND_UNAVAILABLE, "logic layer timed out", abort=False)
             return
         result = reply.connect_result
@@ -421,7 +423,7 @@ class Gateway(PresenceInterest, ClientRequests):
                 )
             )
         )
-        # Before any Deliver: the client must know where it stands before live messages.
+        # Unread goes before any Deliver, so the client knows its position in each conversation.
         connection.send_frame(pb.Frame(unread=unread))
         logger.info(
             "opened %s over %s from %s",
@@ -439,16 +441,15 @@ class Gateway(PresenceInterest, ClientRequests):
         self._send_snapshot(connection)
 
     def _claim_device(self, connection: Connection) -> None:
-        """Tell other gateways, once subscribed to the user's channel, that this connection
-        now holds its device."""
+        """Announce to other gateways that this connection owns its device now."""
         task = self._loop.create_task(self._publish_claim(connection))  # type: ignore[union-attr]
         self._claims.add(task)
         task.add_done_callback(self._claims.discard)
 
     async def _publish_claim(self, connection: Connection) -> None:
-        # The claim's time is taken once this gateway hears the user's channel: a claim from
-        # another gateway published after it is then received here, so of two connections of
-        # one device opened at once the one with the earlier claim always hears the later.
+        # The claim is timed once this gateway receives the user's channel. A later claim from
+        # another gateway then reaches this one, so of two connections of one device opened
+        # at once, the one with the earlier claim always learns of the later and yields.
         # NOTE: across machines this assumes clocks agree to well under the time a claim
         # takes to cross the bus.
         try:

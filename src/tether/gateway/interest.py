@@ -116,7 +116,7 @@ class PresenceInterest:
         if connection.protocol.state is not ConnectionState.OPEN:
             return
         if users is None and any(user not in cache for user in connection.contacts):
-            logger.warning("presence did not answer the snapshot for %s", connection.describe())
+            logger.warning("presence did not respond to the snapshot for %s", connection.describe())
         contacts = [
             cache.get(user_id) or pb.UserPresence(user_id=user_id, status=pb.STATUS_OFFLINE)
             for user_id in sorted(connection.contacts)

@@ -27,7 +27,7 @@ __all__ = ["BusPresenceLink", "ClusterPresenceLink", "PresenceLink", "SnapshotCa
 
 logger = logging.getLogger("tether.gateway.presence")
 
-# Called once with the presence of the requested users, or None when presence did not answer.
+# Called once with the presence of the requested users, or None when presence did not respond.
 SnapshotCallback = Callable[[list[pb.UserPresence] | None], None]
 # Sends a request whose reply goes to a callback; returns False if the bus did not take it.
 RequestSender = Callable[[str, env.Envelope, Callable[[env.Envelope | None], None]], bool]

@@ -107,7 +107,7 @@ class _Listener(picows.WSListener):
             return
         elif message_type is _CLOSE:
             code = frame.get_close_code()
-            # A Close without a code is answered with 1000 (RFC 6455 7.4.1): 0 is not a code.
+            # A Close without a code gets 1000 back (RFC 6455 7.4.1), because 0 is not a code.
             transport.send_close(picows.WSCloseCode.OK if code is _NO_CODE else code)
             transport.disconnect()
             return
@@ -192,7 +192,7 @@ async def start_websocket_server(gateway: Gateway, host: str, port: int) -> asyn
 
     def route(request: Any) -> Any:
         if request.path.split(b"?", 1)[0] != path:
-            return None  # picows answers 404
+            return None  # picows replies 404 Not Found
         offered = request.headers.get("Sec-WebSocket-Protocol")
         headers = {}
         if offered is not None:

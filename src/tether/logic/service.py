@@ -1,7 +1,7 @@
 """The reference business logic: who may connect, who are contacts, storing and routing messages.
 
 It consumes the logic stream of the bus in batches. Each batch runs in one SQLite transaction;
-only after the commit does it publish deliveries and answer the gateways, so an ack always
+only after the commit does it publish deliveries and reply to the gateways, so an ack always
 means the message is stored.
 """
 
@@ -40,7 +40,7 @@ class LogicConfig:
 
 @dataclass(slots=True)
 class _Outbox:
-    """What a batch publishes once its transaction has committed."""
+    """Messages a batch publishes once its transaction has committed."""
 
     messages: list[tuple[str, bytes]] = field(default_factory=list)
 
@@ -96,7 +96,7 @@ class LogicService:
         try:
             self._dispatch(store, kind, request, outbox)
         except StoreError:
-            raise  # fails the whole batch, which is rolled back and answered with retryable errors
+            raise  # fails the whole batch, which is rolled back and gets retryable errors
         except Exception:
             logger.exception("logic request of kind %s failed", kind)
             outbox.messages.extend(self._fail_all([payload]).messages)
@@ -233,7 +233,7 @@ class LogicService:
         _reply(outbox, request, env.Envelope(admin_result=env.AdminResult()))
 
     def _fail_all(self, payloads: list[bytes]) -> _Outbox:
-        """Answer every request of a failed batch with a retryable error."""
+        """Reply to every request of a failed batch with a retryable error."""
         outbox = _Outbox()
         for payload in payloads:
             try:

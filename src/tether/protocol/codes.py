@@ -66,7 +66,7 @@ class Code(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class CodeInfo:
-    """What a code means and whether retrying can help."""
+    """The meaning of a code and whether retrying can help."""
 
     code: Code
     retry: bool

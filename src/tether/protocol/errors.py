@@ -84,7 +84,7 @@ class RequestError(TetherError):
 
 
 class ConnectionClosed(TetherError):
-    """The connection is closed; `code` says why and whether to reconnect."""
+    """The connection is closed; `code` gives the reason and whether to reconnect."""
 
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(f"connection closed: {reason} (code {code})")
