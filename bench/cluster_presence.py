@@ -87,7 +87,7 @@ from tether.protocol.framing import StreamDecoder, prefix_frame
 HOST = "127.0.0.1"
 SECRET = "cluster-benchmark-secret-of-at-least-32-bytes"
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "cluster_presence.json"
-TETHER = [sys.executable, "-m", "tether.cli.main"]
+TETHER = [sys.executable, "-m", "tether"]
 CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 
 # Seconds a server process has to print its ready line.

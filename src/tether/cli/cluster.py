@@ -44,7 +44,7 @@ async def cluster(arguments: argparse.Namespace) -> int:
         url = redis_server.url
         print(f"redis  {url}  ({redis_server.version()})", flush=True)
 
-    base = [sys.executable, "-m", "tether.cli.main"]
+    base = [sys.executable, "-m", "tether"]
     common = ["--data-dir", str(data_dir), "--redis", url, "--log-level", arguments.log_level]
     children: list[tuple[str, subprocess.Popen[str]]] = []
     try:

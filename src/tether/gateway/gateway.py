@@ -25,7 +25,7 @@ import math
 import os
 import random
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 
 from tether.auth import TokenVerifier
@@ -95,6 +95,7 @@ class Gateway(PresenceInterest, ClientRequests):
         self._started = False
         self._frozen_at = 0  # connection count at the last gc.freeze()
         self._claims: set[asyncio.Task[None]] = set()  # device claims waiting for the bus
+        self._limit_hits: Counter[str] = Counter()  # closes by limit, logged once per sweep
         # Token expiry deadlines (Unix time plus leeway), soonest first.
         self._expiries: list[tuple[float, str, Connection]] = []
         limits = config.limits
@@ -176,7 +177,10 @@ class Gateway(PresenceInterest, ClientRequests):
             logger.debug("accepted %s from %s", connection.describe(), connection.peer)
 
     def _reject(self, connection: Connection, reason: str, retry_after: float) -> None:
-        logger.warning("rejected %s from %s: %s", connection.id, connection.peer, reason)
+        # Counted, not logged one by one: a storm would otherwise flood the log.
+        self._limit_hits[reason.split(" from ")[0]] += 1
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("rejected %s from %s: %s", connection.id, connection.peer, reason)
         self._close(
             connection,
             Code.OVERLOADED,
@@ -267,7 +271,9 @@ class Gateway(PresenceInterest, ClientRequests):
         """Act on each validated frame of one read, in order."""
         bucket = connection.bucket
         if bucket is not None and not bucket.take(self._loop.time(), len(frames)):  # type: ignore[union-attr]
-            logger.warning("rate limit exceeded by %s", connection.describe())
+            self._limit_hits["frame rate exceeded"] += 1
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("rate limit exceeded by %s", connection.describe())
             delay_ms = math.ceil(self._retry_delay() * 1000)
             self._close(
                 connection, Code.RATE_LIMITED, "too many frames per second", abort=False,
@@ -642,10 +648,18 @@ class Gateway(PresenceInterest, ClientRequests):
             self.requests.expire(now)
             self._expire_tokens()
             self._freeze_after_growth()
+            self._log_limit_hits()
         except Exception:
             logger.exception("gateway sweep failed")
         finally:
             self._sweeper = self._loop.call_later(config.sweep_interval, self._sweep)  # type: ignore[union-attr]
+
+    def _log_limit_hits(self) -> None:
+        """Log one line per sweep for the connections that limits turned away."""
+        if self._limit_hits:
+            summary = ", ".join(f"{count} {reason}" for reason, count in self._limit_hits.items())
+            logger.warning("limits closed connections since the last sweep: %s", summary)
+            self._limit_hits.clear()
 
     def _freeze_after_growth(self) -> None:
         """Move long-lived objects out of the collector's reach after a burst of connections.
