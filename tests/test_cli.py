@@ -16,7 +16,7 @@ import jwt
 import pytest
 from conftest import TIMEOUT
 
-TETHER = [sys.executable, "-m", "tether.cli.main"]
+TETHER = [sys.executable, "-m", "tether"]
 
 
 def run_tether(

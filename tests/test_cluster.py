@@ -25,7 +25,7 @@ from tether.server import send_admin_request
 
 SECRET = "cluster-test-secret-of-at-least-32-bytes"
 LEASE = 1.5  # seconds; short so a crash is noticed quickly
-TETHER = [sys.executable, "-m", "tether.cli.main"]
+TETHER = [sys.executable, "-m", "tether"]
 
 
 class Process:

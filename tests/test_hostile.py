@@ -1041,7 +1041,10 @@ async def test_connections_per_address_capped(start_server: ServerFactory) -> No
         raw.close()
 
 
-async def test_connect_storm_told_to_retry(start_server: ServerFactory) -> None:
+async def test_connect_storm_told_to_retry(
+    start_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="tether.gateway")
     limits = LimitsConfig(new_connections_per_second=5, new_connection_burst=5, retry_window=4)
     server = await start_server(limits=limits)
     clients = [await RawClient.open(server) for _ in range(15)]
@@ -1052,6 +1055,11 @@ async def test_connect_storm_told_to_retry(start_server: ServerFactory) -> None:
         delays.append(frame.disconnect.reconnect_delay_ms)
     assert all(0 < delay <= 4000 for delay in delays)
     assert len(set(delays)) > 1  # spread, so the storm does not come back at once
+    await asyncio.sleep(0.2)  # a sweep or two
+    summaries = [r.message for r in caplog.records if "limits closed connections" in r.message]
+    assert summaries == [
+        "limits closed connections since the last sweep: 10 too many new connections"
+    ]
     for raw in clients:
         raw.close()
 
