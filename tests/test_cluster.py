@@ -306,3 +306,22 @@ async def test_same_device_on_two_gateways_one_survives(
                 closed.append((client, event.code))
     assert len(closed) == 1
     assert closed[0][1] == Code.REPLACED
+
+
+async def test_gateway_drain_shows_no_flap(cluster: Cluster, clients: list[Client]) -> None:
+    cluster.logic()
+    gw1 = cluster.gateway("gw1", grace_period="3")
+    gw2 = cluster.gateway("gw2", grace_period="3")
+    await befriend(cluster, "alice", "bob")
+    bob = await connect(clients, gw2, "bob")
+    await next_of(bob, ev.PresenceSnapshot)
+    alice = await connect(clients, gw1, "alice")
+    assert (await presence_of(bob, "alice")).status == "online"
+
+    gw1.stop()  # SIGTERM: a drain, as in a rolling restart
+    closed = await next_of(alice, ev.Disconnected)
+    assert isinstance(closed, ev.Disconnected)
+    assert closed.code == Code.SHUTDOWN
+    await connect(clients, gw2, "alice")  # back on another gateway inside the grace period
+    events = await drain(bob, quiet=4.0)
+    assert not [e for e in events if isinstance(e, ev.PresenceChanged)]

@@ -141,9 +141,17 @@ class RedisPresence:
             await self._redis.aclose()
 
     async def release(self) -> None:
-        """Give up the lease now, so this gateway's devices are reaped without waiting."""
+        """Apply the queued transitions, then give up the lease.
+
+        A gateway that shuts down has reported each closed session OFFLINE, and those go
+        through the grace period, so users who reconnect elsewhere in time show no change.
+        Only devices left after that are reaped, and at once.
+        """
         member = f"{self.gateway_id}\t{self.epoch}"
         try:
+            pending, self._pending = self._pending, []
+            if pending:
+                await self._apply(pending)
             await self._redis.zadd(self._leases_key, {member: _now_ms()})
             await self._reap()
         except RedisError as error:
