@@ -376,7 +376,16 @@ def test_open_allows_client_kind(kind: str) -> None:
 
 
 def test_open_kinds_as_specified() -> None:
-    expected = {"heartbeat", "send", "deliver_ack", "set_status", "disconnect", "sync", "refresh"}
+    expected = {
+        "heartbeat",
+        "send",
+        "deliver_ack",
+        "set_status",
+        "disconnect",
+        "sync",
+        "refresh",
+        "unread",
+    }
 
     assert ALLOWED_FROM_CLIENT[ConnectionState.OPEN] == expected
 

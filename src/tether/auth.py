@@ -19,6 +19,8 @@ __all__ = ["MAX_USER_ID_BYTES", "TokenVerifier", "issue_token", "validate_user_i
 
 MAX_USER_ID_BYTES = 64
 _ALGORITHMS = ["HS256"]
+# Latest accepted `exp`: the end of year 9999, so expiry in milliseconds fits in an int64.
+MAX_EXPIRY = 253_402_300_799
 _USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_\-.@+=]+")
 
 
@@ -85,4 +87,6 @@ class TokenVerifier:
         except ValueError as error:
             raise AuthenticationError(Code.UNAUTHORIZED, f"invalid sub claim: {error}") from error
         expiry = claims.get("exp")
+        if isinstance(expiry, int | float) and expiry > MAX_EXPIRY:
+            raise AuthenticationError(Code.UNAUTHORIZED, f"exp claim {expiry} is out of range")
         return user_id, float(expiry) if isinstance(expiry, int | float) else None

@@ -30,6 +30,9 @@ logger = logging.getLogger("tether.client")
 
 SYNC_PAGE = 100
 ACK_INTERVAL = 0.1  # seconds between batches of DeliverAcks
+ACKS_PER_INTERVAL = 5  # DeliverAcks per batch: at most 50 per second
+SYNC_INTERVAL = 0.025  # seconds between Sync requests: at most 40 per second
+# Together with heartbeats this stays below the server's default 100 frames per second.
 
 
 class Conversations:
@@ -58,6 +61,8 @@ class Conversations:
         self._ready: list[pb.Message] = []  # held messages released by _release_waiting
         self._unacked: dict[str, None] = {}  # conversations with an ack to send
         self._acker: asyncio.Task[None] | None = None
+        self._next_sync = 0.0  # loop time before which no Sync is sent
+        self._more_unread = False  # the last Unread was truncated
 
     def connected(self, transport: ClientTransport, user_id: str) -> None:
         """Start a new connection: forget its predecessor's requests, keep the positions."""
@@ -79,6 +84,7 @@ class Conversations:
         self._replies.clear()
         self._to_fetch.clear()
         self._waiting.clear()
+        self._more_unread = False
         self._transport = None
 
     def on_unread(self, unread: pb.Unread) -> None:
@@ -90,7 +96,10 @@ class Conversations:
             if state.last_sequence > last:
                 self._fetch(conversation)
         if unread.truncated:
-            logger.warning("server listed only part of the unread conversations")
+            # Asked for again once the listed conversations are fetched and acknowledged.
+            self._more_unread = True
+            if self._worker is None or self._worker.done():
+                self._worker = asyncio.get_running_loop().create_task(self._catch_up())
 
     async def on_live(self, message: pb.Message) -> None:
         """Hand a pushed message over, drop it as a duplicate, or hold it behind a gap."""
@@ -112,7 +121,8 @@ class Conversations:
     def on_send_ack(self, ack: pb.SendAck) -> None:
         """Count this device's own message as seen, so it opens no gap."""
         last = self.last.get(ack.conversation_id)
-        if last is not None and ack.sequence == last + 1:
+        # With no position, only sequence 1 is safe: a peer's message before it may be in flight.
+        if ack.sequence == (last if last is not None else 0) + 1:
             self.last[ack.conversation_id] = ack.sequence
 
     def on_sync_result(self, result: pb.SyncResult) -> None:
@@ -144,6 +154,12 @@ class Conversations:
                 if not self._release_waiting(conversation):
                     del self._to_fetch[conversation]
                 await self._flush_released(conversation)
+            if self._more_unread and self._transport is not None:
+                self._more_unread = False
+                while self._unacked:  # the next list starts after what the acks cover
+                    await asyncio.sleep(ACK_INTERVAL)
+                await asyncio.sleep(ACK_INTERVAL)  # time for the last acks to be stored
+                await self._transport.send(pb.Frame(unread=pb.Unread()).SerializeToString())
         except (RequestError, TimeoutError, ConnectionError, OSError) as error:
             # The next connection lists what is still unread, so closing loses nothing.
             logger.warning("catch-up failed, reconnecting: %s", error)
@@ -164,6 +180,7 @@ class Conversations:
                 limit=SYNC_PAGE,
                 from_read_marker=conversation not in self.last,
             )
+            await self._pace_sync()
             await transport.send(pb.Frame(sync=sync).SerializeToString())
             result = await asyncio.wait_for(future, self._timeout)
             if conversation not in self.last and result.messages:
@@ -174,6 +191,14 @@ class Conversations:
             await self._ack(conversation)
             if not result.has_more:
                 return
+
+    async def _pace_sync(self) -> None:
+        """Wait until SYNC_INTERVAL has passed since the previous Sync."""
+        loop = asyncio.get_running_loop()
+        wait = self._next_sync - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self._next_sync = loop.time() + SYNC_INTERVAL
 
     def _release_waiting(self, conversation: str) -> bool:
         """Order held messages after a sync; True if a gap remains and another sync is due."""
@@ -218,15 +243,21 @@ class Conversations:
             self._acker = asyncio.get_running_loop().create_task(self._send_acks())
 
     async def _send_acks(self) -> None:
-        await asyncio.sleep(ACK_INTERVAL)
-        transport = self._transport
-        pending, self._unacked = self._unacked, {}
-        if transport is None:
-            return
-        try:
-            for conversation in pending:
-                ack = pb.DeliverAck(conversation_id=conversation, sequence=self.last[conversation])
-                await transport.send(pb.Frame(deliver_ack=ack).SerializeToString())
-        except (ConnectionError, OSError) as error:
-            # The next connection's Unread lists whatever this ack would have covered.
-            logger.debug("delivery ack not sent: %s", error)
+        while self._unacked:
+            await asyncio.sleep(ACK_INTERVAL)
+            transport = self._transport
+            if transport is None:
+                return
+            # At most ACKS_PER_INTERVAL at a time, to stay well below the server's frame rate.
+            batch = list(itertools.islice(self._unacked, ACKS_PER_INTERVAL))
+            for conversation in batch:
+                del self._unacked[conversation]
+            try:
+                for conversation in batch:
+                    sequence = self.last[conversation]
+                    ack = pb.DeliverAck(conversation_id=conversation, sequence=sequence)
+                    await transport.send(pb.Frame(deliver_ack=ack).SerializeToString())
+            except (ConnectionError, OSError) as error:
+                # The next connection's Unread lists whatever this ack would have covered.
+                logger.debug("delivery ack not sent: %s", error)
+                return

@@ -33,7 +33,12 @@ from tether.bus import channels
 from tether.bus import envelope_pb2 as env
 from tether.bus.base import Bus
 from tether.bus.requests import RequestTracker
-from tether.gateway.client_requests import MAX_ID_BYTES, ClientRequests, _check_status
+from tether.gateway.client_requests import (
+    _REFRESH_ATTEMPTS,
+    MAX_ID_BYTES,
+    ClientRequests,
+    _check_status,
+)
 from tether.gateway.config import GatewayConfig
 from tether.gateway.connection import Connection
 from tether.gateway.interest import PresenceInterest
@@ -296,6 +301,9 @@ class Gateway(PresenceInterest, ClientRequests):
                 self._on_sync(connection, frame.sync)
             elif kind == "refresh":
                 self._on_refresh(connection, frame.refresh)
+            elif kind == "unread":
+                # The client asks for its unread list again, after a truncated one.
+                self._refresh_session(connection, attempt=_REFRESH_ATTEMPTS)
             elif kind == "disconnect":
                 logger.info(
                     "client %s disconnects: code %d %s",

@@ -28,6 +28,10 @@ logger = logging.getLogger("tether.logic")
 MAX_UNREAD_LISTED = 1000
 DEFAULT_SYNC_PAGE = 100
 MAX_SYNC_PAGE = 500
+# Bytes of message bodies in one SyncResult; well below the gateway's default outgoing limit
+# (1 MiB), so a page of large messages cannot close its reader as a slow consumer.
+MAX_SYNC_PAGE_BYTES = 256 * 1024
+MAX_SQLITE_INTEGER = 2**63 - 1
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -149,16 +153,17 @@ class LogicService:
             _reply(outbox, request, env.Envelope(sync_reply=reply))
             return
         limit = min(sync.limit or DEFAULT_SYNC_PAGE, MAX_SYNC_PAGE)
-        after = sync.after_sequence
+        after = min(sync.after_sequence, MAX_SQLITE_INTEGER)  # SQLite integers are signed 64-bit
         if sync.from_read_marker:
             device_id = request.sync_request.device_id
             after = store.read_marker(request.sync_request.user_id, device_id, sync.conversation_id)
         messages = store.history(sync.conversation_id, after, limit + 1)
+        page = _within_budget(messages[:limit], MAX_SYNC_PAGE_BYTES)
         result = pb.SyncResult(
             request_id=sync.request_id,
             conversation_id=sync.conversation_id,
-            messages=[_to_message(stored) for stored in messages[:limit]],
-            has_more=len(messages) > limit,
+            messages=[_to_message(stored) for stored in page],
+            has_more=len(messages) > len(page),
             last_sequence=store.last_sequence(sync.conversation_id),
         )
         _reply(outbox, request, env.Envelope(sync_reply=env.SyncReply(result=result)))
@@ -264,6 +269,16 @@ class LogicService:
                 continue
             _reply(outbox, request, reply)
         return outbox
+
+
+def _within_budget(messages: list[StoredMessage], budget: int) -> list[StoredMessage]:
+    """Return the leading messages whose bodies fit in budget bytes, always at least one."""
+    total = 0
+    for index, message in enumerate(messages):
+        total += len(message.body)
+        if total > budget and index > 0:
+            return messages[:index]
+    return messages
 
 
 def _reply(outbox: _Outbox, request: env.Envelope, reply: env.Envelope) -> None:

@@ -300,6 +300,7 @@ class Store:
         return [(str(row[0]), int(row[1]), int(row[2])) for row in rows]
 
     def mark_read(self, user_id: str, device_id: str, conversation: str, sequence: int) -> None:
+        # Clamped below to the last sequence, which also keeps it inside SQLite's integers.
         """Advance a device's read marker in a conversation (never back, never past the end)."""
         rows = self._query("SELECT last_sequence FROM conversations WHERE id = ?", (conversation,))
         if not rows:

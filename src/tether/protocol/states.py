@@ -41,7 +41,16 @@ ALLOWED_FROM_CLIENT: dict[ConnectionState, frozenset[str]] = {
     ConnectionState.AWAITING_CONNECT: frozenset({"connect"}),
     ConnectionState.AUTHENTICATING: frozenset({"heartbeat"}),
     ConnectionState.OPEN: frozenset(
-        {"heartbeat", "send", "deliver_ack", "set_status", "disconnect", "sync", "refresh"}
+        {
+            "heartbeat",
+            "send",
+            "deliver_ack",
+            "set_status",
+            "disconnect",
+            "sync",
+            "refresh",
+            "unread",
+        }
     ),
     ConnectionState.CLOSING: frozenset(),
     ConnectionState.CLOSED: frozenset(),
