@@ -4,9 +4,11 @@
 
 Starts `tether serve` as a child process on free ports, opens the connections from this
 process (raw TCP, one Connect each), then sends one heartbeat per connection per round and
-waits for every answer. Reports the server's RSS growth per connection and its CPU time
+waits for every reply. Reports the server's RSS growth per connection and its CPU time
 (user + system, from /proc) per heartbeat round trip. A first sketch of what `tether bench`
 will measure; figures from it belong in docs/benchmarks.md with the command and machine.
+It runs tether and the floor (bench/floor_server.py, a bare uvloop protocol) alternately,
+`--repeat` times each, and reports the medians and the tether/floor ratios.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import uvloop
 
@@ -62,34 +66,24 @@ class Connection(asyncio.Protocol):
                 self.answers.put_nowait(1)
 
 
-async def main(arguments: argparse.Namespace) -> dict[str, float]:
-    data_dir = tempfile.mkdtemp(prefix="tether-bench-")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tether",
-            "serve",
-            "--data-dir",
-            data_dir,
-            "--tcp-port",
-            "0",
-            "--ws-port",
-            "off",
-            "--secret",
-            SECRET,
-            "--log-level",
-            "warning",
-            # Every load connection comes from 127.0.0.1 in one burst: lift the per-address and
-            # connection-rate limits, which exist for the open internet.
-            "--max-connections-per-ip",
-            "1000000",
-            "--new-connections-per-second",
-            "1000000",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+def start_server(kind: str) -> subprocess.Popen[str]:
+    """Start tether or the floor server as a child process on a free port."""
+    if kind == "floor":
+        command = [sys.executable, str(Path(__file__).with_name("floor_server.py"))]
+    else:
+        command = [
+            sys.executable, "-m", "tether", "serve", "--data-dir",
+            tempfile.mkdtemp(prefix="tether-bench-"), "--tcp-port", "0", "--ws-port", "off",
+            "--secret", SECRET, "--log-level", "warning",
+            # Every load connection comes from 127.0.0.1 in one burst: lift the per-address
+            # and connection-rate limits, which exist for the open internet.
+            "--max-connections-per-ip", "1000000", "--new-connections-per-second", "1000000",
+        ]  # fmt: skip
+    return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+
+
+async def measure(kind: str, arguments: argparse.Namespace) -> dict[str, float | str]:
+    server = start_server(kind)
     try:
         assert server.stdout is not None
         port = int(re.search(r"tcp=[\d.]+:(\d+)", server.stdout.readline()).group(1))  # type: ignore[union-attr]
@@ -123,6 +117,7 @@ async def main(arguments: argparse.Namespace) -> dict[str, float]:
         cpu = cpu_seconds(server.pid) - cpu_before
         total = arguments.rounds * arguments.connections
         return {
+            "server": kind,
             "connections": arguments.connections,
             "heartbeats": total,
             "rss_bytes_per_connection": round(rss_per_connection),
@@ -134,8 +129,28 @@ async def main(arguments: argparse.Namespace) -> dict[str, float]:
         server.wait(timeout=30)
 
 
+async def main(arguments: argparse.Namespace) -> dict[str, object]:
+    """Measure tether and the floor alternately; report medians and the tether/floor ratios."""
+    runs: dict[str, list[dict[str, float | str]]] = {"tether": [], "floor": []}
+    for _ in range(arguments.repeat):
+        for kind in ("tether", "floor"):
+            runs[kind].append(await measure(kind, arguments))
+    medians = {
+        kind: {
+            key: statistics.median(float(run[key]) for run in results)
+            for key in ("rss_bytes_per_connection", "server_cpu_us_per_heartbeat")
+        }
+        for kind, results in runs.items()
+    }
+    ratios = {
+        key: round(medians["tether"][key] / medians["floor"][key], 2) for key in medians["tether"]
+    }
+    return {"runs": runs, "medians": medians, "tether_over_floor": ratios}
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each server, alternating")
     print(json.dumps(uvloop.run(main(parser.parse_args())), indent=2))
