@@ -224,7 +224,7 @@ async def test_only_watching_gateways_subscribe(
     finally:
         await client.aclose()
     assert counts[b"tether.presence.alice"] == 1  # only gw2, where bob watches alice
-    assert counts[b"tether.presence.carol"] == 0  # nobody may see carol
+    assert counts[b"tether.presence.carol"] == 0  # carol is no one's contact
     assert not [e for e in await drain(carol) if isinstance(e, ev.PresenceChanged)]
 
 

@@ -33,7 +33,7 @@ def transport(request: pytest.FixtureRequest) -> str:
 
 
 async def friends(server: EmbeddedServer) -> None:
-    """Make alice and bob contacts; carol knows nobody."""
+    """Make alice and bob contacts; carol has no contacts."""
     await add_contacts(server, "alice", "bob")
 
 

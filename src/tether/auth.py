@@ -54,7 +54,7 @@ class TokenVerifier:
     """Checks tokens signed with a shared secret."""
 
     secret: str
-    """HS256 signing secret shared with whoever issues tokens."""
+    """HS256 signing secret, shared with the service that issues tokens."""
     leeway: float = 5.0
     """Seconds of clock skew tolerated when checking `exp` (default 5)."""
 

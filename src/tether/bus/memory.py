@@ -72,7 +72,7 @@ class InProcessBus(Bus):
     def publish(self, channel: str, payload: bytes) -> None:
         self._check_open()
         if channel not in self._subscribers:
-            return  # pub/sub semantics: nobody listening, nothing kept
+            return  # pub/sub: with no subscriber, the message is dropped
         if len(self._pending) >= self._max_pending:
             raise BusOverloaded(f"{len(self._pending)} messages waiting for delivery")
         self._pending.append((channel, payload))
@@ -87,7 +87,7 @@ class InProcessBus(Bus):
             self._stream(stream).put_nowait(payload)
         except asyncio.QueueFull:
             raise BusOverloaded(
-                f"stream {stream} holds {self._max_stream_entries} entries"
+                f"stream {stream} is full ({self._max_stream_entries} entries); retry later"
             ) from None
 
     def consume(self, stream: str, handler: StreamHandler) -> None:
@@ -112,7 +112,7 @@ class InProcessBus(Bus):
                 await handler(batch)
             except Exception:
                 # NOTE: the in-process stream keeps no copy, so a batch whose handler failed is
-                # lost; the handler is expected to answer every request itself, errors included.
+                # lost; the handler is expected to reply to every request itself, errors included.
                 logger.exception("stream handler failed on a batch of %d entries", len(batch))
 
     def _drain(self) -> None:

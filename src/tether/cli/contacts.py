@@ -36,7 +36,7 @@ async def contacts(arguments: argparse.Namespace) -> int:
     try:
         result = await send_admin_request(arguments.data_dir, f"contacts.{action}", users)
     except (OSError, TimeoutError, ConnectionError) as error:
-        print(f"tether contacts: the running server did not answer: {error}", file=sys.stderr)
+        print(f"tether contacts: the running server did not respond: {error}", file=sys.stderr)
         return 1
     if result is not None:
         if result.error_code:

@@ -5,10 +5,10 @@
         async for event in client.events():
             ...
 
-The client sends heartbeats at the interval the server gives, reconnects with exponential
-backoff and full jitter (never sooner than a delay the server asks for), resends messages
-that were not acknowledged before a reconnect (the server recognises them by
-client_message_id), and stops after a final disconnect code.
+The client sends heartbeats at the interval the server gives. It reconnects with exponential
+backoff and jitter, never sooner than a delay the server requests. Before a reconnect it keeps
+unacknowledged messages and resends them after, and the server recognises them by
+client_message_id. It stops after a final disconnect code.
 """
 
 from __future__ import annotations

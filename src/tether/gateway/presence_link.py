@@ -1,4 +1,4 @@
-"""How a gateway reports transitions to presence and asks it for snapshots.
+"""How a gateway reports transitions to presence and requests snapshots from it.
 
 Two implementations of one small interface:
 

@@ -28,8 +28,8 @@ logger = logging.getLogger("tether.logic")
 MAX_UNREAD_LISTED = 1000
 DEFAULT_SYNC_PAGE = 100
 MAX_SYNC_PAGE = 500
-# Bytes of message bodies in one SyncResult; well below the gateway's default outgoing limit
-# (1 MiB), so a page of large messages cannot close its reader as a slow consumer.
+# Bytes of message bodies in one SyncResult. It is well below the gateway's default outgoing
+# limit (1 MiB), so a page of large messages cannot close its reader as a slow consumer.
 MAX_SYNC_PAGE_BYTES = 256 * 1024
 MAX_SQLITE_INTEGER = 2**63 - 1
 

@@ -87,7 +87,7 @@ local function settle(hash, user, now, grace_ms, channel_prefix, grace_key)
   return publish(hash, user, status, devices, now, channel_prefix, grace_key)
 end
 
--- Remove a device if the given owner ("<gateway>\t<epoch>\t<connection>") still holds it.
+-- Remove a device if the given owner ("<gateway>\t<epoch>\t<connection>") still owns it.
 local function remove_device(hash, device, owner, seen_at)
   local field = "dev:" .. device
   local current = redis.call("HGET", hash, field)
