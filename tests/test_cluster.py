@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -123,7 +124,8 @@ async def clients() -> AsyncIterator[list[Client]]:
 async def connect(
     clients: list[Client], gateway: Process, user: str, device: str = "phone", **options: object
 ) -> Client:
-    client = Client(gateway.url, issue_token(SECRET, user), device, connect_timeout=TIMEOUT,
+    url = options.pop("url", gateway.url)
+    client = Client(url, issue_token(SECRET, user), device, connect_timeout=TIMEOUT,  # type: ignore[arg-type]
                     ack_timeout=TIMEOUT, **options)  # type: ignore[arg-type]  # fmt: skip
     await client.connect()
     clients.append(client)
@@ -264,6 +266,15 @@ async def test_redis_restart_recovers(
     await asyncio.wait_for(_wait_for_status(redis_server, "alice", b"2"), TIMEOUT)
 
 
+async def _until_online(client: Client, user: str) -> None:
+    """Wait until the client's presence view shows user online, from a snapshot or a change."""
+    while True:
+        known = client.presence.get(user)
+        if known is not None and known.status == "online":
+            return
+        await asyncio.sleep(0.05)
+
+
 async def _wait_for_status(redis_server: RedisServer, user: str, expected: bytes) -> None:
     client = redis.Redis.from_url(redis_server.url)
     try:
@@ -325,3 +336,98 @@ async def test_gateway_drain_shows_no_flap(cluster: Cluster, clients: list[Clien
     await connect(clients, gw2, "alice")  # back on another gateway inside the grace period
     events = await drain(bob, quiet=4.0)
     assert not [e for e in events if isinstance(e, ev.PresenceChanged)]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_send_waits_for_logic_worker(cluster: Cluster, clients: list[Client]) -> None:
+    """Check that a send with no logic worker fails with UNAVAILABLE and is stored once later."""
+    first = cluster.logic("logic1")
+    gw1 = cluster.gateway("gw1", request_timeout="1")
+    await befriend(cluster, "alice", "bob")
+    alice = await connect(clients, gw1, "alice")
+    bob = await connect(clients, gw1, "bob")
+    await next_of(bob, ev.PresenceSnapshot)
+    first.kill()
+
+    with pytest.raises(RequestError) as failure:
+        await alice.send("bob", "while no worker runs", client_message_id="m-1")
+    assert failure.value.code == Code.UNAVAILABLE
+    await asyncio.sleep(1.5)  # several heartbeat intervals: the clients stay connected
+    assert alice.session is not None and bob.session is not None
+
+    cluster.logic("logic2")  # joins the group and reads the waiting request
+    message = await next_of(bob, ev.Message, timeout=TIMEOUT * 2)
+    assert isinstance(message, ev.Message)
+    assert message.body == b"while no worker runs"
+    ack = await alice.send("bob", "while no worker runs", client_message_id="m-1")
+    assert ack.message_id == message.message_id  # the resend found the stored message
+    late = [e for e in await drain(bob, quiet=1.0) if isinstance(e, ev.Message)]
+    assert late == []
+
+
+async def test_rolling_restart_loses_nothing(cluster: Cluster, clients: list[Client]) -> None:
+    """Check that restarting every gateway in turn delivers each acked message exactly once."""
+    cluster.logic()
+    settings = {"grace_period": "3", "reconnect_spread": "0.5"}
+    ports = {name: free_port() for name in ("gw1", "gw2")}
+    gateways = {
+        name: cluster.gateway(name, tcp_port=str(port), **settings) for name, port in ports.items()
+    }
+    urls = [gateway.url for gateway in gateways.values()]
+    pairs = [(f"s{index}", f"r{index}") for index in range(4)]
+    for sender, receiver in pairs:
+        await befriend(cluster, sender, receiver)
+    connected: dict[str, Client] = {}
+    for index, (sender, receiver) in enumerate(pairs):
+        # Half of the clients try gw1 first and half gw2, and each moves to the other gateway
+        # when its own drains.
+        order = urls[index % 2 :] + urls[: index % 2]
+        for user in (receiver, sender):
+            connected[user] = await connect(clients, gateways["gw1"], user, url=order)
+    for sender, receiver in pairs:
+        await asyncio.wait_for(_until_online(connected[receiver], sender), TIMEOUT)
+
+    acked: dict[str, list[int]] = {sender: [] for sender, _ in pairs}
+    stop = asyncio.Event()
+
+    async def chat(sender: str, receiver: str) -> None:
+        number = 0
+        while not stop.is_set():
+            message_id = f"{sender}-{number}"
+            while True:  # an app retries with the same id until the server acks
+                try:
+                    ack = await connected[sender].send(
+                        receiver, message_id, client_message_id=message_id
+                    )
+                    break
+                except (RequestError, TimeoutError):
+                    await asyncio.sleep(0.1)
+            acked[sender].append(ack.message_id)
+            number += 1
+            await asyncio.sleep(0.05)
+
+    senders = [asyncio.create_task(chat(sender, receiver)) for sender, receiver in pairs]
+    for name, port in ports.items():
+        await asyncio.sleep(1.0)
+        gateways[name].stop()  # SIGTERM: drain, then exit
+        gateways[name] = cluster.gateway(name, tcp_port=str(port), **settings)
+    await asyncio.sleep(1.5)
+    stop.set()
+    await asyncio.gather(*senders)
+
+    for sender, receiver in pairs:
+        events = await drain(connected[receiver], quiet=1.5)
+        received = [e.message_id for e in events if isinstance(e, ev.Message)]
+        assert len(acked[sender]) > 20, "the senders barely sent anything"
+        assert sorted(received) == sorted(acked[sender]), f"{receiver} lost or doubled messages"
+        flaps = [
+            e
+            for e in events
+            if isinstance(e, ev.PresenceChanged) and e.presence.status == "offline"
+        ]
+        assert flaps == [], f"{receiver} saw {sender} go offline during the restart: {events}"

@@ -6,7 +6,8 @@
             ...
 
 The client sends heartbeats at the interval the server gives. It reconnects with exponential
-backoff and jitter, never sooner than a delay the server requests. Before a reconnect it keeps
+backoff and jitter, never sooner than a delay the server requests, to the next of its gateway
+addresses. Before a reconnect it keeps
 unacknowledged messages and resends them after, and the server recognises them by
 client_message_id. It stops after a final disconnect code.
 """
@@ -19,7 +20,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
 
 from tether.client import events as ev
@@ -54,7 +55,7 @@ class Client:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         token: str,
         device_id: str,
         *,
@@ -77,8 +78,15 @@ class Client:
         every message as soon as it is queued. `token_provider`, if given, returns a fresh
         token: the client sends it in a Refresh frame at REFRESH_AT of the token's lifetime
         and connects with a fresh one after a reconnect.
+
+        `url` is one gateway address or a list of them: each reconnect tries the next one in
+        turn, so a client moves to another gateway when its gateway drains or dies. Shuffle
+        the list first to spread clients over the gateways.
         """
-        self.url = url
+        self.urls = [url] if isinstance(url, str) else list(url)
+        if not self.urls:
+            raise ValueError("url must name at least one gateway")
+        self.url = self.urls[0]
         self.token = token
         self.token_provider = token_provider
         self.device_id = device_id
@@ -228,7 +236,14 @@ class Client:
                 return
             delay = max(server_delay, self._backoff(attempt))
             attempt += 1
-            logger.info("reconnecting %s in %.2f s after code %d", self.device_id, delay, code)
+            self.url = self.urls[(self.urls.index(self.url) + 1) % len(self.urls)]
+            logger.info(
+                "reconnecting %s to %s in %.2f s after code %d",
+                self.device_id,
+                self.url,
+                delay,
+                code,
+            )
             await asyncio.sleep(delay)
 
     async def _connect_once(self) -> tuple[int, str, float, bool]:
