@@ -26,6 +26,7 @@ from tether.bus.requests import AsyncRequester
 from tether.gateway import Gateway, GatewayConfig, start_tcp_server, start_websocket_server
 from tether.gateway.presence_link import ClusterPresenceLink
 from tether.logic import LogicConfig, LogicService, default_database
+from tether.loop_lag import LoopLagMonitor
 from tether.presence import PresenceConfig, PresenceService
 from tether.presence.cluster import ClusterPresenceConfig, RedisPresence
 from tether.protocol.codes import Code
@@ -69,6 +70,8 @@ class ServerConfig:
     """Cluster only: seconds a gateway's devices outlive it without a lease renewal."""
     token_leeway: float = 5.0
     """Seconds of clock skew tolerated on token expiry (default 5)."""
+    loop_lag_threshold: float = 0.1
+    """Seconds of event loop lag that log a warning; 0 measures without logging."""
 
 
 def load_or_create_secret(data_dir: Path) -> str:
@@ -109,6 +112,7 @@ class TetherServer:
         self.gateway: Gateway | None = None
         self.logic: LogicService | None = None
         verifier = TokenVerifier(secret=self.secret, leeway=config.token_leeway)
+        self.loop_lag = LoopLagMonitor(threshold=config.loop_lag_threshold)
 
         if config.redis_url:
             gateway_id = config.gateway.gateway_id or f"gw-{os.urandom(4).hex()}"
@@ -150,6 +154,7 @@ class TetherServer:
         """Start every part and listen on the configured ports."""
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.loop_lag.start()
         await self.bus.start()
         if self.logic is not None:
             await self.logic.start()
@@ -215,6 +220,7 @@ class TetherServer:
             await self.logic.close()
         if self.control_path is not None:
             self.control_path.unlink(missing_ok=True)
+        self.loop_lag.stop()
         logger.info("tether stopped")
 
     async def _start_control_socket(self) -> None:

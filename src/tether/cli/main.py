@@ -92,6 +92,19 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_process_options(parser: argparse.ArgumentParser) -> None:
+    add_option(
+        parser, "--log-level", convert=str, default="info", help="debug, info, warning or error"
+    )
+    add_option(
+        parser,
+        "--loop-lag-warning",
+        convert=_not_negative,
+        default=0.1,
+        help="seconds of event loop lag that log a warning (0: never)",
+    )
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tether", description="Connection gateway and online-presence service."
@@ -233,16 +246,12 @@ def _build_parser() -> argparse.ArgumentParser:
         default=10,
         help="concurrent devices of one user on this gateway",
     )
-    add_option(
-        serve, "--log-level", convert=str, default="info", help="debug, info, warning or error"
-    )
+    _add_process_options(serve)
 
     logic = commands.add_parser("logic", help="run a logic worker of a cluster")
     _add_data_options(logic)
     _add_cluster_options(logic, required=True)
-    add_option(
-        logic, "--log-level", convert=str, default="info", help="debug, info, warning or error"
-    )
+    _add_process_options(logic)
 
     cluster = commands.add_parser(
         "cluster", help="start a local cluster: Redis, gateways and logic workers"

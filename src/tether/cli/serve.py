@@ -53,6 +53,7 @@ async def serve(arguments: argparse.Namespace) -> int:
             redis_url=arguments.redis,
             run_logic=arguments.logic or not arguments.redis,
             lease_timeout=arguments.lease_timeout,
+            loop_lag_threshold=arguments.loop_lag_warning,
         )
     except ValueError as error:
         logger.error("invalid setting: %s", error)
@@ -72,6 +73,7 @@ async def logic_worker(arguments: argparse.Namespace) -> int:
         redis_url=arguments.redis,
         run_gateway=False,
         lease_timeout=arguments.lease_timeout,
+        loop_lag_threshold=arguments.loop_lag_warning,
     )
     return await _run(config)
 
