@@ -25,6 +25,7 @@ from tether.bus.redis import RedisBus, RedisBusConfig
 from tether.bus.requests import AsyncRequester
 from tether.gateway import Gateway, GatewayConfig, start_tcp_server, start_websocket_server
 from tether.gateway.presence_link import ClusterPresenceLink
+from tether.keys import KeyConfig, KeyStore
 from tether.logic import LogicConfig, LogicService, default_database
 from tether.loop_lag import LoopLagMonitor
 from tether.presence import PresenceConfig, PresenceService
@@ -55,7 +56,10 @@ class ServerConfig:
     data_dir: Path
     """Folder for the database, the development secret and the control socket."""
     secret: str = ""
-    """HS256 token secret; empty reads or creates `secret` in data_dir."""
+    """HS256 token secret, added to `keys.secrets`. If it is empty and `keys` names no secret
+    and no key file, the server reads or creates `secret` in data_dir."""
+    keys: KeyConfig = field(default_factory=KeyConfig)
+    """Token verification keys besides `secret`: public key files, a JWKS file, more secrets."""
     gateway: GatewayConfig = field(default_factory=GatewayConfig)
     presence: PresenceConfig = field(default_factory=PresenceConfig)
     control_socket: bool = True
@@ -105,13 +109,16 @@ class TetherServer:
         if not (config.run_gateway or config.run_logic):
             raise ValueError("nothing to run: enable the gateway, the logic or both")
         self.config = config
-        self.secret = config.secret or load_or_create_secret(config.data_dir)
+        secrets = (*config.keys.secrets, config.secret) if config.secret else config.keys.secrets
+        if not secrets and not config.keys.has_files:
+            secrets = (load_or_create_secret(config.data_dir),)
+        self.keys = KeyStore(dataclasses.replace(config.keys, secrets=secrets))
         self.bus: Bus
         self.cluster_presence: RedisPresence | None = None
         self.presence: PresenceService | None = None
         self.gateway: Gateway | None = None
         self.logic: LogicService | None = None
-        verifier = TokenVerifier(secret=self.secret, leeway=config.token_leeway)
+        verifier = TokenVerifier(keys=self.keys, leeway=config.token_leeway)
         self.loop_lag = LoopLagMonitor(threshold=config.loop_lag_threshold)
 
         if config.redis_url:
@@ -149,6 +156,10 @@ class TetherServer:
     def ready(self) -> bool:
         """Whether this process can serve: the bus is connected (always, when embedded)."""
         return self.bus.ready
+
+    def reload_keys(self) -> None:
+        """Re-read the token key files now; `tether serve` calls this on SIGHUP."""
+        self.keys.reload()
 
     async def start(self) -> None:
         """Start every part and listen on the configured ports."""

@@ -56,6 +56,40 @@ def _boolean(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _paths(text: str) -> tuple[Path, ...]:
+    return tuple(Path(part.strip()) for part in text.split(",") if part.strip())
+
+
+def _optional_path(text: str) -> Path | None:
+    return Path(text) if text else None
+
+
+def _add_key_options(parser: argparse.ArgumentParser) -> None:
+    add_option(
+        parser,
+        "--public-key-files",
+        convert=_paths,
+        default="",  # argparse passes a string default through convert
+        help="PEM public key files that verify tokens, comma-separated: RSA for RS256, "
+        "EC P-256 for ES256",
+    )
+    add_option(
+        parser,
+        "--jwks-file",
+        convert=_optional_path,
+        default="",
+        help="JWKS file (JSON with a keys array) whose keys verify tokens by kid",
+    )
+    add_option(
+        parser,
+        "--key-reload-interval",
+        convert=_not_negative,
+        default=10.0,
+        help="seconds between checks of the key files for changes (0: at every token); "
+        "SIGHUP reloads them at once",
+    )
+
+
 def _add_cluster_options(parser: argparse.ArgumentParser, *, required: bool = False) -> None:
     add_option(
         parser,
@@ -116,6 +150,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="run a gateway: embedded with presence and logic, or a cluster member with --redis",
     )
     _add_data_options(serve)
+    _add_key_options(serve)
     _add_cluster_options(serve)
     add_option(
         serve,
@@ -295,6 +330,15 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help="seconds until the token expires (none: never)",
     )
+    add_option(
+        token,
+        "--private-key",
+        convert=_optional_path,
+        default="",
+        help="PEM private key file to sign with instead of the secret: RSA makes an RS256 "
+        "token, EC P-256 an ES256 token",
+    )
+    add_option(token, "--kid", convert=str, default="", help="key id to put in the token header")
     _add_data_options(token)
 
     contacts = commands.add_parser("contacts", help="add, remove or list mutual contacts")
@@ -363,14 +407,22 @@ def main(argv: list[str] | None = None) -> int:
 
 def _token(arguments: argparse.Namespace) -> int:
     from tether.auth import issue_token
+    from tether.keys import PrivateKey, load_private_key_file
     from tether.server import load_or_create_secret
 
-    secret = arguments.secret or load_or_create_secret(arguments.data_dir)
+    key: str | PrivateKey
     try:
-        print(issue_token(secret, arguments.user, ttl=arguments.ttl))
+        if arguments.private_key is not None:
+            key, algorithm = load_private_key_file(arguments.private_key)
+        else:
+            key, algorithm = arguments.secret or load_or_create_secret(arguments.data_dir), "HS256"
+        token = issue_token(
+            key, arguments.user, ttl=arguments.ttl, algorithm=algorithm, kid=arguments.kid or None
+        )
     except ValueError as error:
         print(f"tether token: {error}", file=sys.stderr)
         return 2
+    print(token)
     return 0
 
 

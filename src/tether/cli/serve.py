@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 
 from tether.cli.main import configure_logging, install_stop_signals
 from tether.gateway import GatewayConfig
 from tether.gateway.limits import LimitsConfig
+from tether.keys import KeyConfig
 from tether.presence import PresenceConfig
 from tether.protocol.errors import TetherError
 from tether.server import ServerConfig, TetherServer
@@ -48,6 +50,11 @@ async def serve(arguments: argparse.Namespace) -> int:
         config = ServerConfig(
             data_dir=arguments.data_dir,
             secret=arguments.secret,
+            keys=KeyConfig(
+                public_key_files=arguments.public_key_files,
+                jwks_file=arguments.jwks_file,
+                reload_interval=arguments.key_reload_interval,
+            ),
             gateway=gateway,
             presence=PresenceConfig(grace_period=arguments.grace_period),
             redis_url=arguments.redis,
@@ -102,6 +109,7 @@ async def _run(config: ServerConfig) -> int:
         print("tether ready logic", flush=True)
     stop = asyncio.Event()
     install_stop_signals(stop)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.reload_keys)
     await stop.wait()
     await server.close()
     return 0
