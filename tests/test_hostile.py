@@ -1,6 +1,6 @@
 """Hostile and unlucky clients against the embedded server.
 
-Most tests run their attack inside an `Arena`: ten pairs of well-behaved clients (half over
+Most tests run their attack inside an `Arena`: 100 well-behaved clients in 50 pairs (half over
 TCP, half over WebSocket) chat and heartbeat while the attack runs. Afterwards the test checks
 that the attacker got the documented code, that every acknowledged bystander message arrived
 exactly once and without delay, and that the server's memory grew by less than 20 MB. The
@@ -96,7 +96,7 @@ class Arena:
         start_server: ServerFactory,
         connect: ClientFactory,
         *,
-        pairs: int = 10,
+        pairs: int = 50,
         **settings: object,
     ) -> Arena:
         """Start a server with settings and connect 2 * pairs bystanders to it."""
@@ -115,7 +115,7 @@ class Arena:
         return arena
 
     @contextlib.asynccontextmanager
-    async def chatting(self, interval: float = 0.05) -> AsyncIterator[None]:
+    async def chatting(self, interval: float = 0.25) -> AsyncIterator[None]:
         """Keep every pair sending one message per interval until the block ends."""
 
         async def chat(pair: _Pair) -> None:
