@@ -65,14 +65,15 @@ class Process:
 
 
 class Cluster:
-    def __init__(self, directory: Path, redis_server: RedisServer) -> None:
+    def __init__(self, directory: Path, redis_server: RedisServer, lease: float = LEASE) -> None:
         self.directory = directory
         self.redis = redis_server
+        self.lease = lease
         self.processes: list[Process] = []
 
     def common(self) -> list[str]:
         return ["--data-dir", str(self.directory), "--secret", SECRET, "--redis", self.redis.url,
-                "--lease-timeout", str(LEASE), "--log-level", "warning"]  # fmt: skip
+                "--lease-timeout", str(self.lease), "--log-level", "warning"]  # fmt: skip
 
     def gateway(self, name: str, **settings: str) -> Process:
         options = {

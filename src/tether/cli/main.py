@@ -269,6 +269,13 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     add_option(
         serve,
+        "--connect-retry-window",
+        convert=_positive,
+        default=10.0,
+        help="seconds over which clients turned away by the connection rate spread their retries",
+    )
+    add_option(
+        serve,
         "--max-connections-per-ip",
         convert=_positive_int,
         default=1000,

@@ -43,6 +43,7 @@ async def serve(arguments: argparse.Namespace) -> int:
                 frame_burst=arguments.frame_burst,
                 new_connections_per_second=arguments.new_connections_per_second,
                 new_connection_burst=max(1, int(arguments.new_connections_per_second * 2)),
+                retry_window=arguments.connect_retry_window,
                 max_connections_per_ip=arguments.max_connections_per_ip,
                 max_devices_per_user=arguments.max_devices_per_user,
             ),

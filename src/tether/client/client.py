@@ -31,7 +31,7 @@ from tether.protocol.codes import Code, is_final
 from tether.protocol.connection import PROTOCOL_VERSION
 from tether.protocol.errors import ConnectionClosed, RequestError
 
-__all__ = ["Client"]
+__all__ = ["Client", "backoff_delay"]
 
 logger = logging.getLogger("tether.client")
 
@@ -415,14 +415,21 @@ class Client:
         await self._events.put(event)
 
     def _backoff(self, attempt: int) -> float:
-        """Return a delay drawn uniformly between half the first delay and the exponential bound."""
-        bound = min(self.backoff_max, self.backoff_initial * (2**attempt))
-        return random.uniform(self.backoff_initial / 2, max(bound, self.backoff_initial / 2))
+        return backoff_delay(attempt, self.backoff_initial, self.backoff_max)
 
     def _fail_pending(self, error: Exception) -> None:
         for _send, future in self._pending.values():
             if not future.done():
                 future.set_exception(error)
+
+
+def backoff_delay(attempt: int, initial: float = 0.5, maximum: float = 30.0) -> float:
+    """Return a reconnect delay drawn uniformly between initial / 2 and the exponential bound.
+
+    The bound is initial * 2**attempt, capped at maximum; attempt counts from 0.
+    """
+    bound = min(maximum, initial * (2**attempt))
+    return random.uniform(initial / 2, max(bound, initial / 2))
 
 
 def _status_frame(status: str) -> pb.SetStatus:

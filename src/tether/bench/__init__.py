@@ -1,0 +1,1 @@
+"""Load generators for storm tests and `tether bench`."""
