@@ -374,7 +374,8 @@ async def test_send_waits_for_logic_worker(cluster: Cluster, clients: list[Clien
 async def test_rolling_restart_loses_nothing(cluster: Cluster, clients: list[Client]) -> None:
     """Check that restarting every gateway in turn delivers each acked message exactly once."""
     cluster.logic()
-    settings = {"grace_period": "3", "reconnect_spread": "0.5"}
+    grace = 4.0
+    settings = {"grace_period": str(grace), "reconnect_spread": "0.5"}
     ports = {name: free_port() for name in ("gw1", "gw2")}
     gateways = {
         name: cluster.gateway(name, tcp_port=str(port), **settings) for name, port in ports.items()
@@ -385,11 +386,12 @@ async def test_rolling_restart_loses_nothing(cluster: Cluster, clients: list[Cli
         await befriend(cluster, sender, receiver)
     connected: dict[str, Client] = {}
     for index, (sender, receiver) in enumerate(pairs):
-        # Half of the clients try gw1 first and half gw2, and each moves to the other gateway
-        # when its own drains.
+        # Half of the senders start on gw1 and half on gw2, each receiver on the other gateway
+        # than its sender, so a receiver is connected when its sender's gateway drains. Every
+        # client moves to the other gateway when its own drains.
         order = urls[index % 2 :] + urls[: index % 2]
-        for user in (receiver, sender):
-            connected[user] = await connect(clients, gateways["gw1"], user, url=order)
+        connected[receiver] = await connect(clients, gateways["gw1"], receiver, url=order[::-1])
+        connected[sender] = await connect(clients, gateways["gw1"], sender, url=order)
     for sender, receiver in pairs:
         await asyncio.wait_for(_until_online(connected[receiver], sender), TIMEOUT)
 
@@ -413,13 +415,17 @@ async def test_rolling_restart_loses_nothing(cluster: Cluster, clients: list[Cli
             await asyncio.sleep(0.05)
 
     senders = [asyncio.create_task(chat(sender, receiver)) for sender, receiver in pairs]
+    loop = asyncio.get_running_loop()
     for name, port in ports.items():
         await asyncio.sleep(1.0)
         gateways[name].stop()  # SIGTERM: drain, then exit
+        last_drain = loop.time()
         gateways[name] = cluster.gateway(name, tcp_port=str(port), **settings)
     await asyncio.sleep(1.5)
     stop.set()
     await asyncio.gather(*senders)
+    # An offline caused by the last drain would be published when its grace period ends.
+    await asyncio.sleep(max(0.0, last_drain + grace + 0.5 - loop.time()))
 
     for sender, receiver in pairs:
         events = await drain(connected[receiver], quiet=1.5)
