@@ -25,6 +25,7 @@ from tether.bus.redis import RedisBus, RedisBusConfig
 from tether.bus.requests import AsyncRequester
 from tether.gateway import Gateway, GatewayConfig, start_tcp_server, start_websocket_server
 from tether.gateway.presence_link import ClusterPresenceLink
+from tether.gateway.security import TransportSecurity
 from tether.keys import KeyConfig, KeyStore
 from tether.logic import LogicConfig, LogicService, default_database
 from tether.loop_lag import LoopLagMonitor
@@ -120,6 +121,12 @@ class TetherServer:
         self.logic: LogicService | None = None
         verifier = TokenVerifier(keys=self.keys, leeway=config.token_leeway)
         self.loop_lag = LoopLagMonitor(threshold=config.loop_lag_threshold)
+        # Loaded now, so a missing or bad certificate fails before anything starts.
+        self.transport_security: TransportSecurity | None = None
+        if config.run_gateway:
+            self.transport_security = TransportSecurity.from_config(
+                config.gateway.transport_security
+            )
 
         if config.redis_url:
             gateway_id = config.gateway.gateway_id or f"gw-{os.urandom(4).hex()}"
@@ -183,24 +190,28 @@ class TetherServer:
             gateway_config = config.gateway
             if gateway_config.tcp_port is not None:
                 server = await start_tcp_server(
-                    gateway, gateway_config.host, gateway_config.tcp_port
+                    gateway, gateway_config.host, gateway_config.tcp_port, self.transport_security
                 )
                 self._servers.append(server)
                 self.tcp_port = server.sockets[0].getsockname()[1]
             if gateway_config.ws_port is not None:
                 server = await start_websocket_server(
-                    gateway, gateway_config.host, gateway_config.ws_port
+                    gateway, gateway_config.host, gateway_config.ws_port, self.transport_security
                 )
                 self._servers.append(server)
                 self.ws_port = server.sockets[0].getsockname()[1]
+            tls = gateway_config.transport_security.tls_enabled
             logger.info(
-                "gateway %s serving: tcp %s:%s, websocket %s:%s%s",
+                "gateway %s serving: %s %s:%s, %s %s:%s%s%s",
                 gateway.id,
+                "tls" if tls else "tcp",
                 gateway_config.host,
                 self.tcp_port,
+                "wss" if tls else "ws",
                 gateway_config.host,
                 self.ws_port,
                 gateway_config.ws_path,
+                ", PROXY protocol on" if gateway_config.transport_security.proxy_protocol else "",
             )
         if self.logic is not None and config.control_socket:
             await self._start_control_socket()

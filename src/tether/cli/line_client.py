@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import ssl
 import sys
 from typing import Any
 
@@ -78,7 +79,24 @@ async def line_client(arguments: argparse.Namespace) -> int:
     token = arguments.token or issue_token(
         arguments.secret or load_or_create_secret(arguments.data_dir), arguments.user
     )
-    client = Client(arguments.url, token, arguments.device, client_name="tether-cli")
+    ssl_context = None
+    if arguments.ca_file is not None:
+        try:
+            ssl_context = ssl.create_default_context(cafile=arguments.ca_file)
+        except (OSError, ssl.SSLError) as error:
+            _print({"event": "error", "message": f"cannot load --ca-file: {error}"})
+            return 2
+    try:
+        client = Client(
+            arguments.url,
+            token,
+            arguments.device,
+            client_name="tether-cli",
+            ssl_context=ssl_context,
+        )
+    except ValueError as error:
+        _print({"event": "error", "message": str(error)})
+        return 2
     try:
         await client.connect()
     except (ConnectionClosed, TimeoutError) as error:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tether.cli.settings import add_option, default_data_dir, port_value
+from tether.cli.transport_options import add_client_tls_options, add_transport_security_options
 
 __all__ = ["main", "run"]
 
@@ -183,6 +184,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="WebSocket port (0 picks a free port, 'off' disables)",
     )
     add_option(serve, "--ws-path", convert=str, default="/ws", help="WebSocket URL path")
+    add_transport_security_options(serve)
     add_option(
         serve,
         "--heartbeat-interval",
@@ -369,8 +371,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "--url",
         convert=str,
         default="tcp://127.0.0.1:7400",
-        help="gateway URL: tcp://host:port or ws://host:port/ws",
+        help="gateway URL: tcp://host:port, tls://host:port, ws://host:port/ws or "
+        "wss://host:port/ws",
     )
+    add_client_tls_options(client)
     add_option(client, "--device", convert=str, default="cli", help="device id")
     add_option(
         client,

@@ -8,6 +8,7 @@ import logging
 import signal
 
 from tether.cli.main import configure_logging, install_stop_signals
+from tether.cli.transport_options import transport_security_config
 from tether.gateway import GatewayConfig
 from tether.gateway.limits import LimitsConfig
 from tether.keys import KeyConfig
@@ -29,6 +30,7 @@ async def serve(arguments: argparse.Namespace) -> int:
             tcp_port=arguments.tcp_port,
             ws_port=arguments.ws_port,
             ws_path=arguments.ws_path,
+            transport_security=transport_security_config(arguments),
             heartbeat_interval=arguments.heartbeat_interval,
             offline_timeout=arguments.offline_timeout,
             connect_timeout=arguments.connect_timeout,

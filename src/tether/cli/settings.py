@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_option", "default_data_dir", "port_value"]
+__all__ = ["add_option", "boolean_value", "default_data_dir", "port_value"]
 
 
 def default_data_dir() -> Path:
@@ -29,6 +29,16 @@ def port_value(text: str) -> int | None:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port must be 0 to 65535 or 'off', got {text}")
     return port
+
+
+def boolean_value(text: str) -> bool:
+    """Parse true/false, yes/no, on/off or 1/0, in any case."""
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def add_option(

@@ -18,14 +18,16 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from types import TracebackType
+from urllib.parse import urlsplit
 
 from tether.client import events as ev
 from tether.client.catchup import Conversations
-from tether.client.transport import ClientTransport, open_transport
+from tether.client.transport import TLS_SCHEMES, ClientTransport, open_transport
 from tether.protocol import tether_pb2 as pb
 from tether.protocol.codes import Code, is_final
 from tether.protocol.connection import PROTOCOL_VERSION
@@ -70,6 +72,7 @@ class Client:
         max_events: int = 10_000,
         auto_ack: bool = True,
         token_provider: Callable[[], Awaitable[str]] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         """Prepare a client; `connect()` opens it.
 
@@ -77,7 +80,8 @@ class Client:
         is full the client stops reading from the socket. `auto_ack` sends a DeliverAck for
         every message as soon as it is queued. `token_provider`, if given, returns a fresh
         token: the client sends it in a Refresh frame at REFRESH_AT of the token's lifetime
-        and connects with a fresh one after a reconnect.
+        and connects with a fresh one after a reconnect. `ssl_context` verifies the server of a
+        tls:// or wss:// URL; None uses the system's trusted certificates.
 
         `url` is one gateway address or a list of them: each reconnect tries the next one in
         turn, so a client moves to another gateway when its gateway drains or dies. Shuffle
@@ -86,7 +90,11 @@ class Client:
         self.urls = [url] if isinstance(url, str) else list(url)
         if not self.urls:
             raise ValueError("url must name at least one gateway")
+        for address in self.urls:
+            if ssl_context is not None and urlsplit(address).scheme not in TLS_SCHEMES:
+                raise ValueError(f"ssl_context needs tls:// or wss:// URLs, got {address!r}")
         self.url = self.urls[0]
+        self.ssl_context = ssl_context
         self.token = token
         self.token_provider = token_provider
         self.device_id = device_id
@@ -249,7 +257,9 @@ class Client:
     async def _connect_once(self) -> tuple[int, str, float, bool]:
         """Run one connection; return (code, reason, server delay in s, whether it opened)."""
         try:
-            transport = await open_transport(self.url, timeout=self.connect_timeout)
+            transport = await open_transport(
+                self.url, timeout=self.connect_timeout, ssl_context=self.ssl_context
+            )
         except TimeoutError:
             reason = f"connecting to {self.url} timed out after {self.connect_timeout} s"
             return TRANSPORT_LOST, reason, 0.0, False

@@ -1,5 +1,9 @@
 """Client transports: TCP with varint-delimited frames, and WebSocket with one frame per message.
 
+URL schemes: `tcp://host:port`, `tls://host:port` (TCP inside TLS), `ws://host:port/path` and
+`wss://host:port/path`. TLS connections verify the server's certificate and host name with the
+given `ssl.SSLContext`, or with the system's trusted certificates when none is given.
+
 Both expose the same three calls to the client: `send(payload)`, `receive()` (the next frame
 payload, or None once the connection is gone) and `close()`. Incoming frames wait in a bounded
 buffer; when it fills, the transport stops reading from the socket, so a client that does not
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections import deque
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,7 +23,10 @@ import picows
 
 from tether.protocol.framing import StreamDecoder, prefix_frame
 
-__all__ = ["ClientTransport", "open_transport"]
+__all__ = ["TLS_SCHEMES", "ClientTransport", "open_transport"]
+
+TLS_SCHEMES = frozenset({"tls", "wss"})
+"""URL schemes whose connections use TLS."""
 
 MAX_INCOMING_FRAME = 16 * 1024 * 1024
 _READ_SIZE = 65_536
@@ -126,27 +134,46 @@ class _WsTransport(ClientTransport):
         self._transport.disconnect()
 
 
-async def open_transport(url: str, *, timeout: float) -> ClientTransport:
-    """Connect to a gateway at tcp://host:port, ws://host:port/path or wss://host:port/path."""
+async def open_transport(
+    url: str, *, timeout: float, ssl_context: ssl.SSLContext | None = None
+) -> ClientTransport:
+    """Connect to a gateway at a tcp://, tls://, ws:// or wss:// URL.
+
+    ssl_context applies to tls:// and wss:// only; None verifies the server against the
+    system's trusted certificates.
+    """
     parts = urlsplit(url)
-    if parts.scheme == "tcp":
+    if parts.scheme not in ("tcp", "tls", "ws", "wss"):
+        raise ValueError(f"invalid URL {url!r}: scheme must be tcp, tls, ws or wss")
+    if ssl_context is not None and parts.scheme not in TLS_SCHEMES:
+        raise ValueError(f"an SSL context needs a tls:// or wss:// URL, got {url!r}")
+    if parts.scheme in ("tcp", "tls"):
         if not parts.hostname or not parts.port:
-            raise ValueError(f"invalid URL {url!r}: expected tcp://host:port")
+            raise ValueError(f"invalid URL {url!r}: expected {parts.scheme}://host:port")
+        tls: ssl.SSLContext | None = None
+        if parts.scheme == "tls":
+            tls = ssl_context if ssl_context is not None else ssl.create_default_context()
         reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(parts.hostname, parts.port, limit=_READ_SIZE), timeout
-        )
-        return _TcpTransport(reader, writer)
-    if parts.scheme in ("ws", "wss"):
-        transport, listener = await asyncio.wait_for(
-            picows.ws_connect(
-                _WsListener,
-                url,
-                extra_headers={"Sec-WebSocket-Protocol": "tether.v1"},
-                max_frame_size=MAX_INCOMING_FRAME,
-                websocket_handshake_timeout=timeout,
+            asyncio.open_connection(
+                parts.hostname,
+                parts.port,
+                limit=_READ_SIZE,
+                ssl=tls,
+                ssl_handshake_timeout=timeout if tls is not None else None,
             ),
             timeout,
         )
-        assert isinstance(listener, _WsListener)
-        return _WsTransport(transport, listener)
-    raise ValueError(f"invalid URL {url!r}: scheme must be tcp, ws or wss")
+        return _TcpTransport(reader, writer)
+    transport, listener = await asyncio.wait_for(
+        picows.ws_connect(
+            _WsListener,
+            url,
+            ssl_context=ssl_context,
+            extra_headers={"Sec-WebSocket-Protocol": "tether.v1"},
+            max_frame_size=MAX_INCOMING_FRAME,
+            websocket_handshake_timeout=timeout,
+        ),
+        timeout,
+    )
+    assert isinstance(listener, _WsListener)
+    return _WsTransport(transport, listener)

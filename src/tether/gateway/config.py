@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tether.gateway.limits import LimitsConfig
+from tether.gateway.security import TransportSecurityConfig
 
 __all__ = ["GatewayConfig"]
 
@@ -21,6 +22,9 @@ class GatewayConfig:
     """WebSocket port; 0 picks a free one, None disables WebSocket (default 7401)."""
     ws_path: str = "/ws"
     """HTTP path of the WebSocket endpoint (default /ws)."""
+    transport_security: TransportSecurityConfig = field(default_factory=TransportSecurityConfig)
+    """TLS, WebSocket Origin checks and proxies that report client addresses (default:
+    plaintext, every origin, no proxies)."""
     gateway_id: str = ""
     """Name of this gateway on the bus; empty picks a random one."""
     heartbeat_interval: float = 4.0

@@ -27,6 +27,7 @@ import random
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from tether.auth import TokenVerifier
 from tether.bus import channels
@@ -50,6 +51,9 @@ from tether.protocol.codes import RECONNECT_RANGE_START, Code
 from tether.protocol.connection import PROTOCOL_VERSION
 from tether.protocol.errors import AuthenticationError, BusError
 from tether.protocol.states import ConnectionState
+
+if TYPE_CHECKING:
+    from tether.gateway.preamble import Preamble
 
 __all__ = ["Gateway"]
 
@@ -84,6 +88,9 @@ class Gateway(PresenceInterest, ClientRequests):
         self.presence_cache: dict[str, pb.UserPresence] = {}
         self.requests: RequestTracker[env.Envelope] = RequestTracker()
 
+        # With the PROXY protocol on: sockets still in their PROXY header or the TLS handshake
+        # after it, in accept order.
+        self._handshakes: OrderedDict[Preamble, None] = OrderedDict()
         # Connections waiting for their Connect frame, in accept order.
         self._awaiting: OrderedDict[Connection, None] = OrderedDict()
         # Open connections, least recently heard first.
@@ -131,6 +138,8 @@ class Gateway(PresenceInterest, ClientRequests):
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        for preamble in list(self._handshakes):
+            preamble.abort()
         spread_ms = int(self.config.reconnect_spread * 1000)
         for connection in list(self.connections.values()):
             delay_ms = random.randint(0, spread_ms) if spread_ms else 0
@@ -155,18 +164,36 @@ class Gateway(PresenceInterest, ClientRequests):
 
     # Transport callbacks.
 
-    def connection_made(self, connection: Connection, peer: object) -> None:
-        """Register a new transport connection, which now has connect_timeout to log in.
+    def connection_made(
+        self,
+        connection: Connection,
+        peer: object,
+        *,
+        accepted_at: float | None = None,
+        via: object = None,
+    ) -> None:
+        """Register a new transport connection, which has connect_timeout to log in.
+
+        peer is the client's address: (host, port, ...) as asyncio reports it, or a bare host.
+        When a proxy reported it, via is the proxy's address, for logs. If a TLS handshake or
+        a PROXY header came first, the connect timeout runs from accepted_at, the loop time of
+        the TCP accept. Otherwise it runs from now.
 
         Above the gateway's connection rate, or the limit of connections from one address,
         the client is closed at once with OVERLOADED and a jittered delay before it may retry.
         """
         now = self._now()
-        connection.last_heard = now
+        # NOTE: a connection that went through a preamble joins _awaiting after others that
+        # were accepted later, so the sweep may close it late, by at most its handshake time.
+        connection.last_heard = now if accepted_at is None else accepted_at
         self.connections[connection.id] = connection
         self._awaiting[connection] = None
         address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         connection.peer = f"{address}:{peer[1]}" if isinstance(peer, tuple) else address
+        if isinstance(via, tuple):
+            connection.peer += f" via {via[0]}:{via[1]}"
+        elif via is not None:
+            connection.peer += f" via {via}"
         limits = self.config.limits
         connection.bucket = TokenBucket(limits.frames_per_second, limits.frame_burst, now)
 
@@ -193,6 +220,18 @@ class Gateway(PresenceInterest, ClientRequests):
             abort=False,
             reconnect_delay_ms=math.ceil(retry_after * 1000),
         )
+
+    def count_rejection(self, reason: str) -> None:
+        """Count a connection turned away before it was registered, for the sweep's summary."""
+        self._limit_hits[reason] += 1
+
+    def track_handshake(self, preamble: Preamble) -> None:
+        """Watch a socket in its PROXY header or TLS handshake, so the sweep can time it out."""
+        self._handshakes[preamble] = None
+
+    def end_handshake(self, preamble: Preamble) -> None:
+        """Stop watching a preamble that finished, failed or was closed."""
+        self._handshakes.pop(preamble, None)
 
     def _retry_delay(self) -> float:
         """Return a delay spread over the retry window, never zero."""
@@ -634,6 +673,7 @@ class Gateway(PresenceInterest, ClientRequests):
         now = self._now()
         config = self.config
         try:
+            self._expire_handshakes(now - config.connect_timeout)
             self._expire(
                 self._awaiting,
                 now - config.connect_timeout,
@@ -683,6 +723,17 @@ class Gateway(PresenceInterest, ClientRequests):
             self._frozen_at = count
         elif count < self._frozen_at:
             self._frozen_at = count
+
+    def _expire_handshakes(self, cutoff: float) -> None:
+        """Close sockets whose PROXY header or TLS handshake is not done in time."""
+        handshakes = self._handshakes
+        while handshakes:
+            preamble = next(iter(handshakes))
+            if preamble.accepted_at > cutoff:
+                break
+            del handshakes[preamble]
+            self._limit_hits["handshake timed out"] += 1
+            preamble.expire()
 
     def _expire(
         self, table: OrderedDict[Connection, None], cutoff: float, code: Code, reason: str

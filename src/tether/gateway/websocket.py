@@ -4,18 +4,26 @@ One binary WebSocket message carries one frame, with subprotocol `tether.v1`. pi
 WebSocket frame's length from its header against `max_frame_size` before reading the payload;
 a message split into fragments is reassembled here up to the same limit. docs/websocket-library.md
 records the measurement that chose picows over websockets.
+
+The upgrade request is checked against the allowed Origins before any per-connection state is
+made. With TLS or the PROXY protocol on, each socket starts with a `Preamble`, which hands it to
+a picows protocol made here once the client's address is known and the TLS handshake is done.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from typing import Any
 
 import picows
+from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
 from tether.gateway.connection import Connection
 from tether.gateway.gateway import Gateway
+from tether.gateway.preamble import ClientPeer, create_preamble_server, switch_protocol
+from tether.gateway.security import TransportSecurity
 from tether.protocol.codes import Code
 from tether.protocol.errors import ProtocolError
 
@@ -34,6 +42,9 @@ _NO_CODE = picows.WSCloseCode.NO_INFO
 # Fragments of one message accepted before the sender is closed, whatever their size: each
 # costs a Python call, so empty fragments must be bounded too.
 MAX_FRAGMENTS = 64
+# Measured in docs/websocket-library.md: picows's default 16 KiB read buffer per connection
+# dominated idle memory.
+_READ_BUFFER_BYTES = 2048
 
 
 class WsConnection(Connection):
@@ -79,17 +90,39 @@ class WsConnection(Connection):
 class _Listener(picows.WSListener):
     """picows callbacks for one connection, forwarded to its WsConnection."""
 
-    __slots__ = ("connection",)
+    __slots__ = ("connection", "forwarded", "peer", "security")
 
-    def __init__(self, connection: WsConnection) -> None:
+    def __init__(
+        self,
+        connection: WsConnection,
+        security: TransportSecurity,
+        peer: ClientPeer | None,
+        forwarded: list[str] | None,
+    ) -> None:
+        """Wrap connection; peer comes from a preamble, forwarded from X-Forwarded-For."""
         super().__init__()
         self.connection = connection
+        self.security = security
+        self.peer = peer
+        self.forwarded = forwarded
 
     def on_ws_connected(self, transport: Any) -> None:
         connection = self.connection
         connection.transport = transport
-        peer = transport.underlying_transport.get_extra_info("peername")
-        connection.gateway.connection_made(connection, peer)
+        peer = self.peer
+        accepted_at = None
+        via = None
+        if peer is None:
+            address = transport.underlying_transport.get_extra_info("peername")
+        else:
+            address, via, accepted_at = peer.address, peer.via, peer.accepted_at
+        if self.forwarded:
+            host = str(address[0]) if isinstance(address, tuple) else str(address)
+            client = self.security.forwarded_client(host, self.forwarded)
+            if client is not None:
+                address, via = client, address
+        self.peer = self.forwarded = None
+        connection.gateway.connection_made(connection, address, accepted_at=accepted_at, via=via)
 
     def on_ws_frame(self, transport: Any, frame: Any) -> None:
         connection = self.connection
@@ -186,40 +219,110 @@ def _close_code(code: int) -> Any:
         return code
 
 
-async def start_websocket_server(gateway: Gateway, host: str, port: int) -> asyncio.Server:
-    """Listen for WebSocket clients on host:port at the gateway's configured path."""
-    path = gateway.config.ws_path.encode()
+async def start_websocket_server(
+    gateway: Gateway, host: str, port: int, security: TransportSecurity | None = None
+) -> asyncio.Server:
+    """Listen for WebSocket clients on host:port at the gateway's configured path.
 
-    def route(request: Any) -> Any:
-        if request.path.split(b"?", 1)[0] != path:
-            return None  # picows replies 404 Not Found
-        offered = request.headers.get("Sec-WebSocket-Protocol")
-        headers = {}
-        if offered is not None:
-            names = [name.strip() for name in offered.split(",")]
-            if SUBPROTOCOL not in names:
-                return picows.WSUpgradeResponseWithListener(
-                    picows.WSUpgradeResponse.create_error_response(
-                        400, f"unsupported subprotocol; offer {SUBPROTOCOL}".encode()
-                    ),
-                    None,
-                )
-            headers["Sec-WebSocket-Protocol"] = SUBPROTOCOL
-        connection = WsConnection(gateway, gateway.new_connection_id())
-        return picows.WSUpgradeResponseWithListener(
-            picows.WSUpgradeResponse.create_101_response(extra_headers=headers),
-            _Listener(connection),
+    security defaults to the one built from the gateway's config, which loads the TLS
+    certificate if one is set.
+    """
+    if security is None:
+        security = TransportSecurity.from_config(gateway.config.transport_security)
+    config = gateway.config
+    route = functools.partial(_route, gateway, security, config.ws_path.encode())
+    if not security.needs_preamble:
+        return await picows.ws_create_server(
+            route,
+            host,
+            port,
+            max_frame_size=config.max_frame_bytes,
+            read_buffer_init_size=_READ_BUFFER_BYTES,
+            # Measured in docs/websocket-library.md: uvloop's transports used less memory
+            # than aiofastnet's.
+            use_aiofastnet=False,
+            websocket_handshake_timeout=config.connect_timeout,
+            logger_name=_picows_logger(),
         )
 
-    return await picows.ws_create_server(
+    def hand_over(transport: asyncio.BaseTransport, peer: ClientPeer) -> asyncio.BaseProtocol:
+        # The upgrade request must arrive within what is left of the handshake time.
+        loop = asyncio.get_running_loop()
+        remaining = peer.accepted_at + config.connect_timeout - loop.time()
+        protocol = _new_ws_protocol(
+            functools.partial(route, peer=peer), gateway, max(remaining, 0.001)
+        )
+        switch_protocol(transport, protocol)
+        protocol.connection_made(transport)
+        return protocol  # type: ignore[no-any-return]
+
+    return await create_preamble_server(gateway, security, hand_over, host, port)
+
+
+def _route(
+    gateway: Gateway,
+    security: TransportSecurity,
+    path: bytes,
+    request: Any,
+    peer: ClientPeer | None = None,
+) -> Any:
+    """Route one upgrade request: reject it with 404, 403 or 400 before any state is made, or
+    accept it with a new connection."""
+    if request.path.split(b"?", 1)[0] != path:
+        return None  # picows replies 404 Not Found
+    origin = request.headers.get("Origin")
+    if not security.origin_allowed(origin):
+        # Counted, not logged one by one: a page opening sockets in a loop would flood the log.
+        gateway.count_rejection("WebSocket origin not allowed")
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("rejected WebSocket upgrade from origin %r", origin[:200])
+        return picows.WSUpgradeResponseWithListener(
+            picows.WSUpgradeResponse.create_error_response(403, b"origin not allowed"), None
+        )
+    offered = request.headers.get("Sec-WebSocket-Protocol")
+    headers = {}
+    if offered is not None:
+        names = [name.strip() for name in offered.split(",")]
+        if SUBPROTOCOL not in names:
+            return picows.WSUpgradeResponseWithListener(
+                picows.WSUpgradeResponse.create_error_response(
+                    400, f"unsupported subprotocol; offer {SUBPROTOCOL}".encode()
+                ),
+                None,
+            )
+        headers["Sec-WebSocket-Protocol"] = SUBPROTOCOL
+    forwarded = None
+    if security.config.trusted_proxies:
+        forwarded = request.headers.getall("X-Forwarded-For", None)
+    connection = WsConnection(gateway, gateway.new_connection_id())
+    return picows.WSUpgradeResponseWithListener(
+        picows.WSUpgradeResponse.create_101_response(extra_headers=headers),
+        _Listener(connection, security, peer, forwarded),
+    )
+
+
+def _new_ws_protocol(route: Any, gateway: Gateway, handshake_timeout: float) -> Any:
+    """Return a picows server protocol for one connection, set up as ws_create_server does.
+
+    NOTE: picows 2.x has no public way to serve a socket that another protocol read from
+    first, so this calls its WSProtocol constructor with the arguments ws_create_server
+    passes (picows 2.3.1, api.py). A picows release that changes them fails the WebSocket
+    tests with TLS or the PROXY protocol.
+    """
+    return WSProtocol(
+        None,  # host and port: client side only
+        None,  # path: client side only
+        False,  # is_client_side
         route,
-        host,
-        port,
-        max_frame_size=gateway.config.max_frame_bytes,
-        # Measured in docs/websocket-library.md: picows's default 16 KiB read buffer per
-        # connection dominated idle memory, and uvloop's transports used less than aiofastnet's.
-        read_buffer_init_size=2048,
-        use_aiofastnet=False,
-        websocket_handshake_timeout=gateway.config.connect_timeout,
-        logger_name=_picows_logger(),
+        _picows_logger(),
+        True,  # disconnect_on_exception
+        handshake_timeout,
+        False,  # enable_auto_ping: the gateway's sweep finds silent clients
+        20.0,  # auto_ping_idle_timeout, unused
+        20.0,  # auto_ping_reply_timeout, unused
+        picows.WSAutoPingStrategy.PING_WHEN_IDLE,
+        True,  # enable_auto_pong
+        gateway.config.max_frame_bytes,
+        None,  # extra_headers: client side only
+        _READ_BUFFER_BYTES,
     )
