@@ -78,7 +78,7 @@ from tether.auth import issue_token
 from tether.client import Client
 from tether.client import events as ev
 from tether.local_redis import RedisServer
-from tether.logic import Store, default_database
+from tether.logic import default_database, open_store
 from tether.presence.cluster import load_scripts
 from tether.protocol import tether_pb2 as pb
 from tether.protocol.connection import PROTOCOL_VERSION
@@ -316,18 +316,21 @@ def write_contacts(
     """Store the contact graph before logic starts and return each changer's watchers."""
     chooser = random.Random(seed)
     watchers_of: dict[str, list[str]] = {changer: [] for changer in changers}
-    store = Store(default_database(data_dir))
-    try:
-        store.begin()
-        for watcher in watchers:
-            for changer in chooser.sample(changers, min(contacts, len(changers))):
-                store.add_contacts(watcher, changer)
-                watchers_of[changer].append(watcher)
-        for sender, recipient in chat_pairs:
-            store.add_contacts(sender, recipient)
-        store.commit()
-    finally:
-        store.close()
+
+    async def write() -> None:
+        store = await open_store(default_database(data_dir))
+        try:
+            async with store.transaction():
+                for watcher in watchers:
+                    for changer in chooser.sample(changers, min(contacts, len(changers))):
+                        await store.add_contacts(watcher, changer)
+                        watchers_of[changer].append(watcher)
+                for sender, recipient in chat_pairs:
+                    await store.add_contacts(sender, recipient)
+        finally:
+            await store.close()
+
+    asyncio.run(write())
     return watchers_of
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import uvloop
+from postgres_server import ENABLE_HINT, PostgresUnavailable, TestDatabase
 
 from tether.auth import issue_token
 from tether.client import Client
@@ -57,11 +58,53 @@ def test_gateway_config(**overrides: object) -> GatewayConfig:
 test_gateway_config.__test__ = False  # type: ignore[attr-defined]
 
 
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[TestDatabase]:
+    """A PostgreSQL database for this test run, dropped at its end (see postgres_server.py)."""
+    try:
+        database = TestDatabase()
+    except PostgresUnavailable as error:
+        pytest.skip(f"PostgreSQL tests skipped: {error}. To run them, {ENABLE_HINT}.")
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def postgres_url(postgres_database: TestDatabase) -> str:
+    """The URL of an empty PostgreSQL schema of this test's own."""
+    return postgres_database.new_schema()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty logic database of each backend in turn: a SQLite file, then a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "tether.db")
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+def logic_database(request: pytest.FixtureRequest) -> str:
+    """The database of the servers start_server starts; empty is tether.db in each data folder.
+
+    Tests marked with BOTH_BACKENDS get "sqlite" and "postgresql" as indirect parameters, and
+    run once with the default and once with a PostgreSQL schema of their own.
+    """
+    if getattr(request, "param", "sqlite") == "postgresql":
+        url: str = request.getfixturevalue("postgres_url")
+        return url
+    return ""
+
+
+BOTH_BACKENDS = pytest.mark.parametrize("logic_database", ["sqlite", "postgresql"], indirect=True)
+
+
 ServerFactory = Callable[..., Awaitable[EmbeddedServer]]
 
 
 @pytest.fixture
-async def start_server(tmp_path: Path) -> AsyncIterator[ServerFactory]:
+async def start_server(tmp_path: Path, logic_database: str) -> AsyncIterator[ServerFactory]:
     """Return a function that starts an embedded server on free ports; all stop at teardown."""
     servers: list[EmbeddedServer] = []
 
@@ -74,6 +117,7 @@ async def start_server(tmp_path: Path) -> AsyncIterator[ServerFactory]:
             gateway=test_gateway_config(**gateway),
             presence=PresenceConfig(grace_period=grace_period),
             token_leeway=token_leeway,
+            database=logic_database,
         )
         server = EmbeddedServer(config)
         await server.start()

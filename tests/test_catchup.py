@@ -1,16 +1,21 @@
-"""Catch-up after being offline: Unread, Sync pages, order and deduplication in the SDK."""
+"""Catch-up after being offline: Unread, Sync pages, order and deduplication in the SDK.
+
+Every test runs on both logic stores, SQLite and PostgreSQL.
+"""
 
 from __future__ import annotations
 
 import asyncio
 
-from conftest import TIMEOUT, ClientFactory, RawClient, add_contacts, drain
+from conftest import BOTH_BACKENDS, TIMEOUT, ClientFactory, RawClient, add_contacts, drain
 
 from tether.client import Client
 from tether.client import events as ev
 from tether.protocol import tether_pb2 as pb
 from tether.protocol.codes import Code
 from tether.server import EmbeddedServer
+
+pytestmark = BOTH_BACKENDS
 
 
 async def collect_messages(

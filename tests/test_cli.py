@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import jwt
 import pytest
@@ -22,6 +23,7 @@ TETHER = [sys.executable, "-m", "tether"]
 def run_tether(
     *arguments: str, data_dir: Path, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """Run a tether command with the data folder given; return its output and exit status."""
     return subprocess.run(
         [*TETHER, *arguments, "--data-dir", str(data_dir)],
         input=stdin,
@@ -89,11 +91,87 @@ def test_contacts_offline_edit(tmp_path: Path) -> None:
     added = run_tether("contacts", "add", "alice", "bob", data_dir=tmp_path)
     assert added.returncode == 0, added.stderr
     assert "no server running" in added.stdout
+    assert (tmp_path / "tether.db").exists()
     listed = run_tether("contacts", "list", "bob", data_dir=tmp_path)
     assert listed.stdout.split() == ["alice"]
     removed = run_tether("contacts", "remove", "alice", "bob", data_dir=tmp_path)
     assert removed.returncode == 0, removed.stderr
     assert run_tether("contacts", "list", "bob", data_dir=tmp_path).stdout == ""
+
+
+def test_contacts_in_named_database(tmp_path: Path, any_database: str) -> None:
+    database = ("--database", any_database)
+    data_dir = tmp_path / "data"
+    added = run_tether("contacts", "add", "alice", "bob", *database, data_dir=data_dir)
+    assert added.returncode == 0, added.stderr
+    assert not (data_dir / "tether.db").exists()  # the default database was not used
+    listed = run_tether("contacts", "list", "bob", *database, data_dir=data_dir)
+    assert listed.stdout.split() == ["alice"]
+    removed = run_tether("contacts", "remove", "alice", "bob", *database, data_dir=data_dir)
+    assert removed.returncode == 0, removed.stderr
+    assert run_tether("contacts", "list", "bob", *database, data_dir=data_dir).stdout == ""
+
+
+def test_database_password_masked_in_help(tmp_path: Path) -> None:
+    environment = {**os.environ, "TETHER_DATABASE": "postgresql://chat:hunter2@db.example/chat"}
+    for command in ("serve", "logic", "contacts", "cluster"):
+        result = subprocess.run(
+            [*TETHER, command, "--help"], env=environment, capture_output=True, text=True,
+            timeout=TIMEOUT * 4, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "hunter2" not in result.stdout
+        assert "chat:***@db.example" in " ".join(result.stdout.split()), command
+
+
+def test_serve_on_postgres_masks_password(tmp_path: Path, postgres_url: str) -> None:
+    url, password = with_password(postgres_url)
+    process = subprocess.Popen(
+        [*TETHER, "serve", "--data-dir", str(tmp_path), "--database", url, "--tcp-port", "0",
+         "--ws-port", "off", "--log-level", "info"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith("tether ready"), process.stderr.read()  # type: ignore[union-attr]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 0, stderr
+    assert "logic started with database postgresql://" in stderr
+    assert ":***@" in stderr
+    assert password not in stderr
+    assert not (tmp_path / "tether.db").exists()
+
+
+def test_serve_unreachable_database_exits(tmp_path: Path) -> None:
+    # Port 1 of 127.0.0.1 has no server: the connection is refused at once.
+    result = subprocess.run(
+        [*TETHER, "serve", "--data-dir", str(tmp_path), "--tcp-port", "0", "--ws-port", "off",
+         "--database", "postgresql://chat:hunter2@127.0.0.1:1/chat"],
+        capture_output=True, text=True, timeout=TIMEOUT * 4, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "cannot start: cannot open database postgresql://chat:***@127.0.0.1:1/chat" in (
+        result.stderr
+    )
+    assert "hunter2" not in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""  # no ready line
+
+
+def with_password(url: str) -> tuple[str, str]:
+    """Return url with a password in it, and that password.
+
+    A URL without one gets a made-up password, which trust authentication ignores.
+    """
+    parts = urlsplit(url)
+    if parts.password:
+        return url, parts.password
+    password = "not-a-real-password"
+    netloc = f"{parts.username}:{password}@{parts.hostname}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc)), password
 
 
 def test_walkthrough_two_clients(served: tuple[Path, int, int]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import signal
 import socket
@@ -89,8 +90,9 @@ class Cluster:
         self.processes.append(process)
         return process
 
-    def logic(self, name: str = "logic") -> Process:
-        process = Process(name, [*TETHER, "logic", *self.common()])
+    def logic(self, name: str = "logic", database: str = "") -> Process:
+        """Start a logic worker; database empty means tether.db in the shared data folder."""
+        process = Process(name, [*TETHER, "logic", *self.common(), "--database", database])
         self.processes.append(process)
         return process
 
@@ -418,9 +420,13 @@ async def test_rolling_restart_loses_nothing(cluster: Cluster, clients: list[Cli
     loop = asyncio.get_running_loop()
     for name, port in ports.items():
         await asyncio.sleep(1.0)
-        gateways[name].stop()  # SIGTERM: drain, then exit
+        # SIGTERM: drain, then exit. Stopping and starting a process block, so they run in a
+        # thread while the clients in this event loop reconnect.
         last_drain = loop.time()
-        gateways[name] = cluster.gateway(name, tcp_port=str(port), **settings)
+        await asyncio.to_thread(gateways[name].stop)
+        gateways[name] = await asyncio.to_thread(
+            functools.partial(cluster.gateway, name, tcp_port=str(port), **settings)
+        )
     await asyncio.sleep(1.5)
     stop.set()
     await asyncio.gather(*senders)
@@ -438,3 +444,32 @@ async def test_rolling_restart_loses_nothing(cluster: Cluster, clients: list[Cli
             if isinstance(e, ev.PresenceChanged) and e.presence.status == "offline"
         ]
         assert flaps == [], f"{receiver} saw {sender} go offline during the restart: {events}"
+
+
+async def test_logic_workers_share_postgres(
+    cluster: Cluster, clients: list[Client], postgres_url: str
+) -> None:
+    """Two logic workers store one conversation's messages in PostgreSQL at the same time."""
+    first = cluster.logic("logic1", database=postgres_url)
+    cluster.logic("logic2", database=postgres_url)
+    gw1, gw2 = cluster.gateway("gw1"), cluster.gateway("gw2")
+    await befriend(cluster, "alice", "bob")
+    alice = await connect(clients, gw1, "alice")
+    bob = await connect(clients, gw2, "bob")
+    await next_of(bob, ev.PresenceSnapshot)
+
+    # Both users send at once, so the workers' batches for the conversation overlap.
+    acks = await asyncio.gather(
+        *(alice.send("bob", f"from alice {index}") for index in range(20)),
+        *(bob.send("alice", f"from bob {index}") for index in range(20)),
+    )
+    assert sorted(ack.sequence for ack in acks) == list(range(1, 41))
+    assert len({ack.message_id for ack in acks}) == 40
+
+    first.kill()  # the other worker carries on with the same database
+    later = await alice.send("bob", "after the kill")
+    assert later.sequence == 41
+    received = [e for e in await drain(bob, quiet=1.0) if isinstance(e, ev.Message)]
+    from_alice = [*acks[:20], later]
+    assert sorted(m.message_id for m in received) == sorted(a.message_id for a in from_alice)
+    assert not (cluster.directory / "tether.db").exists()  # nothing went to SQLite

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import jwt
 import pytest
 from conftest import (
+    BOTH_BACKENDS,
     QUIET,
     SECRET,
     TIMEOUT,
@@ -159,41 +160,38 @@ def messages_of(events: list[ev.Event]) -> list[ev.Message]:
     return [event for event in events if isinstance(event, ev.Message)]
 
 
-def seed_direct(
+async def seed_direct(
     server: EmbeddedServer, sender: str, recipient: str, count: int, body: bytes = b"old"
 ) -> str:
     """Store count messages from sender to recipient in one transaction; return the conversation.
 
     Writing through the store takes milliseconds where the same count of Sends takes seconds.
-    The test runs on the loop of the logic service, which has no open transaction between batches.
     """
     store = server.logic.store
-    store.begin()
-    store.add_contacts(sender, recipient)
-    for index in range(count):
-        store.store_direct(
-            sender=sender,
-            sender_device="seed",
-            recipient=recipient,
-            client_message_id=f"seed-{sender}-{index}",
-            body=body,
-        )
-    store.commit()
+    async with store.transaction():
+        await store.add_contacts(sender, recipient)
+        for index in range(count):
+            await store.store_direct(
+                sender=sender,
+                sender_device="seed",
+                recipient=recipient,
+                client_message_id=f"seed-{sender}-{index}",
+                body=body,
+            )
     return conversation_id(sender, recipient)
 
 
-def seed_senders(server: EmbeddedServer, recipient: str, count: int) -> None:
+async def seed_senders(server: EmbeddedServer, recipient: str, count: int) -> None:
     """Store one message from each of count new contacts of recipient, in one transaction."""
     store = server.logic.store
-    store.begin()
-    for index in range(count):
-        sender = f"friend{index:04}"
-        store.add_contacts(sender, recipient)
-        store.store_direct(
-            sender=sender, sender_device="seed", recipient=recipient,
-            client_message_id="seed", body=b"hi",
-        )  # fmt: skip
-    store.commit()
+    async with store.transaction():
+        for index in range(count):
+            sender = f"friend{index:04}"
+            await store.add_contacts(sender, recipient)
+            await store.store_direct(
+                sender=sender, sender_device="seed", recipient=recipient,
+                client_message_id="seed", body=b"hi",
+            )  # fmt: skip
 
 
 def sync_frame(conversation: str, request_id: str = "s1", **fields: int | bool) -> pb.Frame:
@@ -269,13 +267,56 @@ async def sdk() -> AsyncIterator[SdkFactory]:
         await client.close()
 
 
+# NUL characters, which PostgreSQL cannot store in text.
+
+
+@BOTH_BACKENDS
+async def test_nul_in_ids_rejected(server: EmbeddedServer, connect: ClientFactory) -> None:
+    bystanders = await Bystanders.join(server, connect)
+    own = await seed_direct(server, "eve", "mallory", 1)
+    mallory = await logged_in(server, "mallory")
+
+    async with bystanders.chatting():
+        for client_id, recipient in (("a\x00b", "eve"), ("ok-1", "eve\x00"), ("ok-2", "\x00")):
+            send = pb.Send(client_message_id=client_id, recipient=recipient, body=b"x")
+            mallory.send(pb.Frame(send=send))
+            error = (await reply_to(mallory, ("error", "send_ack"))).error
+            assert error.code == Code.BAD_REQUEST, repr(client_id + recipient)
+            assert error.ref == client_id
+            assert "NUL" in error.message
+
+        mallory.send(sync_frame(own + "\x00", "nul"))
+        error = (await reply_to(mallory, ("error", "sync_result"))).error
+        assert error.code == Code.BAD_REQUEST
+        assert error.ref == "nul"
+
+        # An ack the gateway drops gets no reply; the Sync behind it still gets one.
+        mallory.send(pb.Frame(deliver_ack=pb.DeliverAck(conversation_id=own + "\x00", sequence=1)))
+        mallory.send(sync_frame(own, "own"))
+        result = (await reply_to(mallory, ("sync_result",))).sync_result
+        assert [m.sequence for m in result.messages] == [1]
+
+        mallory.send(pb.Frame(send=pb.Send(client_message_id="ok-3", recipient="eve", body=b"x")))
+        ack = (await reply_to(mallory, ("send_ack",))).send_ack
+        assert ack.sequence == 2
+
+        device = await RawClient.open(server)
+        device.send_connect("mallory", "ph\x00ne")
+        assert await device.disconnect_code() == Code.PROTOCOL_ERROR
+        device.close()
+    assert await server.logic.store.read_marker("mallory", "raw", own) == 0
+    mallory.close()
+    await bystanders.check()
+
+
 # Sync abuse.
 
 
+@BOTH_BACKENDS
 async def test_sync_foreign_conversations(server: EmbeddedServer, connect: ClientFactory) -> None:
     bystanders = await Bystanders.join(server, connect)
-    seed_direct(server, "alice", "bob", 3)
-    seed_direct(server, "eve", "mallory", 1)
+    await seed_direct(server, "alice", "bob", 3)
+    await seed_direct(server, "eve", "mallory", 1)
     mallory = await logged_in(server, "mallory")
     not_found = [
         "d:alice:bob",  # another pair's conversation
@@ -326,7 +367,7 @@ async def test_sync_foreign_conversations(server: EmbeddedServer, connect: Clien
 async def test_sync_request_id_length(
     server: EmbeddedServer, request_id: str, code: Code | None
 ) -> None:
-    conversation = seed_direct(server, "alice", "bob", 2)
+    conversation = await seed_direct(server, "alice", "bob", 2)
     bob = await logged_in(server, "bob")
     bob.send(sync_frame(conversation, request_id))
     frame = await reply_to(bob, ("error", "sync_result"))
@@ -338,8 +379,9 @@ async def test_sync_request_id_length(
     bob.close()
 
 
+@BOTH_BACKENDS
 async def test_sync_limit_capped(server: EmbeddedServer) -> None:
-    conversation = seed_direct(server, "alice", "bob", MAX_SYNC_PAGE + 100)
+    conversation = await seed_direct(server, "alice", "bob", MAX_SYNC_PAGE + 100)
     bob = await logged_in(server, "bob")
     for limit, expected in ((2**32 - 1, MAX_SYNC_PAGE), (501, MAX_SYNC_PAGE), (0, 100), (1, 1)):
         bob.send(sync_frame(conversation, f"limit-{limit}", limit=limit))
@@ -366,8 +408,9 @@ async def test_sync_limit_capped(server: EmbeddedServer) -> None:
     ],
     ids=["int64-max", "int64-max-plus-1", "uint64-max"],
 )
+@BOTH_BACKENDS
 async def test_sync_after_huge_sequence(server: EmbeddedServer, after: int) -> None:
-    conversation = seed_direct(server, "alice", "bob", 3)
+    conversation = await seed_direct(server, "alice", "bob", 3)
     bob = await logged_in(server, "bob")
     bob.send(sync_frame(conversation, "far", after_sequence=after))
     frame = await reply_to(bob, ("error", "sync_result"))
@@ -381,7 +424,7 @@ async def test_sync_after_huge_sequence(server: EmbeddedServer, after: int) -> N
 async def test_sync_flood_rate_limited(start_server: ServerFactory, connect: ClientFactory) -> None:
     server = await start_server(limits=SMALL_RATE)
     bystanders = await Bystanders.join(server, connect)
-    conversation = seed_direct(server, "eve", "mallory", 5)
+    conversation = await seed_direct(server, "eve", "mallory", 5)
     mallory = await logged_in(server, "mallory")
     chunk = prefix_frame(sync_frame(conversation, "flood").SerializeToString()) * 50
     max_pending = 0
@@ -412,7 +455,7 @@ async def test_sync_flood_rate_limited(start_server: ServerFactory, connect: Cli
 
 async def test_sync_pages_bounded_memory(start_server: ServerFactory) -> None:
     server = await start_server(limits=SMALL_RATE)
-    conversation = seed_direct(server, "accomplice", "mallory", MAX_SYNC_PAGE, bytes(32_768))
+    conversation = await seed_direct(server, "accomplice", "mallory", MAX_SYNC_PAGE, bytes(32_768))
     mallory = await logged_in(server, "mallory")
     gc.collect()
     before = peak_rss_reset()
@@ -446,7 +489,7 @@ async def test_request_before_connected(server: EmbeddedServer, kind: str, when:
 
 
 async def test_sdk_catches_up_large_messages(server: EmbeddedServer, sdk: SdkFactory) -> None:
-    seed_direct(server, "alice", "bob", 40, bytes(32_768))
+    await seed_direct(server, "alice", "bob", 40, bytes(32_768))
     bob = await sdk(server, "bob")
     events = await collect_until(bob, 40, TIMEOUT, stop_on_close=True)
     closes = [e.code for e in events if isinstance(e, ev.Disconnected)]
@@ -457,11 +500,12 @@ async def test_sdk_catches_up_large_messages(server: EmbeddedServer, sdk: SdkFac
 # DeliverAck abuse.
 
 
+@BOTH_BACKENDS
 async def test_ack_foreign_conversation(server: EmbeddedServer, connect: ClientFactory) -> None:
     bystanders = await Bystanders.join(server, connect)
     store = server.logic.store
-    conversation = seed_direct(server, "alice", "bob", 3)
-    own = seed_direct(server, "eve", "mallory", 2)
+    conversation = await seed_direct(server, "alice", "bob", 3)
+    own = await seed_direct(server, "eve", "mallory", 2)
     bob = await logged_in(server, "bob", "phone")
     bob.send(pb.Frame(deliver_ack=pb.DeliverAck(conversation_id=conversation, sequence=1)))
     mallory = await logged_in(server, "mallory", "phone")
@@ -475,10 +519,10 @@ async def test_ack_foreign_conversation(server: EmbeddedServer, connect: ClientF
         mallory.send(sync_frame(own, "barrier"))
         await reply_to(mallory, ("sync_result",))
 
-    assert store.read_marker("bob", "phone", conversation) == 1
-    assert store.read_marker("alice", "phone", conversation) == 0
-    assert store.read_marker("mallory", "phone", conversation) == 0
-    assert store.read_marker("mallory", "phone", own) == 0
+    assert await store.read_marker("bob", "phone", conversation) == 1
+    assert await store.read_marker("alice", "phone", conversation) == 0
+    assert await store.read_marker("mallory", "phone", conversation) == 0
+    assert await store.read_marker("mallory", "phone", own) == 0
     # Ignored acks close nothing: both sessions are still open.
     assert "mallory" in server.gateway.sessions
     assert "bob" in server.gateway.sessions
@@ -487,9 +531,10 @@ async def test_ack_foreign_conversation(server: EmbeddedServer, connect: ClientF
     await bystanders.check()
 
 
+@BOTH_BACKENDS
 async def test_ack_beyond_last_clamped(server: EmbeddedServer, connect: ClientFactory) -> None:
     store = server.logic.store
-    conversation = seed_direct(server, "alice", "bob", 3)
+    conversation = await seed_direct(server, "alice", "bob", 3)
     bob = await logged_in(server, "bob", "phone")
     for sequence in (2**64 - 1, 2**63, 1, 0):  # the last two must not move the marker back
         bob.send(
@@ -497,7 +542,7 @@ async def test_ack_beyond_last_clamped(server: EmbeddedServer, connect: ClientFa
         )
     bob.send(sync_frame(conversation, "barrier"))
     await reply_to(bob, ("sync_result",))
-    assert store.read_marker("bob", "phone", conversation) == 3
+    assert await store.read_marker("bob", "phone", conversation) == 3
     bob.close()
 
     # The clamped marker still lets a later message show as unread.
@@ -756,6 +801,7 @@ async def test_own_messages_not_handed(server: EmbeddedServer, connect: ClientFa
     assert [m.message_id for m in messages_of(events)] == expected
 
 
+@BOTH_BACKENDS
 async def test_own_send_no_gap_sync(server: EmbeddedServer, connect: ClientFactory) -> None:
     await add_contacts(server, "alice", "bob")
     syncs: list[str] = []
@@ -784,18 +830,19 @@ async def test_catch_up_within_rate_limit(
     start_server: ServerFactory, connect: ClientFactory
 ) -> None:
     server = await start_server(limits=LimitsConfig())
-    seed_senders(server, "bob", 150)
+    await seed_senders(server, "bob", 150)
     bob = await connect(server, "bob", reconnect=True)
     events = await collect_until(bob, 150, TIMEOUT * 2, stop_on_close=True)
     assert [e.code for e in events if isinstance(e, ev.Disconnected)] == []
     assert len(messages_of(events)) == 150
 
 
+@BOTH_BACKENDS
 async def test_truncated_unread_caught_up(
     server: EmbeddedServer, connect: ClientFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(logic_service, "MAX_UNREAD_LISTED", 10)  # the same path, smaller
-    seed_senders(server, "bob", 11)
+    await seed_senders(server, "bob", 11)
     bob = await connect(server, "bob")
     received = messages_of(await drain(bob, quiet=QUIET * 4))
     assert len(received) == 11
@@ -968,7 +1015,7 @@ async def test_ip_slots_released(
         limits=LimitsConfig(max_connections_per_ip=IP_LIMIT, **limits),  # type: ignore[arg-type]
         **gateway,
     )
-    seed_direct(server, "peer", "hog", 20, bytes(2048))
+    await seed_direct(server, "peer", "hog", 20, bytes(2048))
     holder = None
     if close_by is _by_too_many_devices:
         holder = await logged_in(server, "holder", "phone")  # takes one of the slots

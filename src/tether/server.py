@@ -14,7 +14,6 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from tether.auth import TokenVerifier
 from tether.bus import channels
@@ -33,6 +32,7 @@ from tether.presence import PresenceConfig, PresenceService
 from tether.presence.cluster import ClusterPresenceConfig, RedisPresence
 from tether.protocol.codes import Code
 from tether.protocol.framing import StreamDecoder, prefix_frame
+from tether.urls import redact_url
 
 __all__ = [
     "CONTROL_SOCKET_NAME",
@@ -67,6 +67,9 @@ class ServerConfig:
     """Open the control socket for `tether contacts` when logic runs here (default true)."""
     redis_url: str = ""
     """Redis or Valkey URL; empty runs embedded on the in-process bus (default empty)."""
+    database: str = ""
+    """Store of the reference logic: a SQLite file path or a `postgresql://` URL (default
+    empty: `tether.db` in data_dir)."""
     run_gateway: bool = True
     """Serve clients in this process (default true)."""
     run_logic: bool = True
@@ -151,7 +154,7 @@ class TetherServer:
             self.presence = PresenceService(config.presence, self.bus)
             self.gateway = Gateway(config.gateway, self.bus, verifier)
         if config.run_logic:
-            database = default_database(config.data_dir)
+            database = config.database or default_database(config.data_dir)
             self.logic = LogicService(LogicConfig(database=database), self.bus)
         self._admin = AsyncRequester(self.bus, f"admin-{os.getpid()}-{os.urandom(3).hex()}")
         self._servers: list[asyncio.Server] = []
@@ -217,7 +220,7 @@ class TetherServer:
             await self._start_control_socket()
         logger.info(
             "tether started (%s, data in %s)",
-            f"cluster on {_redacted(config.redis_url)}" if config.redis_url else "embedded",
+            f"cluster on {redact_url(config.redis_url)}" if config.redis_url else "embedded",
             config.data_dir,
         )
 
@@ -319,12 +322,3 @@ async def send_admin_request(
                 return env.Envelope.FromString(payloads[0]).admin_result
     finally:
         writer.close()
-
-
-def _redacted(url: str) -> str:
-    """Return url without its password, for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return parts._replace(netloc=netloc).geturl()

@@ -1,8 +1,9 @@
 """`tether cluster`: a local cluster for trying cluster mode on one machine.
 
 It starts a private Redis-protocol server on a free port (unless --redis names one), N gateway
-processes on consecutive ports and M logic workers, all sharing one data folder, prints where
-each listens, and stops everything on Ctrl-C or SIGTERM, children first, each by its PID.
+processes on consecutive ports and M logic workers, all sharing one data folder and one
+database (--database), prints where each listens, and stops everything on Ctrl-C or SIGTERM,
+children first, each by its PID.
 """
 
 from __future__ import annotations
@@ -46,11 +47,14 @@ async def cluster(arguments: argparse.Namespace) -> int:
 
     base = [sys.executable, "-m", "tether"]
     common = ["--data-dir", str(data_dir), "--redis", url, "--log-level", arguments.log_level]
+    # The database goes to the logic workers in the environment, not on the command line,
+    # where any user of the machine could read a password in it.
+    logic_environment = {"TETHER_DATABASE": arguments.database}
     children: list[tuple[str, subprocess.Popen[str]]] = []
     try:
         for index in range(arguments.logic_workers):
             command = [*base, "logic", *common]
-            children.append((f"logic{index + 1}", _spawn(command)))
+            children.append((f"logic{index + 1}", _spawn(command, logic_environment)))
         for index in range(arguments.gateways):
             command = [
                 *base, "serve", *common, "--logic", "false",
@@ -79,12 +83,13 @@ async def cluster(arguments: argparse.Namespace) -> int:
             redis_server.stop()
 
 
-def _spawn(command: list[str]) -> subprocess.Popen[str]:
+def _spawn(command: list[str], environment: dict[str, str] | None = None) -> subprocess.Popen[str]:
     # A session of its own keeps a terminal's Ctrl-C away from the child, so the parent can
     # stop the children in order: gateways release their leases while Redis still runs.
     return subprocess.Popen(
         command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+        env={**os.environ, **(environment or {}), "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
     )  # fmt: skip
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from tether.auth import validate_user_id
-from tether.logic import Store, StoreError, default_database
+from tether.logic import StoreError, default_database, open_store
 from tether.server import send_admin_request
 
 __all__ = ["contacts"]
@@ -31,7 +32,7 @@ async def contacts(arguments: argparse.Namespace) -> int:
         return 2
 
     if action == "list":
-        return _list(arguments, users[0])
+        return await _list(arguments, users[0])
 
     try:
         result = await send_admin_request(arguments.data_dir, f"contacts.{action}", users)
@@ -50,14 +51,14 @@ async def contacts(arguments: argparse.Namespace) -> int:
 
     # No server is running on this data folder: edit the database directly.
     try:
-        store = Store(default_database(arguments.data_dir))
+        store = await open_store(_database(arguments))
         try:
             if action == "add":
-                store.add_contacts(users[0], users[1])
+                await store.add_contacts(users[0], users[1])
             else:
-                store.remove_contacts(users[0], users[1])
+                await store.remove_contacts(users[0], users[1])
         finally:
-            store.close()
+            await store.close()
     except (StoreError, ValueError) as error:
         print(f"tether contacts: {error}", file=sys.stderr)
         return 1
@@ -65,15 +66,20 @@ async def contacts(arguments: argparse.Namespace) -> int:
     return 0
 
 
-def _list(arguments: argparse.Namespace, user: str) -> int:
+async def _list(arguments: argparse.Namespace, user: str) -> int:
     try:
-        store = Store(default_database(arguments.data_dir))
+        store = await open_store(_database(arguments))
         try:
-            for contact in store.contacts(user):
+            for contact in await store.contacts(user):
                 print(contact)
         finally:
-            store.close()
+            await store.close()
     except StoreError as error:
         print(f"tether contacts: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _database(arguments: argparse.Namespace) -> str | Path:
+    database: str = arguments.database
+    return database or default_database(arguments.data_dir)

@@ -13,6 +13,7 @@ from typing import Any
 
 from tether.cli.settings import add_option, default_data_dir, port_value
 from tether.cli.transport_options import add_client_tls_options, add_transport_security_options
+from tether.urls import redact_url
 
 __all__ = ["main", "run"]
 
@@ -140,6 +141,23 @@ def _add_process_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _redact_database(value: str) -> str:
+    """Return a database setting with a URL's password masked (a file path as it is)."""
+    return redact_url(value) if "://" in value else value
+
+
+def _add_database_option(parser: argparse.ArgumentParser) -> None:
+    add_option(
+        parser,
+        "--database",
+        convert=str,
+        default="",
+        redact=_redact_database,
+        help="store of the reference logic: a SQLite file, or a PostgreSQL URL "
+        "postgresql://USER:PASSWORD@HOST:PORT/DATABASE; empty uses tether.db in the data folder",
+    )
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tether", description="Connection gateway and online-presence service."
@@ -152,6 +170,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _add_data_options(serve)
     _add_key_options(serve)
+    _add_database_option(serve)
     _add_cluster_options(serve)
     add_option(
         serve,
@@ -294,6 +313,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     logic = commands.add_parser("logic", help="run a logic worker of a cluster")
     _add_data_options(logic)
+    _add_database_option(logic)
     _add_cluster_options(logic, required=True)
     _add_process_options(logic)
 
@@ -301,6 +321,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "cluster", help="start a local cluster: Redis, gateways and logic workers"
     )
     _add_data_options(cluster)
+    _add_database_option(cluster)
     add_option(cluster, "--gateways", convert=_positive_int, default=2, help="gateway processes")
     add_option(
         cluster, "--logic-workers", convert=_positive_int, default=1, help="logic worker processes"
@@ -356,6 +377,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "users", nargs="+", metavar="USER", help="two users for add and remove, one for list"
     )
     _add_data_options(contacts)
+    _add_database_option(contacts)
 
     client = commands.add_parser(
         "client",

@@ -61,6 +61,7 @@ async def serve(arguments: argparse.Namespace) -> int:
             gateway=gateway,
             presence=PresenceConfig(grace_period=arguments.grace_period),
             redis_url=arguments.redis,
+            database=arguments.database,
             run_logic=arguments.logic or not arguments.redis,
             lease_timeout=arguments.lease_timeout,
             loop_lag_threshold=arguments.loop_lag_warning,
@@ -81,6 +82,7 @@ async def logic_worker(arguments: argparse.Namespace) -> int:
         data_dir=arguments.data_dir,
         secret=arguments.secret,
         redis_url=arguments.redis,
+        database=arguments.database,
         run_gateway=False,
         lease_timeout=arguments.lease_timeout,
         loop_lag_threshold=arguments.loop_lag_warning,
@@ -100,6 +102,10 @@ async def _run(config: ServerConfig) -> int:
         logger.error("cannot start: %s", error)
         await server.close()
         return 1
+    # Handlers first: a script may send SIGTERM as soon as it reads the ready line.
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.reload_keys)
     # One line on stdout that scripts and tests can wait for.
     if server.gateway is not None:
         gateway = config.gateway
@@ -110,9 +116,6 @@ async def _run(config: ServerConfig) -> int:
         )
     else:
         print("tether ready logic", flush=True)
-    stop = asyncio.Event()
-    install_stop_signals(stop)
-    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.reload_keys)
     await stop.wait()
     await server.close()
     return 0

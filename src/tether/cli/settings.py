@@ -49,16 +49,30 @@ def add_option(
     default: Any,
     help: str,
     secret: bool = False,
+    redact: Callable[[str], str] | None = None,
 ) -> None:
-    """Add --flag, defaulting to $TETHER_FLAG (upper case, dashes as underscores) or default."""
+    """Add --flag, defaulting to $TETHER_FLAG (upper case, dashes as underscores) or default.
+
+    A secret option's value is never shown. For other options, redact (if given) returns the
+    value as help text and error messages show it, for example a URL with its password masked.
+    """
     variable = "TETHER_" + flag.removeprefix("--").replace("-", "_").upper()
     raw = os.environ.get(variable) or None  # set but empty counts as unset
     if raw is not None:
         try:
             default = convert(raw)
         except (ValueError, argparse.ArgumentTypeError) as error:
-            parser.error(f"invalid {variable}={'***' if secret else raw!r}: {error}")
-    shown = "(set)" if secret and default else default
+            shown_raw = raw
+            if secret:
+                shown_raw = "***"
+            elif redact is not None:
+                shown_raw = redact(raw)
+            parser.error(f"invalid {variable}={shown_raw!r}: {error}")
+    shown = default
+    if secret and default:
+        shown = "(set)"
+    elif redact is not None and default:
+        shown = redact(str(default))
     parser.add_argument(
         flag,
         type=convert,

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from tether.bus.base import Bus
     from tether.gateway.config import GatewayConfig
 
-__all__ = ["MAX_ID_BYTES", "ClientRequests"]
+__all__ = ["MAX_ID_BYTES", "ClientRequests", "is_valid_id"]
 
 logger = logging.getLogger("tether.gateway")
 
@@ -151,8 +151,15 @@ class ClientRequests:
                 )
 
     def _on_sync(self, connection: Connection, sync: pb.Sync) -> None:
-        if not 0 < len(sync.request_id.encode()) <= MAX_ID_BYTES or not sync.conversation_id:
-            message = f"request_id must be 1 to {MAX_ID_BYTES} bytes and conversation_id set"
+        if (
+            not 0 < len(sync.request_id.encode()) <= MAX_ID_BYTES
+            or not sync.conversation_id
+            or "\x00" in sync.conversation_id
+        ):
+            message = (
+                f"request_id must be 1 to {MAX_ID_BYTES} bytes and conversation_id set, "
+                "without NUL characters"
+            )
             connection.send_frame(
                 pb.Frame(
                     error=pb.Error(code=Code.BAD_REQUEST, message=message, ref=sync.request_id)
@@ -193,6 +200,8 @@ class ClientRequests:
         self._add_transition(connection, _Transition.KIND_STATUS, status)
 
     def _on_deliver_ack(self, connection: Connection, ack: pb.DeliverAck) -> None:
+        if "\x00" in ack.conversation_id:
+            return  # no conversation id contains NUL, so the ack could not match one
         request = env.Envelope(
             deliver_ack=env.DeliverAckRequest(
                 user_id=connection.user_id, device_id=connection.device_id, ack=ack
@@ -266,12 +275,22 @@ def _check_status(status: pb.SetStatus) -> str | None:
     return None
 
 
+def is_valid_id(text: str) -> bool:
+    """Tell whether a client-chosen id is 1 to MAX_ID_BYTES bytes with no NUL character.
+
+    The logic store keeps these ids, and PostgreSQL cannot store NUL in text columns.
+    """
+    return 0 < len(text.encode()) <= MAX_ID_BYTES and "\x00" not in text
+
+
 def _check_send(send: pb.Send, max_body_bytes: int) -> tuple[int, str] | None:
     """Return (code, message) describing what is wrong with a Send, or None if it is valid."""
-    if not 0 < len(send.client_message_id.encode()) <= MAX_ID_BYTES:
-        return Code.BAD_REQUEST, f"client_message_id must be 1 to {MAX_ID_BYTES} bytes"
-    if not 0 < len(send.recipient.encode()) <= MAX_ID_BYTES:
-        return Code.BAD_REQUEST, f"recipient must be 1 to {MAX_ID_BYTES} bytes"
+    if not is_valid_id(send.client_message_id):
+        message = f"client_message_id must be 1 to {MAX_ID_BYTES} bytes without NUL characters"
+        return Code.BAD_REQUEST, message
+    if not is_valid_id(send.recipient):
+        message = f"recipient must be 1 to {MAX_ID_BYTES} bytes without NUL characters"
+        return Code.BAD_REQUEST, message
     if len(send.body) > max_body_bytes:
         return Code.BODY_TOO_LARGE, f"body of {len(send.body)} bytes exceeds {max_body_bytes}"
     return None

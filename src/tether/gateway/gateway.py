@@ -39,6 +39,7 @@ from tether.gateway.client_requests import (
     MAX_ID_BYTES,
     ClientRequests,
     _check_status,
+    is_valid_id,
 )
 from tether.gateway.config import GatewayConfig
 from tether.gateway.connection import Connection
@@ -133,8 +134,11 @@ class Gateway(PresenceInterest, ClientRequests):
         """Close every connection with code and stop the sweep.
 
         Each client gets a random reconnect delay up to `reconnect_spread`, so a restart does
-        not bring every client back in the same instant.
+        not bring every client back in the same instant. Closing a gateway that never started
+        (another part failed to start first) does nothing.
         """
+        if not self._started:
+            return
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
@@ -371,13 +375,12 @@ class Gateway(PresenceInterest, ClientRequests):
                 abort=False,
             )
             return
-        device_bytes = len(connect.device_id.encode())
-        if not 0 < device_bytes <= MAX_ID_BYTES or len(connect.client_name.encode()) > MAX_ID_BYTES:
+        if not is_valid_id(connect.device_id) or len(connect.client_name.encode()) > MAX_ID_BYTES:
             self._close(
                 connection,
                 Code.PROTOCOL_ERROR,
-                f"device_id must be 1 to {MAX_ID_BYTES} bytes and client_name at most "
-                f"{MAX_ID_BYTES} bytes",
+                f"device_id must be 1 to {MAX_ID_BYTES} bytes without NUL characters and "
+                f"client_name at most {MAX_ID_BYTES} bytes",
                 abort=False,
             )
             return

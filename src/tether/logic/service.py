@@ -1,6 +1,6 @@
 """The reference business logic: who may connect, who are contacts, storing and routing messages.
 
-It consumes the logic stream of the bus in batches. Each batch runs in one SQLite transaction;
+It consumes the logic stream of the bus in batches. Each batch runs in one store transaction;
 only after the commit does it publish deliveries and reply to the gateways, so an ack always
 means the message is stored.
 """
@@ -15,7 +15,15 @@ from tether.auth import validate_user_id
 from tether.bus import channels
 from tether.bus import envelope_pb2 as env
 from tether.bus.base import Bus
-from tether.logic.store import Store, StoredMessage, StoreError
+from tether.logic.store import (
+    MAX_STORED_INTEGER,
+    Store,
+    StoreConflict,
+    StoredMessage,
+    StoreError,
+    describe_database,
+    open_store,
+)
 from tether.protocol import tether_pb2 as pb
 from tether.protocol.codes import Code
 from tether.protocol.errors import BusError
@@ -31,15 +39,16 @@ MAX_SYNC_PAGE = 500
 # Bytes of message bodies in one SyncResult. It is well below the gateway's default outgoing
 # limit (1 MiB), so a page of large messages cannot close its reader as a slow consumer.
 MAX_SYNC_PAGE_BYTES = 256 * 1024
-MAX_SQLITE_INTEGER = 2**63 - 1
+# Runs of a batch whose transaction lost a deadlock to another worker, the first included.
+MAX_BATCH_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LogicConfig:
     """Settings of the reference logic."""
 
-    database: Path
-    """SQLite database file (default: tether.db in the data directory)."""
+    database: Path | str
+    """SQLite database file, or a `postgresql://` URL (tether.db in the data folder by default)."""
 
 
 @dataclass(slots=True)
@@ -61,28 +70,23 @@ class LogicService:
         self.store: Store | None = None
 
     async def start(self) -> None:
-        self.store = Store(self.config.database)
+        """Open the store, migrating it if needed, and start consuming the logic stream.
+
+        Raises StoreError when the database cannot be opened.
+        """
+        self.store = await open_store(self.config.database)
         self._bus.consume(channels.LOGIC_STREAM, self._on_batch)
-        logger.info("logic started with database %s", self.config.database)
+        logger.info("logic started with database %s", describe_database(self.config.database))
 
     async def close(self) -> None:
         if self.store is not None:
-            self.store.close()
+            await self.store.close()
             self.store = None
 
     async def _on_batch(self, payloads: list[bytes]) -> None:
         store = self.store
         assert store is not None
-        outbox = _Outbox()
-        try:
-            store.begin()
-            for payload in payloads:
-                self._handle(store, payload, outbox)
-            store.commit()
-        except StoreError as error:
-            store.rollback()
-            logger.error("logic batch of %d requests failed: %s", len(payloads), error)
-            outbox = self._fail_all(payloads)
+        outbox = await self._run_batch(store, payloads)
         for channel, message in outbox.messages:
             try:
                 self._bus.publish(channel, message)
@@ -90,7 +94,35 @@ class LogicService:
                 # The message is stored: the recipient's next Unread or Sync brings it.
                 logger.warning("could not publish to %s: %s", channel, error)
 
-    def _handle(self, store: Store, payload: bytes, outbox: _Outbox) -> None:
+    async def _run_batch(self, store: Store, payloads: list[bytes]) -> _Outbox:
+        """Handle a batch in one transaction; return what to publish once it committed."""
+        for attempt in range(1, MAX_BATCH_ATTEMPTS + 1):
+            outbox = _Outbox()
+            try:
+                async with store.transaction():
+                    for payload in payloads:
+                        await self._handle(store, payload, outbox)
+                return outbox
+            except StoreConflict as error:
+                if attempt == MAX_BATCH_ATTEMPTS:
+                    logger.error(
+                        "logic batch of %d requests failed %d times: %s",
+                        len(payloads),
+                        attempt,
+                        error,
+                    )
+                    break
+                logger.warning(
+                    "logic batch of %d requests rolled back, running it again: %s",
+                    len(payloads),
+                    error,
+                )
+            except StoreError as error:
+                logger.error("logic batch of %d requests failed: %s", len(payloads), error)
+                break
+        return self._fail_all(payloads)
+
+    async def _handle(self, store: Store, payload: bytes, outbox: _Outbox) -> None:
         try:
             request = env.Envelope.FromString(payload)
         except Exception:
@@ -98,39 +130,39 @@ class LogicService:
             return
         kind = request.WhichOneof("kind")
         try:
-            self._dispatch(store, kind, request, outbox)
+            await self._dispatch(store, kind, request, outbox)
         except StoreError:
             raise  # fails the whole batch, which is rolled back and gets retryable errors
         except Exception:
             logger.exception("logic request of kind %s failed", kind)
             outbox.messages.extend(self._fail_all([payload]).messages)
 
-    def _dispatch(
+    async def _dispatch(
         self, store: Store, kind: str | None, request: env.Envelope, outbox: _Outbox
     ) -> None:
         if kind == "connect_request":
-            self._connect(store, request, outbox)
+            await self._connect(store, request, outbox)
         elif kind == "send_request":
-            self._send(store, request, outbox)
+            await self._send(store, request, outbox)
         elif kind == "sync_request":
-            self._sync(store, request, outbox)
+            await self._sync(store, request, outbox)
         elif kind == "deliver_ack":
             ack = request.deliver_ack
-            if store.is_participant(ack.user_id, ack.ack.conversation_id):
-                store.mark_read(
+            if await store.is_participant(ack.user_id, ack.ack.conversation_id):
+                await store.mark_read(
                     ack.user_id, ack.device_id, ack.ack.conversation_id, ack.ack.sequence
                 )
             else:
                 logger.info("ignored delivery ack of %s for a conversation not theirs", ack.user_id)
         elif kind == "admin_request":
-            self._admin(store, request, outbox)
+            await self._admin(store, request, outbox)
         else:
             logger.warning("ignored logic request of kind %s", kind)
 
-    def _connect(self, store: Store, request: env.Envelope, outbox: _Outbox) -> None:
+    async def _connect(self, store: Store, request: env.Envelope, outbox: _Outbox) -> None:
         connect = request.connect_request
-        store.ensure_user(connect.user_id)
-        rows = store.unread(connect.user_id, connect.device_id, MAX_UNREAD_LISTED + 1)
+        await store.ensure_user(connect.user_id)
+        rows = await store.unread(connect.user_id, connect.device_id, MAX_UNREAD_LISTED + 1)
         unread = pb.Unread(
             conversations=[
                 pb.ConversationState(
@@ -140,12 +172,12 @@ class LogicService:
             ],
             truncated=len(rows) > MAX_UNREAD_LISTED,
         )
-        result = env.ConnectResult(contacts=store.contacts(connect.user_id), unread=unread)
+        result = env.ConnectResult(contacts=await store.contacts(connect.user_id), unread=unread)
         _reply(outbox, request, env.Envelope(connect_result=result))
 
-    def _sync(self, store: Store, request: env.Envelope, outbox: _Outbox) -> None:
+    async def _sync(self, store: Store, request: env.Envelope, outbox: _Outbox) -> None:
         sync = request.sync_request.sync
-        if not store.is_participant(request.sync_request.user_id, sync.conversation_id):
+        if not await store.is_participant(request.sync_request.user_id, sync.conversation_id):
             reply = env.SyncReply(
                 error_code=Code.NOT_FOUND,
                 error_message=f"no conversation {sync.conversation_id!r} of this user",
@@ -153,26 +185,27 @@ class LogicService:
             _reply(outbox, request, env.Envelope(sync_reply=reply))
             return
         limit = min(sync.limit or DEFAULT_SYNC_PAGE, MAX_SYNC_PAGE)
-        after = min(sync.after_sequence, MAX_SQLITE_INTEGER)  # SQLite integers are signed 64-bit
+        after = min(sync.after_sequence, MAX_STORED_INTEGER)
         if sync.from_read_marker:
+            user_id = request.sync_request.user_id
             device_id = request.sync_request.device_id
-            after = store.read_marker(request.sync_request.user_id, device_id, sync.conversation_id)
-        messages = store.history(sync.conversation_id, after, limit + 1)
+            after = await store.read_marker(user_id, device_id, sync.conversation_id)
+        messages = await store.history(sync.conversation_id, after, limit + 1)
         page = _within_budget(messages[:limit], MAX_SYNC_PAGE_BYTES)
         result = pb.SyncResult(
             request_id=sync.request_id,
             conversation_id=sync.conversation_id,
             messages=[_to_message(stored) for stored in page],
             has_more=len(messages) > len(page),
-            last_sequence=store.last_sequence(sync.conversation_id),
+            last_sequence=await store.last_sequence(sync.conversation_id),
         )
         _reply(outbox, request, env.Envelope(sync_reply=env.SyncReply(result=result)))
 
-    def _send(self, store: Store, request: env.Envelope, outbox: _Outbox) -> None:
+    async def _send(self, store: Store, request: env.Envelope, outbox: _Outbox) -> None:
         send_request = request.send_request
         send = send_request.send
         sender = send_request.sender
-        if not store.are_contacts(sender, send.recipient):
+        if not await store.are_contacts(sender, send.recipient):
             result = env.SendResult(
                 error_code=Code.NOT_A_CONTACT,
                 error_message=f"{send.recipient!r} is not a contact of {sender!r}",
@@ -180,7 +213,7 @@ class LogicService:
             _reply(outbox, request, env.Envelope(send_result=result))
             return
 
-        stored = store.store_direct(
+        stored = await store.store_direct(
             sender=sender,
             sender_device=send_request.sender_device,
             recipient=send.recipient,
@@ -205,7 +238,7 @@ class LogicService:
         )
         _reply(outbox, request, env.Envelope(send_result=env.SendResult(ack=ack)))
 
-    def _admin(self, store: Store, request: env.Envelope, outbox: _Outbox) -> None:
+    async def _admin(self, store: Store, request: env.Envelope, outbox: _Outbox) -> None:
         admin = request.admin_request
         operation = admin.operation
         if operation not in ("contacts.add", "contacts.remove") or len(admin.args) != 2:
@@ -220,9 +253,9 @@ class LogicService:
             validate_user_id(user_a)
             validate_user_id(user_b)
             if operation == "contacts.add":
-                changed = store.add_contacts(user_a, user_b)
+                changed = await store.add_contacts(user_a, user_b)
             else:
-                changed = store.remove_contacts(user_a, user_b)
+                changed = await store.remove_contacts(user_a, user_b)
         except ValueError as error:
             result = env.AdminResult(error_code=Code.BAD_REQUEST, error_message=str(error))
             _reply(outbox, request, env.Envelope(admin_result=result))

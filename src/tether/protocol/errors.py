@@ -8,7 +8,9 @@
     │   ├── BusOverloaded      a bounded bus queue is full
     │   └── BusUnavailable     the bus is not connected right now
     ├── RequestError           a request to the server failed (client side, carries a Code)
-    └── ConnectionClosed       the connection closed (client side, carries a Code)
+    ├── ConnectionClosed       the connection closed (client side, carries a Code)
+    └── StoreError             the logic store's database failed (in tether.logic.store)
+        └── StoreConflict      a transaction lost a deadlock to another writer; retryable
 
 The sans-I/O decoders never raise these for bad input: they record the error as an event, so
 the caller decides how to close. Everything else raises them.
