@@ -11,7 +11,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from tether.cli.settings import add_option, default_data_dir, port_value
+from tether.cli.settings import add_option, boolean_value, default_data_dir, port_value
 from tether.cli.transport_options import add_client_tls_options, add_transport_security_options
 from tether.urls import redact_url
 
@@ -47,15 +47,6 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
-
-
-def _boolean(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _paths(text: str) -> tuple[Path, ...]:
@@ -183,7 +174,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_option(
         serve,
         "--logic",
-        convert=_boolean,
+        convert=boolean_value,
         default=True,
         help="with --redis: also run a logic worker in this process (true or false)",
     )
