@@ -66,7 +66,11 @@ async def start_server(tmp_path: Path) -> AsyncIterator[ServerFactory]:
     servers: list[EmbeddedServer] = []
 
     async def start(
-        *, grace_period: float = 0.3, token_leeway: float = 5.0, **gateway: object
+        *,
+        grace_period: float = 0.3,
+        token_leeway: float = 5.0,
+        http_port: int | None = None,
+        **gateway: object,
     ) -> EmbeddedServer:
         config = ServerConfig(
             data_dir=tmp_path / f"server{len(servers)}",
@@ -74,6 +78,7 @@ async def start_server(tmp_path: Path) -> AsyncIterator[ServerFactory]:
             gateway=test_gateway_config(**gateway),
             presence=PresenceConfig(grace_period=grace_period),
             token_leeway=token_leeway,
+            http_port=http_port,
         )
         server = EmbeddedServer(config)
         await server.start()
