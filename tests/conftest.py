@@ -109,7 +109,11 @@ async def start_server(tmp_path: Path, logic_database: str) -> AsyncIterator[Ser
     servers: list[EmbeddedServer] = []
 
     async def start(
-        *, grace_period: float = 0.3, token_leeway: float = 5.0, **gateway: object
+        *,
+        grace_period: float = 0.3,
+        token_leeway: float = 5.0,
+        http_port: int | None = None,
+        **gateway: object,
     ) -> EmbeddedServer:
         config = ServerConfig(
             data_dir=tmp_path / f"server{len(servers)}",
@@ -118,6 +122,7 @@ async def start_server(tmp_path: Path, logic_database: str) -> AsyncIterator[Ser
             presence=PresenceConfig(grace_period=grace_period),
             token_leeway=token_leeway,
             database=logic_database,
+            http_port=http_port,
         )
         server = EmbeddedServer(config)
         await server.start()

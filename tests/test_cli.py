@@ -112,7 +112,7 @@ def test_contacts_in_named_database(tmp_path: Path, any_database: str) -> None:
     assert run_tether("contacts", "list", "bob", *database, data_dir=data_dir).stdout == ""
 
 
-def test_database_password_masked_in_help(tmp_path: Path) -> None:
+def test_database_password_masked_in_help_and_config(tmp_path: Path) -> None:
     environment = {**os.environ, "TETHER_DATABASE": "postgresql://chat:hunter2@db.example/chat"}
     for command in ("serve", "logic", "contacts", "cluster"):
         result = subprocess.run(
@@ -120,8 +120,14 @@ def test_database_password_masked_in_help(tmp_path: Path) -> None:
             timeout=TIMEOUT * 4, check=False,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr
-        assert "hunter2" not in result.stdout
-        assert "chat:***@db.example" in " ".join(result.stdout.split()), command
+        assert "hunter2" not in result.stdout, command
+    shown = subprocess.run(
+        [*TETHER, "config", "show", "serve"], env=environment, capture_output=True, text=True,
+        timeout=TIMEOUT * 4, check=False,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert "hunter2" not in shown.stdout
+    assert "chat:***@db.example" in shown.stdout
 
 
 def test_serve_on_postgres_masks_password(tmp_path: Path, postgres_url: str) -> None:

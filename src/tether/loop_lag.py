@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from tether.stats import Histogram
 
 __all__ = ["LoopLagMonitor"]
 
@@ -26,6 +28,8 @@ class LagStats:
     samples: int = 0
     warnings: int = 0
     """Samples at or above the threshold."""
+    histogram: Histogram = field(default_factory=Histogram)
+    """Every sample, for the metrics endpoint."""
 
 
 class LoopLagMonitor:
@@ -67,6 +71,7 @@ class LoopLagMonitor:
         stats.last = lag
         stats.maximum = max(stats.maximum, lag)
         stats.samples += 1
+        stats.histogram.observe(lag)
         if self.threshold and lag >= self.threshold:
             stats.warnings += 1
             logger.warning(

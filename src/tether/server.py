@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import logging
 import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tether.auth import TokenVerifier
 from tether.bus import channels
@@ -34,10 +36,14 @@ from tether.protocol.codes import Code
 from tether.protocol.framing import StreamDecoder, prefix_frame
 from tether.urls import redact_url
 
+if TYPE_CHECKING:
+    from tether.ops.http import HttpPort
+
 __all__ = [
     "CONTROL_SOCKET_NAME",
     "EmbeddedServer",
     "ServerConfig",
+    "ServerState",
     "TetherServer",
     "load_or_create_secret",
     "send_admin_request",
@@ -80,6 +86,20 @@ class ServerConfig:
     """Seconds of clock skew tolerated on token expiry (default 5)."""
     loop_lag_threshold: float = 0.1
     """Seconds of event loop lag that log a warning; 0 measures without logging."""
+    http_host: str = "127.0.0.1"
+    """Address of the HTTP port for health probes and metrics (default 127.0.0.1)."""
+    http_port: int | None = None
+    """HTTP port for health probes and metrics; 0 picks a free one, None disables it
+    (default None)."""
+
+
+class ServerState(enum.Enum):
+    """Life cycle of a `TetherServer`, as the readiness probe reports it."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
 
 
 def load_or_create_secret(data_dir: Path) -> str:
@@ -158,14 +178,36 @@ class TetherServer:
             self.logic = LogicService(LogicConfig(database=database), self.bus)
         self._admin = AsyncRequester(self.bus, f"admin-{os.getpid()}-{os.urandom(3).hex()}")
         self._servers: list[asyncio.Server] = []
+        self.state = ServerState.STARTING
+        self.http: HttpPort | None = None
+        if config.http_port is not None:
+            from tether.ops.http import HttpPort  # aiohttp is imported only when it is used
+
+            self.http = HttpPort(self, config.http_host, config.http_port)
         self.tcp_port: int | None = None
         self.ws_port: int | None = None
         self.control_path: Path | None = None
 
     @property
     def ready(self) -> bool:
-        """Whether this process can serve: the bus is connected (always, when embedded)."""
-        return self.bus.ready
+        """Whether this process can serve: running, and the bus is connected."""
+        return self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        """Return why this process cannot serve now, or None when it can.
+
+        Ready means started, not draining, and the bus connected with every subscription in
+        effect (always true embedded). The readiness probe of the HTTP port reports this.
+        """
+        if self.state is ServerState.STARTING:
+            return "starting"
+        if self.state is ServerState.DRAINING:
+            return "draining: stopping, connections are being closed"
+        if self.state is ServerState.STOPPED:
+            return "stopped"
+        if not self.bus.ready:
+            return f"bus not connected: no link to {redact_url(self.config.redis_url)}"
+        return None
 
     def reload_keys(self) -> None:
         """Re-read the token key files now; `tether serve` calls this on SIGHUP."""
@@ -175,6 +217,8 @@ class TetherServer:
         """Start every part and listen on the configured ports."""
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.http is not None:
+            await self.http.start()  # first, so probes get "starting" rather than no answer
         self.loop_lag.start()
         await self.bus.start()
         if self.logic is not None:
@@ -223,9 +267,11 @@ class TetherServer:
             f"cluster on {redact_url(config.redis_url)}" if config.redis_url else "embedded",
             config.data_dir,
         )
+        self.state = ServerState.RUNNING
 
     async def close(self) -> None:
         """Stop accepting, close every connection with SHUTDOWN and stop every part."""
+        self.state = ServerState.DRAINING
         for server in self._servers:
             server.close()
         if self.gateway is not None:
@@ -246,6 +292,9 @@ class TetherServer:
         if self.control_path is not None:
             self.control_path.unlink(missing_ok=True)
         self.loop_lag.stop()
+        self.state = ServerState.STOPPED
+        if self.http is not None:
+            await self.http.close()
         logger.info("tether stopped")
 
     async def _start_control_socket(self) -> None:

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
-__all__ = ["Bus", "MessageHandler", "ReconnectCallback", "StreamHandler"]
+__all__ = ["Bus", "BusCounters", "MessageHandler", "ReconnectCallback", "StreamHandler"]
 
 # Called with (channel, payload) for each message on a subscribed channel.
 MessageHandler = Callable[[str, bytes], None]
@@ -27,8 +28,35 @@ StreamHandler = Callable[[list[bytes]], Awaitable[None]]
 ReconnectCallback = Callable[[], Awaitable[None] | None]
 
 
+@dataclass(slots=True)
+class BusCounters:
+    """Counts of what a bus did since it started, read by the metrics endpoint. Counts only grow."""
+
+    published: int = 0
+    """Messages published (written to the broker, for a bus with one)."""
+    appended: int = 0
+    """Stream entries appended (written to the broker, for a bus with one)."""
+    round_trips: int = 0
+    """Batches of publishes and appends written to the broker, one round trip each."""
+    write_errors: int = 0
+    """Batches whose write failed on the link to the broker."""
+    rejected: int = 0
+    """Commands the broker answered with an error."""
+    read_errors: int = 0
+    """Failed stream reads, retried."""
+    link_failures: int = 0
+    """Times the subscriber link to the broker was lost."""
+    dropped: int = 0
+    """Publishes dropped because the batch carrying them failed (pub/sub is at most once)."""
+
+
 class Bus(abc.ABC):
-    """Pub/sub channels and request streams shared by all parts of tether."""
+    """Pub/sub channels and request streams shared by all parts of tether.
+
+    Every implementation sets `counters` in its constructor.
+    """
+
+    counters: BusCounters
 
     @abc.abstractmethod
     async def start(self) -> None:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tether.protocol import tether_pb2 as tether_dot_protocol_dot_tether__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tether/bus/envelope.proto\x12\rtether.bus.v1\x1a\x1ctether/protocol/tether.proto\"\xa2\x07\n\x08\x45nvelope\x12\x10\n\x08reply_to\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\x04\x12\x38\n\x0f\x63onnect_request\x18\n \x01(\x0b\x32\x1d.tether.bus.v1.ConnectRequestH\x00\x12\x36\n\x0e\x63onnect_result\x18\x0b \x01(\x0b\x32\x1c.tether.bus.v1.ConnectResultH\x00\x12\x32\n\x0csend_request\x18\x0c \x01(\x0b\x32\x1a.tether.bus.v1.SendRequestH\x00\x12\x30\n\x0bsend_result\x18\r \x01(\x0b\x32\x19.tether.bus.v1.SendResultH\x00\x12\x34\n\ruser_delivery\x18\x0e \x01(\x0b\x32\x1b.tether.bus.v1.UserDeliveryH\x00\x12\x35\n\x0btransitions\x18\x0f \x01(\x0b\x32\x1e.tether.bus.v1.TransitionBatchH\x00\x12\x38\n\x0fpresence_change\x18\x10 \x01(\x0b\x32\x1d.tether.bus.v1.PresenceChangeH\x00\x12:\n\x10snapshot_request\x18\x11 \x01(\x0b\x32\x1e.tether.bus.v1.SnapshotRequestH\x00\x12\x38\n\x0fsnapshot_result\x18\x12 \x01(\x0b\x32\x1d.tether.bus.v1.SnapshotResultH\x00\x12\x38\n\x0f\x63ontacts_update\x18\x13 \x01(\x0b\x32\x1d.tether.bus.v1.ContactsUpdateH\x00\x12\x37\n\x0b\x64\x65liver_ack\x18\x14 \x01(\x0b\x32 .tether.bus.v1.DeliverAckRequestH\x00\x12\x34\n\radmin_request\x18\x15 \x01(\x0b\x32\x1b.tether.bus.v1.AdminRequestH\x00\x12\x32\n\x0c\x61\x64min_result\x18\x16 \x01(\x0b\x32\x1a.tether.bus.v1.AdminResultH\x00\x12\x32\n\x0c\x64\x65vice_claim\x18\x17 \x01(\x0b\x32\x1a.tether.bus.v1.DeviceClaimH\x00\x12\x32\n\x0csync_request\x18\x18 \x01(\x0b\x32\x1a.tether.bus.v1.SyncRequestH\x00\x12.\n\nsync_reply\x18\x19 \x01(\x0b\x32\x18.tether.bus.v1.SyncReplyH\x00\x42\x06\n\x04kind\"[\n\x0e\x43onnectRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12%\n\x08platform\x18\x03 \x01(\x0e\x32\x13.tether.v1.Platform\"o\n\rConnectResult\x12\x12\n\nerror_code\x18\x01 \x01(\r\x12\x15\n\rerror_message\x18\x02 \x01(\t\x12\x10\n\x08\x63ontacts\x18\x03 \x03(\t\x12!\n\x06unread\x18\x04 \x01(\x0b\x32\x11.tether.v1.Unread\"S\n\x0bSendRequest\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x15\n\rsender_device\x18\x02 \x01(\t\x12\x1d\n\x04send\x18\x03 \x01(\x0b\x32\x0f.tether.v1.Send\"X\n\nSendResult\x12\x12\n\nerror_code\x18\x01 \x01(\r\x12\x15\n\rerror_message\x18\x02 \x01(\t\x12\x1f\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x12.tether.v1.SendAck\"2\n\x0cUserDelivery\x12\r\n\x05\x66rame\x18\x01 \x01(\x0c\x12\x13\n\x0bskip_device\x18\x02 \x01(\t\"\xfc\x01\n\nTransition\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.tether.bus.v1.Transition.Kind\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12\x15\n\rconnection_id\x18\x04 \x01(\t\x12$\n\x06status\x18\x05 \x01(\x0b\x32\x14.tether.v1.SetStatus\x12\r\n\x05\x61t_ms\x18\x06 \x01(\x03\"P\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0f\n\x0bKIND_ONLINE\x10\x01\x12\x10\n\x0cKIND_OFFLINE\x10\x02\x12\x0f\n\x0bKIND_STATUS\x10\x03\"U\n\x0fTransitionBatch\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12.\n\x0btransitions\x18\x02 \x03(\x0b\x32\x19.tether.bus.v1.Transition\";\n\x0ePresenceChange\x12)\n\x08presence\x18\x01 \x01(\x0b\x32\x17.tether.v1.UserPresence\"#\n\x0fSnapshotRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\"8\n\x0eSnapshotResult\x12&\n\x05users\x18\x01 \x03(\x0b\x32\x17.tether.v1.UserPresence\"0\n\x0e\x43ontactsUpdate\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x03(\t\x12\x0f\n\x07removed\x18\x02 \x03(\t\"J\n\x0b\x44\x65viceClaim\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x15\n\rconnection_id\x18\x02 \x01(\t\x12\x11\n\topened_ms\x18\x03 \x01(\x03\"P\n\x0bSyncRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1d\n\x04sync\x18\x02 \x01(\x0b\x32\x0f.tether.v1.Sync\x12\x11\n\tdevice_id\x18\x03 \x01(\t\"]\n\tSyncReply\x12\x12\n\nerror_code\x18\x01 \x01(\r\x12\x15\n\rerror_message\x18\x02 \x01(\t\x12%\n\x06result\x18\x03 \x01(\x0b\x32\x15.tether.v1.SyncResult\"[\n\x11\x44\x65liverAckRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\"\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x15.tether.v1.DeliverAck\"/\n\x0c\x41\x64minRequest\x12\x11\n\toperation\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x02 \x03(\t\"8\n\x0b\x41\x64minResult\x12\x12\n\nerror_code\x18\x01 \x01(\r\x12\x15\n\rerror_message\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19tether/bus/envelope.proto\x12\rtether.bus.v1\x1a\x1ctether/protocol/tether.proto\"\xa2\x07\n\x08\x45nvelope\x12\x10\n\x08reply_to\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\x04\x12\x38\n\x0f\x63onnect_request\x18\n \x01(\x0b\x32\x1d.tether.bus.v1.ConnectRequestH\x00\x12\x36\n\x0e\x63onnect_result\x18\x0b \x01(\x0b\x32\x1c.tether.bus.v1.ConnectResultH\x00\x12\x32\n\x0csend_request\x18\x0c \x01(\x0b\x32\x1a.tether.bus.v1.SendRequestH\x00\x12\x30\n\x0bsend_result\x18\r \x01(\x0b\x32\x19.tether.bus.v1.SendResultH\x00\x12\x34\n\ruser_delivery\x18\x0e \x01(\x0b\x32\x1b.tether.bus.v1.UserDeliveryH\x00\x12\x35\n\x0btransitions\x18\x0f \x01(\x0b\x32\x1e.tether.bus.v1.TransitionBatchH\x00\x12\x38\n\x0fpresence_change\x18\x10 \x01(\x0b\x32\x1d.tether.bus.v1.PresenceChangeH\x00\x12:\n\x10snapshot_request\x18\x11 \x01(\x0b\x32\x1e.tether.bus.v1.SnapshotRequestH\x00\x12\x38\n\x0fsnapshot_result\x18\x12 \x01(\x0b\x32\x1d.tether.bus.v1.SnapshotResultH\x00\x12\x38\n\x0f\x63ontacts_update\x18\x13 \x01(\x0b\x32\x1d.tether.bus.v1.ContactsUpdateH\x00\x12\x37\n\x0b\x64\x65liver_ack\x18\x14 \x01(\x0b\x32 .tether.bus.v1.DeliverAckRequestH\x00\x12\x34\n\radmin_request\x18\x15 \x01(\x0b\x32\x1b.tether.bus.v1.AdminRequestH\x00\x12\x32\n\x0c\x61\x64min_result\x18\x16 \x01(\x0b\x32\x1a.tether.bus.v1.AdminResultH\x00\x12\x32\n\x0c\x64\x65vice_claim\x18\x17 \x01(\x0b\x32\x1a.tether.bus.v1.DeviceClaimH\x00\x12\x32\n\x0csync_request\x18\x18 \x01(\x0b\x32\x1a.tether.bus.v1.SyncRequestH\x00\x12.\n\nsync_reply\x18\x19 \x01(\x0b\x32\x18.tether.bus.v1.SyncReplyH\x00\x42\x06\n\x04kind\"[\n\x0e\x43onnectRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12%\n\x08platform\x18\x03 \x01(\x0e\x32\x13.tether.v1.Platform\"o\n\rConnectResult\x12\x12\n\nerror_code\x18\x01 \x01(\r\x12\x15\n\rerror_message\x18\x02 \x01(\t\x12\x10\n\x08\x63ontacts\x18\x03 \x03(\t\x12!\n\x06unread\x18\x04 \x01(\x0b\x32\x11.tether.v1.Unread\"S\n\x0bSendRequest\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x15\n\rsender_device\x18\x02 \x01(\t\x12\x1d\n\x04send\x18\x03 \x01(\x0b\x32\x0f.tether.v1.Send\"X\n\nSendResult\x12\x12\n\nerror_code\x18\x01 \x01(\r\x12\x15\n\rerror_message\x18\x02 \x01(\t\x12\x1f\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x12.tether.v1.SendAck\"F\n\x0cUserDelivery\x12\r\n\x05\x66rame\x18\x01 \x01(\x0c\x12\x13\n\x0bskip_device\x18\x02 \x01(\t\x12\x12\n\ncreated_ms\x18\x03 \x01(\x03\"\xfc\x01\n\nTransition\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.tether.bus.v1.Transition.Kind\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12\x15\n\rconnection_id\x18\x04 \x01(\t\x12$\n\x06status\x18\x05 \x01(\x0b\x32\x14.tether.v1.SetStatus\x12\r\n\x05\x61t_ms\x18\x06 \x01(\x03\"P\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0f\n\x0bKIND_ONLINE\x10\x01\x12\x10\n\x0cKIND_OFFLINE\x10\x02\x12\x0f\n\x0bKIND_STATUS\x10\x03\"U\n\x0fTransitionBatch\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12.\n\x0btransitions\x18\x02 \x03(\x0b\x32\x19.tether.bus.v1.Transition\";\n\x0ePresenceChange\x12)\n\x08presence\x18\x01 \x01(\x0b\x32\x17.tether.v1.UserPresence\"#\n\x0fSnapshotRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\"8\n\x0eSnapshotResult\x12&\n\x05users\x18\x01 \x03(\x0b\x32\x17.tether.v1.UserPresence\"0\n\x0e\x43ontactsUpdate\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x03(\t\x12\x0f\n\x07removed\x18\x02 \x03(\t\"J\n\x0b\x44\x65viceClaim\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x15\n\rconnection_id\x18\x02 \x01(\t\x12\x11\n\topened_ms\x18\x03 \x01(\x03\"P\n\x0bSyncRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1d\n\x04sync\x18\x02 \x01(\x0b\x32\x0f.tether.v1.Sync\x12\x11\n\tdevice_id\x18\x03 \x01(\t\"]\n\tSyncReply\x12\x12\n\nerror_code\x18\x01 \x01(\r\x12\x15\n\rerror_message\x18\x02 \x01(\t\x12%\n\x06result\x18\x03 \x01(\x0b\x32\x15.tether.v1.SyncResult\"[\n\x11\x44\x65liverAckRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\"\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x15.tether.v1.DeliverAck\"/\n\x0c\x41\x64minRequest\x12\x11\n\toperation\x18\x01 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x02 \x03(\t\"8\n\x0b\x41\x64minResult\x12\x12\n\nerror_code\x18\x01 \x01(\r\x12\x15\n\rerror_message\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,31 +43,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SENDRESULT']._serialized_start=1298
   _globals['_SENDRESULT']._serialized_end=1386
   _globals['_USERDELIVERY']._serialized_start=1388
-  _globals['_USERDELIVERY']._serialized_end=1438
-  _globals['_TRANSITION']._serialized_start=1441
-  _globals['_TRANSITION']._serialized_end=1693
-  _globals['_TRANSITION_KIND']._serialized_start=1613
-  _globals['_TRANSITION_KIND']._serialized_end=1693
-  _globals['_TRANSITIONBATCH']._serialized_start=1695
-  _globals['_TRANSITIONBATCH']._serialized_end=1780
-  _globals['_PRESENCECHANGE']._serialized_start=1782
-  _globals['_PRESENCECHANGE']._serialized_end=1841
-  _globals['_SNAPSHOTREQUEST']._serialized_start=1843
-  _globals['_SNAPSHOTREQUEST']._serialized_end=1878
-  _globals['_SNAPSHOTRESULT']._serialized_start=1880
-  _globals['_SNAPSHOTRESULT']._serialized_end=1936
-  _globals['_CONTACTSUPDATE']._serialized_start=1938
-  _globals['_CONTACTSUPDATE']._serialized_end=1986
-  _globals['_DEVICECLAIM']._serialized_start=1988
-  _globals['_DEVICECLAIM']._serialized_end=2062
-  _globals['_SYNCREQUEST']._serialized_start=2064
-  _globals['_SYNCREQUEST']._serialized_end=2144
-  _globals['_SYNCREPLY']._serialized_start=2146
-  _globals['_SYNCREPLY']._serialized_end=2239
-  _globals['_DELIVERACKREQUEST']._serialized_start=2241
-  _globals['_DELIVERACKREQUEST']._serialized_end=2332
-  _globals['_ADMINREQUEST']._serialized_start=2334
-  _globals['_ADMINREQUEST']._serialized_end=2381
-  _globals['_ADMINRESULT']._serialized_start=2383
-  _globals['_ADMINRESULT']._serialized_end=2439
+  _globals['_USERDELIVERY']._serialized_end=1458
+  _globals['_TRANSITION']._serialized_start=1461
+  _globals['_TRANSITION']._serialized_end=1713
+  _globals['_TRANSITION_KIND']._serialized_start=1633
+  _globals['_TRANSITION_KIND']._serialized_end=1713
+  _globals['_TRANSITIONBATCH']._serialized_start=1715
+  _globals['_TRANSITIONBATCH']._serialized_end=1800
+  _globals['_PRESENCECHANGE']._serialized_start=1802
+  _globals['_PRESENCECHANGE']._serialized_end=1861
+  _globals['_SNAPSHOTREQUEST']._serialized_start=1863
+  _globals['_SNAPSHOTREQUEST']._serialized_end=1898
+  _globals['_SNAPSHOTRESULT']._serialized_start=1900
+  _globals['_SNAPSHOTRESULT']._serialized_end=1956
+  _globals['_CONTACTSUPDATE']._serialized_start=1958
+  _globals['_CONTACTSUPDATE']._serialized_end=2006
+  _globals['_DEVICECLAIM']._serialized_start=2008
+  _globals['_DEVICECLAIM']._serialized_end=2082
+  _globals['_SYNCREQUEST']._serialized_start=2084
+  _globals['_SYNCREQUEST']._serialized_end=2164
+  _globals['_SYNCREPLY']._serialized_start=2166
+  _globals['_SYNCREPLY']._serialized_end=2259
+  _globals['_DELIVERACKREQUEST']._serialized_start=2261
+  _globals['_DELIVERACKREQUEST']._serialized_end=2352
+  _globals['_ADMINREQUEST']._serialized_start=2354
+  _globals['_ADMINREQUEST']._serialized_end=2401
+  _globals['_ADMINRESULT']._serialized_start=2403
+  _globals['_ADMINRESULT']._serialized_end=2459
 # @@protoc_insertion_point(module_scope)

@@ -91,12 +91,14 @@ class SendResult(_message.Message):
     def __init__(self, error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., ack: _Optional[_Union[_tether_pb2.SendAck, _Mapping]] = ...) -> None: ...
 
 class UserDelivery(_message.Message):
-    __slots__ = ("frame", "skip_device")
+    __slots__ = ("frame", "skip_device", "created_ms")
     FRAME_FIELD_NUMBER: _ClassVar[int]
     SKIP_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_MS_FIELD_NUMBER: _ClassVar[int]
     frame: bytes
     skip_device: str
-    def __init__(self, frame: _Optional[bytes] = ..., skip_device: _Optional[str] = ...) -> None: ...
+    created_ms: int
+    def __init__(self, frame: _Optional[bytes] = ..., skip_device: _Optional[str] = ..., created_ms: _Optional[int] = ...) -> None: ...
 
 class Transition(_message.Message):
     __slots__ = ("kind", "user_id", "device_id", "connection_id", "status", "at_ms")

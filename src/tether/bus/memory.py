@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections import deque
 
-from tether.bus.base import Bus, MessageHandler, StreamHandler
+from tether.bus.base import Bus, BusCounters, MessageHandler, StreamHandler
 from tether.protocol.errors import BusError, BusOverloaded
 
 __all__ = ["InProcessBus"]
@@ -37,6 +37,7 @@ class InProcessBus(Bus):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_scheduled = False
         self._closed = False
+        self.counters = BusCounters()
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -76,6 +77,7 @@ class InProcessBus(Bus):
         if len(self._pending) >= self._max_pending:
             raise BusOverloaded(f"{len(self._pending)} messages waiting for delivery")
         self._pending.append((channel, payload))
+        self.counters.published += 1
         if not self._drain_scheduled:
             self._drain_scheduled = True
             assert self._loop is not None, "InProcessBus.start() was not called"
@@ -85,6 +87,7 @@ class InProcessBus(Bus):
         self._check_open()
         try:
             self._stream(stream).put_nowait(payload)
+            self.counters.appended += 1
         except asyncio.QueueFull:
             raise BusOverloaded(
                 f"stream {stream} is full ({self._max_stream_entries} entries); retry later"

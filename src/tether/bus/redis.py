@@ -42,7 +42,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from tether.bus.base import Bus, MessageHandler, ReconnectCallback, StreamHandler
+from tether.bus.base import Bus, BusCounters, MessageHandler, ReconnectCallback, StreamHandler
 from tether.protocol.errors import BusError, BusOverloaded, BusUnavailable
 
 __all__ = ["CONSUMER_GROUP", "ReconnectCallback", "RedisBus", "RedisBusConfig"]
@@ -204,6 +204,7 @@ class RedisBus(Bus):
         self._consumers: list[asyncio.Task[None]] = []
         self._started = False
         self._closed = False
+        self.counters = BusCounters()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -401,6 +402,7 @@ class RedisBus(Bus):
             error = await self._serve_link(link, reconnected, first_up)
             self._link_active = False
             self._up.clear()
+            self.counters.link_failures += 1
             logger.info("lost the connection to Redis at %s: %s", self._address, error)
             # Every channel must be subscribed again, so flush_subscriptions waits meanwhile.
             self._dirty = set(self._channels)
@@ -606,6 +608,8 @@ class RedisBus(Bus):
                 # Redis may have run part of the batch. Publishes are at most once, so they are
                 # dropped; stream entries are at least once, so they go back to the front.
                 self._appends.extendleft(reversed(appends))
+                self.counters.write_errors += 1
+                self.counters.dropped += len(publishes)
                 logger.warning(
                     "writing to Redis at %s failed: %s; dropped %d publishes, will resend "
                     "%d stream entries", self._address, exc, len(publishes), len(appends),
@@ -615,7 +619,12 @@ class RedisBus(Bus):
             finally:
                 await pipeline.reset()  # type: ignore[no-untyped-call]
 
+            counters = self.counters
+            counters.round_trips += 1
+            counters.published += len(publishes)
+            counters.appended += len(appends)
             failures = [result for result in results if isinstance(result, Exception)]
+            counters.rejected += len(failures)
             if failures:
                 logger.error(
                     "Redis at %s rejected %d of %d commands, first: %s",
@@ -665,11 +674,13 @@ class RedisBus(Bus):
                     group_exists = False
                     pending_from = b"0"
                     continue
+                self.counters.read_errors += 1
                 logger.error("reading stream %s failed: %s", stream, exc)
                 await asyncio.sleep(config.reconnect_delay_max)
             except _LINK_ERRORS as exc:
                 # A reply lost in transit left its entries pending for this consumer: reread.
                 pending_from = b"0"
+                self.counters.read_errors += 1
                 logger.warning("reading stream %s failed, will retry: %s", stream, exc)
                 await asyncio.sleep(config.reconnect_delay_min)
 

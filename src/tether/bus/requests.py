@@ -54,6 +54,11 @@ class RequestTracker(Generic[Reply]):
         entry[1](reply)
         return True
 
+    def deadline_of(self, request_id: int) -> float | None:
+        """Return the deadline of an outstanding request, or None if the id is unknown."""
+        entry = self._pending.get(request_id)
+        return entry[0] if entry is not None else None
+
     def discard(self, request_id: int) -> None:
         """Forget a request without calling its callback (the request was never sent)."""
         self._pending.pop(request_id, None)

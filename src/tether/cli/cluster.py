@@ -30,7 +30,7 @@ _START_TIMEOUT = 30.0
 
 async def cluster(arguments: argparse.Namespace) -> int:
     """Run a local cluster until a stop signal; return the exit status."""
-    configure_logging(arguments.log_level)
+    configure_logging(arguments.log_level, arguments.log_format)
     data_dir: Path = arguments.data_dir
     load_or_create_secret(data_dir)  # one secret for every process, created before they race
     redis_server: RedisServer | None = None
@@ -46,14 +46,21 @@ async def cluster(arguments: argparse.Namespace) -> int:
         print(f"redis  {url}  ({redis_server.version()})", flush=True)
 
     base = [sys.executable, "-m", "tether"]
-    common = ["--data-dir", str(data_dir), "--redis", url, "--log-level", arguments.log_level]
+    common = ["--data-dir", str(data_dir), "--redis", url, "--log-level", arguments.log_level,
+              "--log-format", arguments.log_format]  # fmt: skip
     # The database goes to the logic workers in the environment, not on the command line,
     # where any user of the machine could read a password in it.
     logic_environment = {"TETHER_DATABASE": arguments.database}
     children: list[tuple[str, subprocess.Popen[str]]] = []
+    http_base: int | None = arguments.http_port
+
+    def http_port(offset: int) -> str:
+        return "off" if http_base is None else str(http_base + offset if http_base else 0)
+
     try:
         for index in range(arguments.logic_workers):
-            command = [*base, "logic", *common]
+            http = http_port(arguments.gateways + index)
+            command = [*base, "logic", *common, "--http-port", http]
             children.append((f"logic{index + 1}", _spawn(command, logic_environment)))
         for index in range(arguments.gateways):
             command = [
@@ -61,6 +68,7 @@ async def cluster(arguments: argparse.Namespace) -> int:
                 "--gateway-id", f"gw{index + 1}",
                 "--tcp-port", str(arguments.tcp_port + index),
                 "--ws-port", str(arguments.ws_port + index),
+                "--http-port", http_port(index),
             ]  # fmt: skip
             children.append((f"gw{index + 1}", _spawn(command)))
         for name, child in children:

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from tether.cli.settings import add_option, boolean_value, default_data_dir, port_value
+from tether.cli.settings import (
+    SettingError,
+    add_config_option,
+    add_option,
+    boolean_value,
+    default_data_dir,
+    port_value,
+    resolve,
+)
 from tether.cli.transport_options import add_client_tls_options, add_transport_security_options
 from tether.urls import redact_url
 
@@ -119,10 +126,40 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_process_options(parser: argparse.ArgumentParser) -> None:
+def _log_level(text: str) -> str:
+    from tether.ops.logs import LOG_LEVELS
+
+    lowered = text.lower()
+    if lowered not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(LOG_LEVELS)}, got {text!r}")
+    return lowered
+
+
+def _log_format(text: str) -> str:
+    from tether.ops.logs import LOG_FORMATS
+
+    lowered = text.lower()
+    if lowered not in LOG_FORMATS:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(LOG_FORMATS)}, got {text!r}")
+    return lowered
+
+
+def _add_log_options(parser: argparse.ArgumentParser) -> None:
     add_option(
-        parser, "--log-level", convert=str, default="info", help="debug, info, warning or error"
+        parser, "--log-level", convert=_log_level, default="info",
+        help="debug, info, warning or error",
+    )  # fmt: skip
+    add_option(
+        parser,
+        "--log-format",
+        convert=_log_format,
+        default="text",
+        help="text, or json for one JSON object per line with connection and user ids",
     )
+
+
+def _add_process_options(parser: argparse.ArgumentParser) -> None:
+    _add_log_options(parser)
     add_option(
         parser,
         "--loop-lag-warning",
@@ -149,16 +186,22 @@ def _add_database_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tether", description="Connection gateway and online-presence service."
+def _add_http_options(parser: argparse.ArgumentParser, *, host: bool) -> None:
+    if host:
+        add_option(parser, "--host", convert=str, default="127.0.0.1", help="address to listen on")
+    add_option(
+        parser,
+        "--http-port",
+        convert=port_value,
+        default="off",
+        help="HTTP port for health probes and Prometheus metrics, on --host (0 picks a free "
+        "port, 'off' disables; docs/operations.md uses 7402)",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser(
-        "serve",
-        help="run a gateway: embedded with presence and logic, or a cluster member with --redis",
-    )
+
+def _add_serve_options(serve: argparse.ArgumentParser) -> None:
+    """Add the options of `tether serve` (also read by `tether config show serve`)."""
+    add_config_option(serve, "serve")
     _add_data_options(serve)
     _add_key_options(serve)
     _add_database_option(serve)
@@ -300,13 +343,44 @@ def _build_parser() -> argparse.ArgumentParser:
         default=10,
         help="concurrent devices of one user on this gateway",
     )
+    _add_http_options(serve, host=False)
     _add_process_options(serve)
 
-    logic = commands.add_parser("logic", help="run a logic worker of a cluster")
+
+def _add_logic_options(logic: argparse.ArgumentParser) -> None:
+    """Add the options of `tether logic` (also read by `tether config show logic`)."""
+    add_config_option(logic, "logic")
     _add_data_options(logic)
     _add_database_option(logic)
     _add_cluster_options(logic, required=True)
+    _add_http_options(logic, host=True)
     _add_process_options(logic)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tether", description="Connection gateway and online-presence service."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run a gateway: embedded with presence and logic, or a cluster member with --redis",
+    )
+    _add_serve_options(serve)
+    logic = commands.add_parser("logic", help="run a logic worker of a cluster")
+    _add_logic_options(logic)
+
+    config = commands.add_parser("config", help="show the effective configuration")
+    config_actions = config.add_subparsers(dest="action", required=True, metavar="ACTION")
+    show = config_actions.add_parser(
+        "show",
+        help="print the settings `tether serve` or `tether logic` would use, as TOML with "
+        "secrets masked",
+    )
+    targets = show.add_subparsers(dest="target", required=True, metavar="{serve,logic}")
+    _add_serve_options(targets.add_parser("serve", help="settings of tether serve (default)"))
+    _add_logic_options(targets.add_parser("logic", help="settings of tether logic"))
 
     cluster = commands.add_parser(
         "cluster", help="start a local cluster: Redis, gateways and logic workers"
@@ -339,8 +413,14 @@ def _build_parser() -> argparse.ArgumentParser:
         help="Redis or Valkey URL to use; empty starts a private server on a free port",
     )
     add_option(
-        cluster, "--log-level", convert=str, default="info", help="debug, info, warning or error"
+        cluster,
+        "--http-port",
+        convert=port_value,
+        default="off",
+        help="HTTP port (health, metrics) of the first gateway; the other gateways, then the "
+        "logic workers, take the next ones ('off' disables)",
     )
+    _add_log_options(cluster)
 
     token = commands.add_parser("token", help="print a development token for a user")
     token.add_argument("user", help="user id (the token's sub claim)")
@@ -403,7 +483,19 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `tether` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["config", "show"] and argv[2:3] not in (["serve"], ["logic"], ["-h"]):
+        argv.insert(2, "serve")  # the default target
     arguments = _build_parser().parse_args(argv)
+    try:
+        settings = resolve(arguments)
+    except SettingError as error:
+        print(f"tether {arguments.command}: error: {error}", file=sys.stderr)
+        return 2
+    if arguments.command == "config":
+        from tether.cli.config import show_config
+
+        return show_config(arguments, settings)
     if arguments.command == "serve":
         from tether.cli.serve import serve
 
@@ -457,12 +549,11 @@ def install_stop_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(number, stop.set)
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Log to stderr at level, as text or JSON lines (see tether.ops.logs)."""
+    from tether.ops.logs import configure_logging as configure
+
+    configure(level, log_format)
 
 
 if __name__ == "__main__":

@@ -16,56 +16,16 @@ from tether.presence import PresenceConfig
 from tether.protocol.errors import TetherError
 from tether.server import ServerConfig, TetherServer
 
-__all__ = ["logic_worker", "serve"]
+__all__ = ["logic_config", "logic_worker", "serve", "serve_config"]
 
 logger = logging.getLogger("tether.cli")
 
 
 async def serve(arguments: argparse.Namespace) -> int:
     """Start an embedded server from parsed options and run it until a stop signal."""
-    configure_logging(arguments.log_level)
+    configure_logging(arguments.log_level, arguments.log_format)
     try:
-        gateway = GatewayConfig(
-            host=arguments.host,
-            tcp_port=arguments.tcp_port,
-            ws_port=arguments.ws_port,
-            ws_path=arguments.ws_path,
-            transport_security=transport_security_config(arguments),
-            heartbeat_interval=arguments.heartbeat_interval,
-            offline_timeout=arguments.offline_timeout,
-            connect_timeout=arguments.connect_timeout,
-            request_timeout=arguments.request_timeout,
-            reconnect_spread=arguments.reconnect_spread,
-            max_frame_bytes=arguments.max_frame_bytes,
-            max_body_bytes=arguments.max_body_bytes,
-            max_outgoing_bytes=arguments.max_outgoing_bytes,
-            gateway_id=arguments.gateway_id,
-            limits=LimitsConfig(
-                frames_per_second=arguments.frames_per_second,
-                frame_burst=arguments.frame_burst,
-                new_connections_per_second=arguments.new_connections_per_second,
-                new_connection_burst=max(1, int(arguments.new_connections_per_second * 2)),
-                retry_window=arguments.connect_retry_window,
-                max_connections_per_ip=arguments.max_connections_per_ip,
-                max_devices_per_user=arguments.max_devices_per_user,
-            ),
-        )
-        config = ServerConfig(
-            data_dir=arguments.data_dir,
-            secret=arguments.secret,
-            keys=KeyConfig(
-                public_key_files=arguments.public_key_files,
-                jwks_file=arguments.jwks_file,
-                reload_interval=arguments.key_reload_interval,
-            ),
-            gateway=gateway,
-            presence=PresenceConfig(grace_period=arguments.grace_period),
-            redis_url=arguments.redis,
-            database=arguments.database,
-            run_logic=arguments.logic or not arguments.redis,
-            lease_timeout=arguments.lease_timeout,
-            loop_lag_threshold=arguments.loop_lag_warning,
-        )
+        config = serve_config(arguments)
     except ValueError as error:
         logger.error("invalid setting: %s", error)
         return 2
@@ -74,11 +34,67 @@ async def serve(arguments: argparse.Namespace) -> int:
 
 async def logic_worker(arguments: argparse.Namespace) -> int:
     """Run a logic worker of a cluster until a stop signal."""
-    configure_logging(arguments.log_level)
-    if not arguments.redis:
-        logger.error("tether logic needs --redis URL (or TETHER_REDIS)")
+    configure_logging(arguments.log_level, arguments.log_format)
+    try:
+        config = logic_config(arguments)
+    except ValueError as error:
+        logger.error("invalid setting: %s", error)
         return 2
-    config = ServerConfig(
+    return await _run(config)
+
+
+def serve_config(arguments: argparse.Namespace) -> ServerConfig:
+    """Return the settings of `tether serve`; ValueError names a setting that is invalid."""
+    gateway = GatewayConfig(
+        host=arguments.host,
+        tcp_port=arguments.tcp_port,
+        ws_port=arguments.ws_port,
+        ws_path=arguments.ws_path,
+        transport_security=transport_security_config(arguments),
+        heartbeat_interval=arguments.heartbeat_interval,
+        offline_timeout=arguments.offline_timeout,
+        connect_timeout=arguments.connect_timeout,
+        request_timeout=arguments.request_timeout,
+        reconnect_spread=arguments.reconnect_spread,
+        max_frame_bytes=arguments.max_frame_bytes,
+        max_body_bytes=arguments.max_body_bytes,
+        max_outgoing_bytes=arguments.max_outgoing_bytes,
+        gateway_id=arguments.gateway_id,
+        limits=LimitsConfig(
+            frames_per_second=arguments.frames_per_second,
+            frame_burst=arguments.frame_burst,
+            new_connections_per_second=arguments.new_connections_per_second,
+            new_connection_burst=max(1, int(arguments.new_connections_per_second * 2)),
+            retry_window=arguments.connect_retry_window,
+            max_connections_per_ip=arguments.max_connections_per_ip,
+            max_devices_per_user=arguments.max_devices_per_user,
+        ),
+    )
+    return ServerConfig(
+        data_dir=arguments.data_dir,
+        secret=arguments.secret,
+        keys=KeyConfig(
+            public_key_files=arguments.public_key_files,
+            jwks_file=arguments.jwks_file,
+            reload_interval=arguments.key_reload_interval,
+        ),
+        gateway=gateway,
+        presence=PresenceConfig(grace_period=arguments.grace_period),
+        redis_url=arguments.redis,
+        database=arguments.database,
+        run_logic=arguments.logic or not arguments.redis,
+        lease_timeout=arguments.lease_timeout,
+        loop_lag_threshold=arguments.loop_lag_warning,
+        http_host=arguments.host,
+        http_port=arguments.http_port,
+    )
+
+
+def logic_config(arguments: argparse.Namespace) -> ServerConfig:
+    """Return the settings of `tether logic`; ValueError names a setting that is invalid."""
+    if not arguments.redis:
+        raise ValueError("tether logic needs --redis URL (or TETHER_REDIS, or redis in the file)")
+    return ServerConfig(
         data_dir=arguments.data_dir,
         secret=arguments.secret,
         redis_url=arguments.redis,
@@ -86,8 +102,9 @@ async def logic_worker(arguments: argparse.Namespace) -> int:
         run_gateway=False,
         lease_timeout=arguments.lease_timeout,
         loop_lag_threshold=arguments.loop_lag_warning,
+        http_host=arguments.host,
+        http_port=arguments.http_port,
     )
-    return await _run(config)
 
 
 async def _run(config: ServerConfig) -> int:
@@ -107,15 +124,17 @@ async def _run(config: ServerConfig) -> int:
     install_stop_signals(stop)
     asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, server.reload_keys)
     # One line on stdout that scripts and tests can wait for.
+    http = f" http={config.http_host}:{server.http.port}" if server.http is not None else ""
     if server.gateway is not None:
         gateway = config.gateway
         print(
             f"tether ready tcp={gateway.host}:{server.tcp_port} "
-            f"ws={gateway.host}:{server.ws_port}{gateway.ws_path} gateway={server.gateway.id}",
+            f"ws={gateway.host}:{server.ws_port}{gateway.ws_path} gateway={server.gateway.id}"
+            + http,
             flush=True,
         )
     else:
-        print("tether ready logic", flush=True)
+        print("tether ready logic" + http, flush=True)
     await stop.wait()
     await server.close()
     return 0

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from tether.auth import TokenVerifier
     from tether.bus.base import Bus
     from tether.gateway.config import GatewayConfig
+    from tether.gateway.counters import GatewayCounters
 
 __all__ = ["MAX_ID_BYTES", "ClientRequests", "is_valid_id"]
 
@@ -49,6 +50,7 @@ class ClientRequests:
         config: GatewayConfig
         bus: Bus
         verifier: TokenVerifier
+        counters: GatewayCounters
         _live: OrderedDict[Connection, None]
         _expiries: list[tuple[float, str, Connection]]
 
@@ -71,6 +73,7 @@ class ClientRequests:
     # Requests from clients.
 
     def _on_send(self, connection: Connection, send: pb.Send) -> None:
+        self.counters.sends += 1
         problem = _check_send(send, self.config.max_body_bytes)
         if problem is not None:
             code, message = problem

@@ -13,6 +13,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from tether.gateway.limits import TokenBucket
+from tether.ops.logs import ConnectionLabel
 from tether.protocol import tether_pb2 as pb
 from tether.protocol.connection import ServerProtocol
 from tether.protocol.states import ConnectionState
@@ -109,9 +110,13 @@ class Connection:
         if self.protocol.state is not ConnectionState.CLOSED:
             self.write_chunks(chunks)
 
-    def describe(self) -> str:
-        """Return the ids that every log record about this connection carries."""
-        return f"conn={self.id} user={self.user_id or '-'} device={self.device_id or '-'}"
+    def describe(self) -> ConnectionLabel:
+        """Return the ids that every log record about this connection carries.
+
+        Pass it as a log argument: `%s` prints `conn=... user=... device=...`, and the JSON
+        log format also puts the ids in fields of their own.
+        """
+        return ConnectionLabel(self.id, self.user_id, self.device_id)
 
     # Transport operations, implemented per transport.
 

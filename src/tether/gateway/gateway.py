@@ -43,6 +43,7 @@ from tether.gateway.client_requests import (
 )
 from tether.gateway.config import GatewayConfig
 from tether.gateway.connection import Connection
+from tether.gateway.counters import GatewayCounters
 from tether.gateway.interest import PresenceInterest
 from tether.gateway.limits import ConnectionRateLimiter, PerKeyCounter, TokenBucket
 from tether.gateway.presence_link import BusPresenceLink, PresenceLink
@@ -88,6 +89,7 @@ class Gateway(PresenceInterest, ClientRequests):
         self.watchers: dict[str, set[Connection]] = {}
         self.presence_cache: dict[str, pb.UserPresence] = {}
         self.requests: RequestTracker[env.Envelope] = RequestTracker()
+        self.counters = GatewayCounters()  # read by the metrics endpoint
 
         # With the PROXY protocol on: sockets still in their PROXY header or the TLS handshake
         # after it, in accept order.
@@ -191,6 +193,8 @@ class Gateway(PresenceInterest, ClientRequests):
         # were accepted later, so the sweep may close it late, by at most its handshake time.
         connection.last_heard = now if accepted_at is None else accepted_at
         self.connections[connection.id] = connection
+        accepted = self.counters.accepted
+        accepted[connection.transport_name] = accepted.get(connection.transport_name, 0) + 1
         self._awaiting[connection] = None
         address = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         connection.peer = f"{address}:{peer[1]}" if isinstance(peer, tuple) else address
@@ -216,7 +220,7 @@ class Gateway(PresenceInterest, ClientRequests):
         # Counted, not logged one by one: a storm would otherwise flood the log.
         self._limit_hits[reason.split(" from ")[0]] += 1
         if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("rejected %s from %s: %s", connection.id, connection.peer, reason)
+            logger.debug("rejected %s from %s: %s", connection.describe(), connection.peer, reason)
         self._close(
             connection,
             Code.OVERLOADED,
@@ -261,7 +265,9 @@ class Gateway(PresenceInterest, ClientRequests):
             connection.protocol.move_to(ConnectionState.CLOSED)
         self._release(connection)
         self._closing.pop(connection, None)
-        self.connections.pop(connection.id, None)
+        if self.connections.pop(connection.id, None) is not None:
+            closed = self.counters.closed
+            closed[connection.transport_name] = closed.get(connection.transport_name, 0) + 1
         connection.outbox.clear()
         if was_open:
             reason = f"transport lost: {exc}" if exc else "closed by client"
@@ -359,6 +365,7 @@ class Gateway(PresenceInterest, ClientRequests):
                 return
 
     def _on_heartbeat(self, connection: Connection, heartbeat: pb.Heartbeat) -> None:
+        self.counters.heartbeats += 1
         ack = pb.Frame(
             heartbeat_ack=pb.HeartbeatAck(nonce=heartbeat.nonce, server_time_ms=_now_ms())
         )
@@ -391,7 +398,9 @@ class Gateway(PresenceInterest, ClientRequests):
         try:
             user_id, expires = self.verifier.verify_claims(connect.token)
         except AuthenticationError as error:
-            logger.info("rejected connect from %s: %s", connection.peer, error)
+            logger.info(
+                "rejected connect of %s from %s: %s", connection.describe(), connection.peer, error
+            )
             self._close(connection, error.code, str(error), abort=False)
             return
         connection.token_expires = expires or 0.0
@@ -533,7 +542,11 @@ class Gateway(PresenceInterest, ClientRequests):
 
     def _on_reply(self, channel: str, payload: bytes) -> None:
         reply = env.Envelope.FromString(payload)
-        self.requests.resolve(reply.request_id, reply)
+        deadline = self.requests.deadline_of(reply.request_id)
+        if deadline is not None and self.requests.resolve(reply.request_id, reply):
+            counters = self.counters
+            counters.requests_replied += 1
+            counters.request_latency.observe(self._now() - deadline + self.config.request_timeout)
 
     def _on_user_message(self, channel: str, payload: bytes) -> None:
         message = env.Envelope.FromString(payload)
@@ -546,10 +559,14 @@ class Gateway(PresenceInterest, ClientRequests):
             delivery = message.user_delivery
             frame = delivery.frame
             skip = delivery.skip_device
+            counters = self.counters
+            if delivery.created_ms:
+                counters.delivery_latency.observe(max(0, _now_ms() - delivery.created_ms) / 1000)
             # A copy: a device closed as a slow consumer leaves the dict during the loop.
             for device_id, connection in list(devices.items()):
                 if device_id != skip:
                     connection.send_payload(frame)
+                    counters.deliveries += 1
         elif kind == "device_claim":
             claim = message.device_claim
             holder = devices.get(claim.device_id)
@@ -571,6 +588,8 @@ class Gateway(PresenceInterest, ClientRequests):
     # Transitions.
 
     def _add_transition(self, connection: Connection, kind: int, status: pb.SetStatus) -> None:
+        transitions = self.counters.transitions
+        transitions[kind] = transitions.get(kind, 0) + 1
         heard_ms = _now_ms() - int((self._now() - connection.last_heard) * 1000)
         self._transitions.append(
             _Transition(
@@ -630,6 +649,8 @@ class Gateway(PresenceInterest, ClientRequests):
             return  # closing already; the protocol core may have moved to CLOSING by itself
         # Mark the close first: nothing below may start it again, not even a full outbox.
         connection.closing_deadline = self._now() + self.config.close_timeout
+        disconnects = self.counters.disconnects
+        disconnects[code] = disconnects.get(code, 0) + 1
         if code is not None and not abort:
             frame = pb.Frame(
                 disconnect=pb.Disconnect(
@@ -696,7 +717,7 @@ class Gateway(PresenceInterest, ClientRequests):
                 del self._closing[connection]
                 logger.info("aborting %s: close did not finish in time", connection.describe())
                 connection.close_transport(abort=True)
-            self.requests.expire(now)
+            self.counters.requests_timed_out += self.requests.expire(now)
             self._expire_tokens()
             self._freeze_after_growth()
             self._log_limit_hits()
@@ -779,6 +800,7 @@ class Gateway(PresenceInterest, ClientRequests):
         except BusError as error:
             logger.warning("bus did not take a request to %s: %s", target, error)
             self.requests.discard(request_id)
+            self.counters.requests_refused += 1
             return False
         return True
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,7 @@ from tether.protocol.states import ConnectionState
 if TYPE_CHECKING:
     from tether.bus.base import Bus
     from tether.gateway.config import GatewayConfig
+    from tether.gateway.counters import GatewayCounters
     from tether.gateway.presence_link import PresenceLink
 
 __all__ = ["PresenceInterest"]
@@ -43,6 +45,7 @@ class PresenceInterest:
         watchers: dict[str, set[Connection]]
         presence_cache: dict[str, pb.UserPresence]
         config: GatewayConfig
+        counters: GatewayCounters
 
     # Presence changes from the bus.
 
@@ -59,6 +62,16 @@ class PresenceInterest:
 
     def _on_presence_change(self, channel: str, payload: bytes) -> None:
         presence = env.Envelope.FromString(payload).presence_change.presence
+        counters = self.counters
+        counters.presence_in += 1
+        if presence.status != pb.STATUS_OFFLINE:
+            # Presence sets last_seen_ms to the time it published a visible online status.
+            age_ms = int(time.time() * 1000) - presence.last_seen_ms
+            counters.presence_latency.observe(max(0, age_ms) / 1000)
+        self._apply_presence(presence)
+
+    def _apply_presence(self, presence: pb.UserPresence) -> None:
+        """Cache a user's newer presence and queue it to every watcher that had its snapshot."""
         user_id = presence.user_id
         watchers = self.watchers.get(user_id)
         if not watchers:
@@ -68,9 +81,12 @@ class PresenceInterest:
             return  # older than what a snapshot already showed
         self.presence_cache[user_id] = presence
         frame = pb.Frame(presence_update=pb.PresenceUpdate(presence=presence)).SerializeToString()
+        sent = 0
         for connection in list(watchers):  # a slow consumer leaves the set during the loop
             if connection.snapshot_sent:
                 connection.send_payload(frame)
+                sent += 1
+        self.counters.presence_out += sent
 
     # Watchers, snapshots and contact lists.
 
@@ -162,10 +178,4 @@ class PresenceInterest:
 
     def _on_presence_refresh(self, users: list[pb.UserPresence] | None) -> None:
         for presence in users or ():
-            cached = self.presence_cache.get(presence.user_id)
-            if cached is not None and cached.version >= presence.version:
-                continue
-            change = env.Envelope(presence_change=env.PresenceChange(presence=presence))
-            self._on_presence_change(
-                channels.presence_channel(presence.user_id), change.SerializeToString()
-            )
+            self._apply_presence(presence)

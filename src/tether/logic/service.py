@@ -222,11 +222,16 @@ class LogicService:
         )
         if stored.new:
             frame = pb.Frame(deliver=pb.Deliver(messages=[_to_message(stored)])).SerializeToString()
-            to_recipient = env.Envelope(user_delivery=env.UserDelivery(frame=frame))
+            created = stored.created_ms
+            to_recipient = env.Envelope(
+                user_delivery=env.UserDelivery(frame=frame, created_ms=created)
+            )
             outbox.add(channels.user_channel(stored.recipient), to_recipient)
             # The sender's other devices get the message too; the sending device has the ack.
             to_sender = env.Envelope(
-                user_delivery=env.UserDelivery(frame=frame, skip_device=stored.sender_device)
+                user_delivery=env.UserDelivery(
+                    frame=frame, skip_device=stored.sender_device, created_ms=created
+                )
             )
             outbox.add(channels.user_channel(sender), to_sender)
         ack = pb.SendAck(
