@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 import uvloop
+from redis_server import REDIS_KINDS, RedisUnderTest, new_redis
 
 from tether.auth import issue_token
 from tether.client import Client
@@ -55,6 +56,24 @@ def test_gateway_config(**overrides: object) -> GatewayConfig:
 
 
 test_gateway_config.__test__ = False  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module", params=REDIS_KINDS)
+def redis_kind(request: pytest.FixtureRequest) -> str:
+    """Run the tests that use it against a standalone server and against a Redis Cluster."""
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture(scope="module")
+def shared_redis(
+    redis_kind: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RedisUnderTest]:
+    """A server of redis_kind shared by a module's tests; they must not stop it."""
+    server = new_redis(redis_kind, tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
 
 
 ServerFactory = Callable[..., Awaitable[EmbeddedServer]]

@@ -61,6 +61,8 @@ class ServerConfig:
     """Open the control socket for `tether contacts` when logic runs here (default true)."""
     redis_url: str = ""
     """Redis or Valkey URL; empty runs embedded on the in-process bus (default empty)."""
+    redis_cluster: bool = False
+    """Whether redis_url names a node of a Redis Cluster (default false)."""
     run_gateway: bool = True
     """Serve clients in this process (default true)."""
     run_logic: bool = True
@@ -112,13 +114,14 @@ class TetherServer:
 
         if config.redis_url:
             gateway_id = config.gateway.gateway_id or f"gw-{os.urandom(4).hex()}"
-            self.bus = RedisBus(RedisBusConfig(url=config.redis_url))
+            self.bus = RedisBus(RedisBusConfig(url=config.redis_url, cluster=config.redis_cluster))
             if config.run_gateway:
                 gateway_config = dataclasses.replace(config.gateway, gateway_id=gateway_id)
                 self.gateway = Gateway(gateway_config, self.bus, verifier)
                 self.cluster_presence = RedisPresence(
                     ClusterPresenceConfig(
                         url=config.redis_url,
+                        cluster=config.redis_cluster,
                         lease_timeout=config.lease_timeout,
                         grace_period=config.presence.grace_period,
                     ),
@@ -190,7 +193,7 @@ class TetherServer:
             await self._start_control_socket()
         logger.info(
             "tether started (%s, data in %s)",
-            f"cluster on {_redacted(config.redis_url)}" if config.redis_url else "embedded",
+            _mode(config),
             config.data_dir,
         )
 
@@ -291,6 +294,14 @@ async def send_admin_request(
                 return env.Envelope.FromString(payloads[0]).admin_result
     finally:
         writer.close()
+
+
+def _mode(config: ServerConfig) -> str:
+    """Return how this process runs, for the start log record."""
+    if not config.redis_url:
+        return "embedded"
+    kind = "Redis Cluster" if config.redis_cluster else "Redis"
+    return f"cluster on {kind} {_redacted(config.redis_url)}"
 
 
 def _redacted(url: str) -> str:

@@ -67,6 +67,13 @@ def _add_cluster_options(parser: argparse.ArgumentParser, *, required: bool = Fa
     )
     add_option(
         parser,
+        "--redis-cluster",
+        convert=_boolean,
+        default=False,
+        help="the --redis URL names a node of a Redis Cluster or Valkey cluster (true or false)",
+    )
+    add_option(
+        parser,
         "--lease-timeout",
         convert=_positive,
         default=5.0,
@@ -272,6 +279,14 @@ def _build_parser() -> argparse.ArgumentParser:
         convert=str,
         default="",
         help="Redis or Valkey URL to use; empty starts a private server on a free port",
+    )
+    add_option(
+        cluster,
+        "--redis-cluster",
+        convert=_boolean,
+        default=False,
+        help="use a Redis Cluster: --redis names one of its nodes, or, without --redis, a "
+        "private cluster of three primaries is started (true or false)",
     )
     add_option(
         cluster, "--log-level", convert=str, default="info", help="debug, info, warning or error"

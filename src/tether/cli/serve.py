@@ -51,6 +51,7 @@ async def serve(arguments: argparse.Namespace) -> int:
             gateway=gateway,
             presence=PresenceConfig(grace_period=arguments.grace_period),
             redis_url=arguments.redis,
+            redis_cluster=arguments.redis_cluster,
             run_logic=arguments.logic or not arguments.redis,
             lease_timeout=arguments.lease_timeout,
         )
@@ -70,6 +71,7 @@ async def logic_worker(arguments: argparse.Namespace) -> int:
         data_dir=arguments.data_dir,
         secret=arguments.secret,
         redis_url=arguments.redis,
+        redis_cluster=arguments.redis_cluster,
         run_gateway=False,
         lease_timeout=arguments.lease_timeout,
     )
