@@ -106,11 +106,14 @@ KILL_WAIT_MARGIN = 10.0
 # Commands this script sends itself, left out of every count.
 OWN_COMMANDS = frozenset({"info"})
 # Commands that tether's processes send on timers, with or without clients. The bus sends
-# health PINGs, stream reads and claims. Each gateway runs the lease renewal, reaper and
-# grace-period scripts (EVALSHA renew, reap, finish_grace).
+# health PINGs, stream reads and claims. Each gateway runs the lease renewal and the claims of
+# its reaper and grace checks (EVALSHA renew, claim_leases, claim_grace).
 PERIODIC_COMMANDS = frozenset(
-    {"PING", "XREADGROUP", "XAUTOCLAIM", "EVALSHA renew", "EVALSHA reap", "EVALSHA finish_grace"}
-)
+    {
+        "PING", "XREADGROUP", "XAUTOCLAIM",
+        "EVALSHA renew", "EVALSHA claim_leases", "EVALSHA claim_grace",
+    }
+)  # fmt: skip
 # A MONITOR line: "+<unix time> [<db> <client address or lua>] "<COMMAND>" "<argument>" ...".
 MONITOR_LINE = re.compile(rb'^\+[\d.]+ \[\d+ ([^\]]+)\] "([^"]*)"(?: "([^"]*)")?')
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import uvloop
 from postgres_server import ENABLE_HINT, PostgresUnavailable, TestDatabase
+from redis_server import REDIS_KINDS, RedisUnderTest, new_redis
 
 from tether.auth import issue_token
 from tether.client import Client
@@ -98,6 +99,24 @@ def logic_database(request: pytest.FixtureRequest) -> str:
 
 
 BOTH_BACKENDS = pytest.mark.parametrize("logic_database", ["sqlite", "postgresql"], indirect=True)
+
+
+@pytest.fixture(scope="module", params=REDIS_KINDS)
+def redis_kind(request: pytest.FixtureRequest) -> str:
+    """Run the tests that use it against a standalone server and against a Redis Cluster."""
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture(scope="module")
+def shared_redis(
+    redis_kind: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RedisUnderTest]:
+    """A server of redis_kind shared by a module's tests; they must not stop it."""
+    server = new_redis(redis_kind, tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
 
 
 ServerFactory = Callable[..., Awaitable[EmbeddedServer]]

@@ -278,7 +278,8 @@ def _free_port_pair() -> int:
     raise RuntimeError("no two consecutive free ports found")
 
 
-def test_cluster_command_runs_and_stops(tmp_path: Path) -> None:
+@pytest.mark.parametrize("redis_cluster", [False, True], ids=["standalone", "cluster"])
+def test_cluster_command_runs_and_stops(tmp_path: Path, redis_cluster: bool) -> None:
     tcp_base, ws_base = _free_port_pair(), _free_port_pair()
     process = subprocess.Popen(
         [
@@ -296,6 +297,8 @@ def test_cluster_command_runs_and_stops(tmp_path: Path) -> None:
             str(ws_base),
             "--log-level",
             "warning",
+            "--redis-cluster",
+            str(redis_cluster).lower(),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -312,6 +315,7 @@ def test_cluster_command_runs_and_stops(tmp_path: Path) -> None:
         assert f"tcp=127.0.0.1:{tcp_base} " in output
         assert f"tcp=127.0.0.1:{tcp_base + 1} " in output
         assert "redis  redis://127.0.0.1:" in output
+        assert ("Redis Cluster of 3 primaries" in output) == redis_cluster
         pids = [int(pid) for pid in re.findall(r" pid (\d+) ", output)]
         assert len(pids) == 3
 

@@ -1,4 +1,8 @@
-"""Cluster mode with real processes: gateways and a logic worker joined by a real Redis server."""
+"""Cluster mode with real processes: gateways and a logic worker joined by a real Redis server.
+
+Tests marked `on_both` run twice: on a standalone server and on a Redis Cluster of three
+primaries (`--redis-cluster true`); the others run on a standalone server.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +17,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import redis.asyncio as redis
 from conftest import TIMEOUT, drain, next_of, presence_of
+from redis_server import REDIS_KINDS, RedisUnderTest, inspector, new_redis, subscriber_counts
 
 from tether.auth import issue_token
 from tether.client import Client, RequestError
 from tether.client import events as ev
-from tether.local_redis import RedisServer
 from tether.protocol import tether_pb2 as pb
 from tether.protocol.codes import Code
 from tether.protocol.framing import prefix_frame
@@ -28,6 +31,8 @@ from tether.server import send_admin_request
 SECRET = "cluster-test-secret-of-at-least-32-bytes"
 LEASE = 1.5  # seconds; short so a crash is noticed quickly
 TETHER = [sys.executable, "-m", "tether"]
+
+on_both = pytest.mark.parametrize("redis_server", REDIS_KINDS, indirect=True)
 
 
 class Process:
@@ -66,7 +71,7 @@ class Process:
 
 
 class Cluster:
-    def __init__(self, directory: Path, redis_server: RedisServer, lease: float = LEASE) -> None:
+    def __init__(self, directory: Path, redis_server: RedisUnderTest, lease: float = LEASE) -> None:
         self.directory = directory
         self.redis = redis_server
         self.lease = lease
@@ -74,6 +79,7 @@ class Cluster:
 
     def common(self) -> list[str]:
         return ["--data-dir", str(self.directory), "--secret", SECRET, "--redis", self.redis.url,
+                "--redis-cluster", str(self.redis.cluster).lower(),
                 "--lease-timeout", str(self.lease), "--log-level", "warning"]  # fmt: skip
 
     def gateway(self, name: str, **settings: str) -> Process:
@@ -102,15 +108,16 @@ class Cluster:
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
+def redis_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisUnderTest]:
+    """A standalone server, or the kind that the on_both mark passes."""
+    server = new_redis(getattr(request, "param", "standalone"), tmp_path / "redis")
     server.start()
     yield server
     server.stop()
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, redis_server: RedisServer) -> Iterator[Cluster]:
+def cluster(tmp_path: Path, redis_server: RedisUnderTest) -> Iterator[Cluster]:
     running = Cluster(tmp_path / "data", redis_server)
     yield running
     running.stop()
@@ -140,6 +147,7 @@ async def befriend(cluster: Cluster, user_a: str, user_b: str) -> None:
     assert result is not None and result.error_code == 0
 
 
+@on_both
 async def test_presence_and_messages_cross_gateways(
     cluster: Cluster, clients: list[Client]
 ) -> None:
@@ -167,6 +175,7 @@ async def test_presence_and_messages_cross_gateways(
     assert (await presence_of(bob, "alice")).status == "busy"
 
 
+@on_both
 async def test_killed_gateway_users_go_offline(cluster: Cluster, clients: list[Client]) -> None:
     cluster.logic()
     gw1, gw2 = cluster.gateway("gw1"), cluster.gateway("gw2")
@@ -189,6 +198,7 @@ async def test_killed_gateway_users_go_offline(cluster: Cluster, clients: list[C
     assert not [e for e in events if isinstance(e, ev.PresenceChanged)]
 
 
+@on_both
 async def test_device_moves_gateway_without_flap(cluster: Cluster, clients: list[Client]) -> None:
     cluster.logic()
     gw1, gw2 = cluster.gateway("gw1"), cluster.gateway("gw2")
@@ -212,8 +222,9 @@ async def test_device_moves_gateway_without_flap(cluster: Cluster, clients: list
     writer.close()
 
 
+@on_both
 async def test_only_watching_gateways_subscribe(
-    cluster: Cluster, clients: list[Client], redis_server: RedisServer
+    cluster: Cluster, clients: list[Client], redis_server: RedisUnderTest
 ) -> None:
     cluster.logic()
     gw1, gw2, gw3 = cluster.gateway("gw1"), cluster.gateway("gw2"), cluster.gateway("gw3")
@@ -223,18 +234,17 @@ async def test_only_watching_gateways_subscribe(
     await next_of(bob, ev.PresenceSnapshot)  # gw2 watches alice from here on
     carol = await connect(clients, gw3, "carol")
 
-    client = redis.Redis.from_url(redis_server.url)
-    try:
-        counts = dict(await client.pubsub_numsub("tether.presence.alice", "tether.presence.carol"))
-    finally:
-        await client.aclose()
-    assert counts[b"tether.presence.alice"] == 1  # only gw2, where bob watches alice
-    assert counts[b"tether.presence.carol"] == 0  # carol is no one's contact
+    watching_alice, watching_carol = subscriber_counts(
+        redis_server, "tether.presence.{alice}", "tether.presence.{carol}"
+    )
+    assert watching_alice == 1  # only gw2, where bob watches alice
+    assert watching_carol == 0  # carol is no one's contact
     assert not [e for e in await drain(carol) if isinstance(e, ev.PresenceChanged)]
 
 
+@on_both
 async def test_redis_restart_recovers(
-    cluster: Cluster, clients: list[Client], redis_server: RedisServer
+    cluster: Cluster, clients: list[Client], redis_server: RedisUnderTest
 ) -> None:
     cluster.logic()
     gw1, gw2 = cluster.gateway("gw1"), cluster.gateway("gw2")
@@ -278,10 +288,10 @@ async def _until_online(client: Client, user: str) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _wait_for_status(redis_server: RedisServer, user: str, expected: bytes) -> None:
-    client = redis.Redis.from_url(redis_server.url)
+async def _wait_for_status(redis_server: RedisUnderTest, user: str, expected: bytes) -> None:
+    client = inspector(redis_server)
     try:
-        while await client.hget(f"tether:p:{user}", "status") != expected:
+        while await client.hget(f"tether:p:{{{user}}}", "status") != expected:
             await asyncio.sleep(0.1)
     finally:
         await client.aclose()

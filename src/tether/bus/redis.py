@@ -1,22 +1,29 @@
 """The bus on Redis (>= 7) or Valkey, for tether processes spread over several machines.
 
-Pub/sub channels are Redis channels. Streams are Redis streams read by the consumer group
-`tether`, so each entry goes to one consumer of the group and stays pending until that
-consumer acknowledges it (XACK) after its handler returned.
+Pub/sub channels are Redis channels: classic pub/sub (PUBLISH, SUBSCRIBE) on a standalone
+server, sharded pub/sub (SPUBLISH, SSUBSCRIBE) on a Redis Cluster, where a channel lives in
+the hash slot of its name and only that slot's primary carries it. Streams are Redis streams
+read by the consumer group `tether`, so each entry goes to one consumer of the group and stays
+pending until that consumer acknowledges it (XACK) after its handler returned.
 
 One bus uses these connections and tasks:
 
-- the subscriber link: one connection in subscribed mode. A sender task writes SUBSCRIBE,
-  UNSUBSCRIBE and health PINGs on it, and a reader task calls the message handlers. The
-  supervisor task reopens the link with backoff when the PING times out or the socket fails,
-  resubscribes every channel and then runs the reconnect callbacks.
-- the writer task: pipelines every buffered PUBLISH and XADD in one round trip per batch.
-- one consumer task per `consume` call, reading with XREADGROUP on its own pooled connection.
+- the subscriber links (tether.bus.redis_links): one connection in subscribed mode to the
+  server, or to each primary of a cluster. Per link, a sender task writes (S)SUBSCRIBE,
+  (S)UNSUBSCRIBE and health PINGs, and a reader task calls the message handlers. The
+  supervisor task reopens every link with backoff when a PING times out or a socket fails,
+  resubscribes every channel and then runs the reconnect callbacks. On a cluster it also
+  follows slot moves: when a primary drops channels because their slot moved, it reloads
+  the slot map and subscribes them on their new primary.
+- the writer task: pipelines every buffered publish and XADD in one round trip per batch
+  (per primary on a cluster).
+- one consumer task per `consume` call (tether.bus.redis_streams), reading with XREADGROUP
+  on its own pooled connection.
 
-`ready` is true while the subscriber link is up and every subscription is confirmed. While it
-is false, `publish` and `append` raise BusError at once instead of buffering, so a caller
-can report a retryable error. `RedisBus` describes what happens to messages they accepted
-before the outage was detected.
+`ready` is true while every subscriber link is up and every subscription made before the
+last (re)connect is confirmed. While it is false, `publish` and `append` raise BusError at
+once instead of buffering, so a caller can report a retryable error. `RedisBus` describes
+what happens to messages they accepted before the outage was detected.
 """
 
 from __future__ import annotations
@@ -29,42 +36,42 @@ import os
 import random
 import socket
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisClusterException, RedisError
 
 from tether.bus.base import Bus, BusCounters, MessageHandler, ReconnectCallback, StreamHandler
+from tether.bus.redis_links import SubscriberLink, load_slot_owners, slot_of
+from tether.bus.redis_streams import (
+    CONSUMER_GROUP,
+    LINK_ERRORS,
+    PAYLOAD_FIELD,
+    RedisClient,
+    StreamConsumer,
+    execute,
+    raw_reply,
+)
 from tether.protocol.errors import BusError, BusOverloaded, BusUnavailable
 
-__all__ = ["CONSUMER_GROUP", "ReconnectCallback", "RedisBus", "RedisBusConfig"]
+__all__ = ["CONSUMER_GROUP", "ReconnectCallback", "RedisBus", "RedisBusConfig", "cancel_and_wait"]
 
 logger = logging.getLogger("tether.bus.redis")
 
-# Consumer group that every tether process reading a stream joins.
-CONSUMER_GROUP = "tether"
-# Field of a stream entry that contains the payload.
-PAYLOAD_FIELD = b"p"
-# Channels per SUBSCRIBE or UNSUBSCRIBE command, so one command stays a few hundred KB.
-SUBSCRIBE_BATCH = 1024
 # Pub/sub messages dispatched before the reader yields to the event loop, so a flood of
 # messages already in the read buffer cannot starve other tasks.
 MESSAGES_PER_YIELD = 256
 
 
-# Failures of the link to the server, as opposed to errors the server replied with.
-_LINK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 # Everything that can make opening a connection fail, server replies (such as a bad password)
 # included.
-_CONNECT_ERRORS = (RedisError, OSError, TimeoutError)
+_CONNECT_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -72,7 +79,11 @@ class RedisBusConfig:
     """Settings of a RedisBus. Times are in seconds unless a name ends in `_ms`."""
 
     url: str = "redis://127.0.0.1:6379/0"
-    """Server URL in redis-py's form: redis://, rediss:// (TLS) or unix:// (default local)."""
+    """Server URL in redis-py's form: redis://, rediss:// (TLS) or unix:// (default local).
+    With `cluster`, the URL of any one node (redis:// or rediss://, database 0)."""
+    cluster: bool = False
+    """Whether the server is a Redis Cluster (default false). A cluster bus discovers the
+    primaries from the URL's node and uses sharded pub/sub on each of them."""
     max_pending_publishes: int = 100_000
     """Messages published but not yet written to Redis before BusOverloaded (default 100,000)."""
     max_pending_appends: int = 100_000
@@ -156,6 +167,7 @@ class RedisBus(Bus):
     def __init__(self, config: RedisBusConfig | None = None) -> None:
         self.config = config = config or RedisBusConfig()
         self._address = _address_of(config.url)
+        self._publish_command = "SPUBLISH" if config.cluster else "PUBLISH"
 
         # No retries inside redis-py, because this class decides what is resent after a
         # failure. RESP2 (protocol=2), because RESP3 turns pub/sub messages into push frames
@@ -165,28 +177,38 @@ class RedisBus(Bus):
             "retry": Retry(NoBackoff(), 0),
             "protocol": 2,
         }
-        self._commands = Redis.from_url(
-            config.url, socket_timeout=config.command_timeout, **options
-        )
-        self._blocking = Redis.from_url(
-            config.url, socket_timeout=config.command_timeout + config.block_ms / 1000, **options
-        )
+        blocking_timeout = config.command_timeout + config.block_ms / 1000
+        self._commands: RedisClient
+        self._blocking: RedisClient
+        if config.cluster:
+            self._commands = RedisCluster.from_url(
+                config.url, socket_timeout=config.command_timeout, **options
+            )
+            self._blocking = RedisCluster.from_url(
+                config.url, socket_timeout=blocking_timeout, **options
+            )
+        else:
+            self._commands = Redis.from_url(
+                config.url, socket_timeout=config.command_timeout, **options
+            )
+            self._blocking = Redis.from_url(config.url, socket_timeout=blocking_timeout, **options)
         # Raw replies: the consumer parses XREADGROUP and XAUTOCLAIM itself, so their shape
         # does not depend on the redis-py version.
         for client in (self._commands, self._blocking):
             for command in ("XREADGROUP", "XAUTOCLAIM"):
-                client.set_response_callback(command, _raw_reply)
+                client.set_response_callback(command, raw_reply)
 
-        # Subscriptions: `_channels` is what handlers want, `_on_server` what was sent to the
-        # server on the current link, `_dirty` the channels whose two states may differ.
+        # Subscriptions: `_channels` is what handlers want. Each channel is routed to the link
+        # of the server that carries it, which tracks what it has sent (SubscriberLink).
+        # `_displaced` contains channels a cluster node dropped because their slot moved, until
+        # the slot map is reloaded and they are routed to their new primary.
         self._channels: dict[bytes, _Subscription] = {}
-        self._on_server: set[bytes] = set()
-        self._dirty: set[bytes] = set()
-        self._unconfirmed = 0  # (un)subscriptions sent on this link and not yet confirmed
-        self._settled = asyncio.Event()  # nothing dirty and nothing unconfirmed
+        self._links: dict[str, SubscriberLink] = {}
+        self._slot_owners: list[str] = []  # cluster only: "host:port" of each slot's primary
+        self._displaced: set[bytes] = set()
+        self._topology_stale = asyncio.Event()
+        self._settled = asyncio.Event()  # every link settled and nothing displaced
         self._settled.set()
-        self._sender_wakeup = asyncio.Event()
-        self._pong_deadline: float | None = None
 
         self._up = asyncio.Event()  # the `ready` state
         self._link_active = False  # the link tasks run; `_up` follows `_settled` meanwhile
@@ -198,13 +220,16 @@ class RedisBus(Bus):
         self._written = asyncio.Event()  # both buffers empty and no batch in flight
         self._written.set()
 
+        self.counters = BusCounters()
+        self._consumer = StreamConsumer(
+            config, self._commands, self._blocking, self._up, self.counters
+        )
         self._consumed_streams: set[str] = set()
         self._supervisor: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._consumers: list[asyncio.Task[None]] = []
         self._started = False
         self._closed = False
-        self.counters = BusCounters()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -226,7 +251,7 @@ class RedisBus(Bus):
             attempt += 1
             try:
                 async with asyncio.timeout_at(deadline):
-                    link = await self._open_link()
+                    links = await self._open_links()
                 break
             except _CONNECT_ERRORS as exc:
                 delay = self._backoff(attempt)
@@ -243,7 +268,7 @@ class RedisBus(Bus):
 
         self._started = True
         first_up = loop.create_future()
-        self._supervisor = loop.create_task(self._supervise(link, first_up), name="redis-link")
+        self._supervisor = loop.create_task(self._supervise(links, first_up), name="redis-link")
         self._writer = loop.create_task(self._write(), name="redis-writer")
         try:
             async with asyncio.timeout_at(deadline):
@@ -270,7 +295,7 @@ class RedisBus(Bus):
         self._closed = True
         for task in (*self._consumers, self._writer, self._supervisor):
             if task is not None:
-                await _cancel(task)
+                await cancel_and_wait(task)
         self._consumers.clear()
         self._link_active = False
         self._up.clear()
@@ -298,7 +323,7 @@ class RedisBus(Bus):
         entry = self._channels.get(key)
         if entry is None:
             self._channels[key] = _Subscription(channel, handler)
-            self._mark_dirty(key)
+            self._route(key, subscribed=True)
         elif handler not in entry.handlers:
             entry.handlers = (*entry.handlers, handler)
 
@@ -312,7 +337,7 @@ class RedisBus(Bus):
             entry.handlers = remaining
             return
         del self._channels[key]
-        self._mark_dirty(key)
+        self._route(key, subscribed=False)
 
     def subscriber_count(self, channel: str) -> int:
         """Return how many handlers receive channel's messages (for tests and metrics)."""
@@ -337,8 +362,6 @@ class RedisBus(Bus):
             raise BusUnavailable(f"Redis at {self._address} is not reachable; publish not sent")
         if len(self._publishes) >= self.config.max_pending_publishes:
             raise BusOverloaded(f"{len(self._publishes)} publishes waiting to be sent to Redis")
-        # NOTE: on Redis Cluster this should be SPUBLISH (sharded pub/sub), and the writer
-        # would group the batch by the node that owns each channel's hash slot.
         self._publishes.append((channel, payload))
         self._written.clear()
         self._writer_wakeup.set()
@@ -368,7 +391,7 @@ class RedisBus(Bus):
             raise BusError(f"stream {stream} already has a consumer on this bus")
         self._consumed_streams.add(stream)
         task = asyncio.get_running_loop().create_task(
-            self._consume(stream, handler), name=f"redis-consumer-{stream}"
+            self._consumer.consume(stream, handler), name=f"redis-consumer-{stream}"
         )
         self._consumers.append(task)
 
@@ -379,57 +402,133 @@ class RedisBus(Bus):
             await self._written.wait()
         self._check_open()
 
-    # -- subscriber link --------------------------------------------------------------------
+    # -- subscriber links -------------------------------------------------------------------
 
-    async def _open_link(self) -> AbstractConnection:
-        """Open the subscriber connection and check that commands get through too."""
-        pool = self._commands.connection_pool
+    async def _open_links(self) -> list[SubscriberLink]:
+        """Open the subscriber connection(s) and check that commands get through too.
+
+        A standalone server gets one link. A cluster gets one link per primary, found from
+        the slot map of the first node that replies, and each link is checked with a PING.
+        """
+        if not self.config.cluster:
+            connection = await self._open_connection(self._node_kwargs(None))
+            try:
+                await execute(self._commands, "PING")
+                await self._check_standalone()
+            except BaseException:
+                await connection.disconnect(nowait=True)
+                raise
+            return [SubscriberLink(self._address, connection, sharded=False)]
+
+        self._slot_owners = owners = await self._load_slot_owners()
+        links: list[SubscriberLink] = []
+        try:
+            for address in sorted(set(owners)):
+                connection = await self._open_connection(self._node_kwargs(address))
+                links.append(SubscriberLink(address, connection, sharded=True))
+                await connection.send_command("PING")
+                await connection.read_response()
+            await execute(self._commands, "PING")
+        except BaseException:
+            for link in links:
+                await link.connection.disconnect(nowait=True)
+            raise
+        return links
+
+    def _node_kwargs(self, address: str | None) -> tuple[type[AbstractConnection], dict[str, Any]]:
+        """Return the connection class and arguments for the server, or one cluster node."""
+        if address is None:
+            pool = self._commands.connection_pool  # type: ignore[union-attr]
+            return pool.connection_class, dict(pool.connection_kwargs)
+        host, _, port = address.rpartition(":")
+        assert isinstance(self._commands, RedisCluster)
+        kwargs: dict[str, Any] = dict(self._commands.get_connection_kwargs())
+        node = ClusterNode(host, int(port), **kwargs)
+        return node.connection_class, dict(node.connection_kwargs)
+
+    @staticmethod
+    async def _open_connection(
+        node: tuple[type[AbstractConnection], dict[str, Any]],
+    ) -> AbstractConnection:
+        connection_class, kwargs = node
         # No read timeout: the connection waits for messages indefinitely, and the PINGs
         # of the sender task detect a dead link instead.
-        kwargs = {**pool.connection_kwargs, "socket_timeout": None}
-        connection: AbstractConnection = pool.connection_class(**kwargs)
+        connection = connection_class(**{**kwargs, "socket_timeout": None})
         try:
             await connection.connect()  # type: ignore[no-untyped-call]
-            await _execute(self._commands, "PING")
         except BaseException:
             await connection.disconnect(nowait=True)
             raise
         return connection
 
-    async def _supervise(self, link: AbstractConnection, first_up: asyncio.Future[None]) -> None:
+    async def _check_standalone(self) -> None:
+        """Raise BusError if the server is a cluster node, which needs `cluster=True`."""
+        info = await execute(self._commands, "INFO", "cluster")
+        if info.get("cluster_enabled"):
+            raise BusError(
+                f"Redis at {self._address} is a Redis Cluster node; enable the cluster option "
+                "(RedisBusConfig.cluster, tether --redis-cluster)"
+            )
+
+    async def _load_slot_owners(self) -> list[str]:
+        """Read the slot map from the URL's node, else from the primaries known so far."""
+        seed = urlsplit(self.config.url)
+        seed_address = f"{seed.hostname or '127.0.0.1'}:{seed.port or 6379}"
+        candidates = [seed_address, *sorted(set(self._slot_owners) - {seed_address})]
+        failure: BaseException | None = None
+        for address in candidates:
+            try:
+                connection = await self._open_connection(self._node_kwargs(address))
+            except _CONNECT_ERRORS as error:
+                failure = error
+                continue
+            try:
+                host = address.rpartition(":")[0]
+                return await load_slot_owners(connection, host)
+            except _CONNECT_ERRORS as error:
+                failure = error
+            finally:
+                await connection.disconnect(nowait=True)
+        assert failure is not None
+        raise failure
+
+    async def _supervise(self, links: list[SubscriberLink], first_up: asyncio.Future[None]) -> None:
         reconnected = False
         while True:
-            error = await self._serve_link(link, reconnected, first_up)
+            error = await self._serve_links(links, reconnected, first_up)
             self._link_active = False
             self._up.clear()
             self.counters.link_failures += 1
+            self._links = {}
             logger.info("lost the connection to Redis at %s: %s", self._address, error)
             # Every channel must be subscribed again, so flush_subscriptions waits meanwhile.
-            self._dirty = set(self._channels)
             self._update_settled()
             # Interrupt stream reads and writes still waiting on the dead server.
-            await self._commands.connection_pool.disconnect()
-            await self._blocking.connection_pool.disconnect()
-            link = await self._reconnect()
+            await _disconnect_pool(self._commands)
+            await _disconnect_pool(self._blocking)
+            links = await self._reconnect()
             reconnected = True
 
-    async def _serve_link(
-        self, link: AbstractConnection, reconnected: bool, first_up: asyncio.Future[None]
+    async def _serve_links(
+        self, links: list[SubscriberLink], reconnected: bool, first_up: asyncio.Future[None]
     ) -> BaseException | None:
-        """Run the link until it fails; return why."""
-        # A new connection has no subscriptions, so every wanted channel is subscribed again.
-        self._on_server.clear()
-        self._dirty = set(self._channels)
-        self._unconfirmed = 0
-        self._pong_deadline = None
+        """Run the links until one fails or the cluster's primaries change; return why."""
+        # New connections have no subscriptions, so every channel is subscribed again.
+        self._links = {link.address: link for link in links}
+        self._displaced.clear()
+        self._topology_stale.clear()
         self._link_active = True
+        for key in self._channels:
+            self._route(key, subscribed=True)
         self._update_settled()
-        self._sender_wakeup.set()
 
         loop = asyncio.get_running_loop()
-        reader = loop.create_task(self._read_link(link), name="redis-link-reader")
-        sender = loop.create_task(self._send_link(link), name="redis-link-sender")
-        link_tasks = {reader, sender}
+        link_tasks: set[asyncio.Task[None]] = set()
+        for link in links:
+            link_tasks.add(loop.create_task(self._read_link(link), name="redis-link-reader"))
+            link_tasks.add(loop.create_task(self._send_link(link), name="redis-link-sender"))
+        if self.config.cluster:
+            link_tasks.add(loop.create_task(self._follow_slots(), name="redis-slot-follower"))
         try:
             up = loop.create_task(self._up.wait())
             try:
@@ -438,8 +537,8 @@ class RedisBus(Bus):
                 up.cancel()
             if up in done and not done & link_tasks:
                 logger.info(
-                    "connected to Redis at %s, %d channels subscribed",
-                    self._address, len(self._channels),
+                    "connected to Redis at %s (%d subscriber links), %d channels subscribed",
+                    self._address, len(links), len(self._channels),
                 )  # fmt: skip
                 if not first_up.done():
                     first_up.set_result(None)
@@ -450,7 +549,8 @@ class RedisBus(Bus):
             for task in link_tasks:
                 task.cancel()
             outcomes = await asyncio.gather(*link_tasks, return_exceptions=True)
-            await link.disconnect(nowait=True)
+            for link in links:
+                await link.connection.disconnect(nowait=True)
         for outcome in outcomes:
             if isinstance(outcome, BaseException) and not isinstance(
                 outcome, asyncio.CancelledError
@@ -458,15 +558,15 @@ class RedisBus(Bus):
                 return outcome
         return None
 
-    async def _reconnect(self) -> AbstractConnection:
+    async def _reconnect(self) -> list[SubscriberLink]:
         attempt = 0
         while True:
             attempt += 1
             delay = self._backoff(attempt)
             await asyncio.sleep(delay)
             try:
-                return await asyncio.wait_for(self._open_link(), self.config.command_timeout)
-            except _CONNECT_ERRORS as exc:
+                return await asyncio.wait_for(self._open_links(), self.config.command_timeout)
+            except (*_CONNECT_ERRORS, BusError) as exc:
                 logger.warning(
                     "reconnect to Redis at %s failed (attempt %d, waited %.2f s): %s",
                     self._address, attempt, delay, exc,
@@ -488,66 +588,102 @@ class RedisBus(Bus):
             except Exception:
                 logger.exception("reconnect callback %r failed", callback)
 
-    async def _send_link(self, link: AbstractConnection) -> None:
+    def _route(self, key: bytes, *, subscribed: bool) -> None:
+        """Record on the channel's link whether it should be subscribed there.
+
+        While no link is up, nothing is recorded: the next link start routes every channel.
+        """
+        self._settled.clear()
+        if not self._link_active:
+            self._update_settled()
+            return
+        if self.config.cluster:
+            link = self._links.get(self._slot_owners[slot_of(key)])
+            if link is None:  # the slot map names a primary without a link
+                self._displaced.add(key)
+                self._topology_stale.set()
+                return
+        else:
+            (link,) = self._links.values()
+        link.mark(key, subscribed)
+
+    async def _follow_slots(self) -> None:
+        """Move channels to their new primary after a cluster node dropped them.
+
+        Redis and Valkey drop a node's shard channel subscriptions, each with an unsolicited
+        SUNSUBSCRIBE, when the channel's slot moves to another node. Returns (which ends the
+        links and reconnects) when the set of primaries changed.
+        """
+        while True:
+            await self._topology_stale.wait()
+            self._topology_stale.clear()
+            owners = await self._load_slot_owners()
+            if set(owners) != set(self._links):
+                logger.info(
+                    "the primaries of Redis Cluster %s changed; reconnecting", self._address
+                )
+                return
+            self._slot_owners = owners
+
+            moved = 0
+            for link in self._links.values():
+                for key in [key for key in link.routed if owners[slot_of(key)] != link.address]:
+                    link.routed.discard(key)
+                    link.dirty.discard(key)
+                    link.on_server.discard(key)  # the old primary dropped it when the slot moved
+                    self._links[owners[slot_of(key)]].mark(key, True)
+                    moved += 1
+            displaced, self._displaced = self._displaced, set()
+            for key in displaced:
+                if key in self._channels:
+                    self._links[owners[slot_of(key)]].mark(key, True)
+            self._update_settled()
+            logger.info(
+                "Redis Cluster slots moved: %d channels resubscribed on their new primary",
+                moved + len(displaced),
+            )  # fmt: skip
+
+    async def _send_link(self, link: SubscriberLink) -> None:
         """Write (un)subscriptions and health PINGs; raise when a PING times out."""
         config = self.config
         loop = asyncio.get_running_loop()
+        connection = link.connection
         next_ping = loop.time()
         while True:
-            self._sender_wakeup.clear()
+            link.wakeup.clear()
             now = loop.time()
-            if self._pong_deadline is not None and now >= self._pong_deadline:
-                raise TimeoutError(f"no reply to PING within {config.health_timeout} s")
+            if link.pong_deadline is not None and now >= link.pong_deadline:
+                raise TimeoutError(
+                    f"no reply to PING from {link.address} within {config.health_timeout} s"
+                )
 
-            commands = self._take_subscription_commands()
-            if now >= next_ping and self._pong_deadline is None:
+            commands = link.take_commands()
+            self._update_settled()
+            if now >= next_ping and link.pong_deadline is None:
                 commands.append((b"PING",))
-                self._pong_deadline = now + config.health_timeout
+                link.pong_deadline = now + config.health_timeout
                 next_ping = now + config.health_interval
             if commands:
-                await link.send_packed_command(link.pack_commands(commands), check_health=False)
+                packed = connection.pack_commands(commands)
+                await connection.send_packed_command(packed, check_health=False)
 
             wake_at = next_ping
-            if self._pong_deadline is not None:
-                wake_at = min(wake_at, self._pong_deadline)
+            if link.pong_deadline is not None:
+                wake_at = min(wake_at, link.pong_deadline)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(wake_at):
-                    await self._sender_wakeup.wait()
+                    await link.wakeup.wait()
 
-    def _take_subscription_commands(self) -> list[tuple[bytes, ...]]:
-        """Turn the dirty channels into SUBSCRIBE and UNSUBSCRIBE commands, in batches."""
-        subscribe: list[bytes] = []
-        unsubscribe: list[bytes] = []
-        for key in self._dirty:
-            wanted = key in self._channels
-            if wanted and key not in self._on_server:
-                subscribe.append(key)
-                self._on_server.add(key)
-            elif not wanted and key in self._on_server:
-                unsubscribe.append(key)
-                self._on_server.discard(key)
-        self._dirty.clear()
-
-        # NOTE: on Redis Cluster these would be SSUBSCRIBE and SUNSUBSCRIBE (sharded pub/sub),
-        # sent on one connection per node and batched by hash slot, because a sharded command
-        # must name channels of one slot only. Not implemented: this bus is tested standalone.
-        commands: list[tuple[bytes, ...]] = []
-        for verb, names in ((b"SUBSCRIBE", subscribe), (b"UNSUBSCRIBE", unsubscribe)):
-            for start in range(0, len(names), SUBSCRIBE_BATCH):
-                commands.append((verb, *names[start : start + SUBSCRIBE_BATCH]))
-        self._unconfirmed += len(subscribe) + len(unsubscribe)
-        self._update_settled()
-        return commands
-
-    async def _read_link(self, link: AbstractConnection) -> None:
+    async def _read_link(self, link: SubscriberLink) -> None:
         """Dispatch messages to handlers and count confirmations, until the link fails."""
         channels = self._channels
+        connection = link.connection
         dispatched = 0
         while True:
-            reply = await link.read_response()
+            reply = await connection.read_response()
             if type(reply) is list:
                 kind = reply[0]
-                if kind == b"message":
+                if kind == b"message" or kind == b"smessage":
                     entry = channels.get(reply[1])
                     if entry is not None:
                         # Hot path: handlers run here, in this one task, with no task per message.
@@ -559,21 +695,36 @@ class RedisBus(Bus):
                     dispatched += 1
                     if dispatched % MESSAGES_PER_YIELD == 0:
                         await asyncio.sleep(0)
-                elif kind == b"subscribe" or kind == b"unsubscribe":
-                    self._unconfirmed -= 1
+                elif kind == b"subscribe" or kind == b"ssubscribe":
+                    link.unconfirmed -= 1
+                    self._update_settled()
+                elif kind == b"unsubscribe" or kind == b"sunsubscribe":
+                    if not link.confirm_unsubscribe(reply[1]):
+                        self._on_dropped(link, reply[1])
                     self._update_settled()
                 elif kind == b"pong":
-                    self._pong_deadline = None
+                    link.pong_deadline = None
             elif reply == b"PONG":  # a PING sent while no channel is subscribed
-                self._pong_deadline = None
+                link.pong_deadline = None
 
-    def _mark_dirty(self, key: bytes) -> None:
-        self._dirty.add(key)
-        self._settled.clear()
-        self._sender_wakeup.set()
+    def _on_dropped(self, link: SubscriberLink, key: bytes) -> None:
+        """Handle a channel the server unsubscribed without being asked."""
+        if key not in link.routed:
+            return  # already routed elsewhere, or no longer subscribed
+        logger.debug("Redis at %s dropped channel %r; rerouting it", link.address, key)
+        if self.config.cluster:
+            link.routed.discard(key)
+            self._displaced.add(key)
+            self._topology_stale.set()
+        else:
+            link.mark(key, True)
 
     def _update_settled(self) -> None:
-        if not self._dirty and self._unconfirmed <= 0:
+        if self._link_active:
+            settled = not self._displaced and all(link.settled for link in self._links.values())
+        else:
+            settled = not self._channels
+        if settled:
             self._settled.set()
             if self._link_active:
                 self._up.set()  # before any flush_subscriptions waiter resumes
@@ -583,7 +734,7 @@ class RedisBus(Bus):
     # -- writer -----------------------------------------------------------------------------
 
     async def _write(self) -> None:
-        """Pipeline every buffered PUBLISH and XADD, one round trip per batch."""
+        """Pipeline every buffered publish and XADD, one round trip per batch and server."""
         maxlen = str(self.config.stream_maxlen).encode()
         while True:
             if not self._publishes and not self._appends:
@@ -597,14 +748,14 @@ class RedisBus(Bus):
             appends, self._appends = self._appends, deque()
             pipeline = self._commands.pipeline(transaction=False)
             for channel, payload in publishes:
-                pipeline.execute_command("PUBLISH", channel, payload)
+                pipeline.execute_command(self._publish_command, channel, payload)
             for stream, payload in appends:
                 pipeline.execute_command(
                     "XADD", stream, "MAXLEN", "~", maxlen, "*", PAYLOAD_FIELD, payload
                 )
             try:
                 results = await pipeline.execute(raise_on_error=False)
-            except _LINK_ERRORS as exc:
+            except LINK_ERRORS as exc:
                 # Redis may have run part of the batch. Publishes are at most once, so they are
                 # dropped; stream entries are at least once, so they go back to the front.
                 self._appends.extendleft(reversed(appends))
@@ -631,122 +782,6 @@ class RedisBus(Bus):
                     self._address, len(failures), len(results), failures[0],
                 )  # fmt: skip
 
-    # -- stream consumer --------------------------------------------------------------------
-
-    async def _consume(self, stream: str, handler: StreamHandler) -> None:
-        config = self.config
-        loop = asyncio.get_running_loop()
-        group_exists = False
-        pending_from: bytes | None = b"0"  # own pending entries first, then new ones
-        next_claim = loop.time()
-        claim_cursor = b"0-0"
-        while True:
-            try:
-                await self._up.wait()
-                if not group_exists:
-                    await self._create_group(stream)
-                    group_exists = True
-
-                if loop.time() >= next_claim:
-                    claim_cursor, entries = await self._claim(stream, claim_cursor)
-                    if claim_cursor == b"0-0":
-                        next_claim = loop.time() + config.claim_interval
-                    if entries:
-                        await self._handle(stream, handler, entries)
-                    continue
-
-                if pending_from is not None:
-                    entries = await self._read_group(stream, pending_from, block=False)
-                    if not entries:
-                        pending_from = None
-                        continue
-                    pending_from = entries[-1][0]
-                else:
-                    entries = await self._read_group(stream, b">", block=True)
-                if entries:
-                    await self._handle(stream, handler, entries)
-
-            except ResponseError as exc:
-                if str(exc).startswith("NOGROUP"):
-                    # The stream or group vanished, for example after a server restart
-                    # without persistence: create it again and start from the beginning.
-                    logger.warning("stream %s lost its consumer group, recreating it", stream)
-                    group_exists = False
-                    pending_from = b"0"
-                    continue
-                self.counters.read_errors += 1
-                logger.error("reading stream %s failed: %s", stream, exc)
-                await asyncio.sleep(config.reconnect_delay_max)
-            except _LINK_ERRORS as exc:
-                # A reply lost in transit left its entries pending for this consumer: reread.
-                pending_from = b"0"
-                self.counters.read_errors += 1
-                logger.warning("reading stream %s failed, will retry: %s", stream, exc)
-                await asyncio.sleep(config.reconnect_delay_min)
-
-    async def _create_group(self, stream: str) -> None:
-        """Create the group at the stream's first entry, so no entry appended earlier is missed."""
-        try:
-            await _execute(
-                self._commands, "XGROUP", "CREATE", stream, CONSUMER_GROUP, "0", "MKSTREAM"
-            )
-        except ResponseError as exc:
-            if not str(exc).startswith("BUSYGROUP"):
-                raise
-
-    async def _read_group(
-        self, stream: str, start: bytes, *, block: bool
-    ) -> list[tuple[bytes, bytes | None]]:
-        config = self.config
-        arguments: list[Any] = ["GROUP", CONSUMER_GROUP, config.consumer_name]
-        arguments += ["COUNT", config.batch_size]
-        client = self._commands
-        if block:
-            arguments += ["BLOCK", config.block_ms]
-            client = self._blocking
-        reply = await _execute(client, "XREADGROUP", *arguments, "STREAMS", stream, start)
-        if not reply:
-            return []
-        return _parse_entries(reply[0][1])
-
-    async def _claim(
-        self, stream: str, cursor: bytes
-    ) -> tuple[bytes, list[tuple[bytes, bytes | None]]]:
-        """Claim a batch of entries idle for `claim_idle`; return the next cursor and them."""
-        config = self.config
-        reply = await _execute(
-            self._commands,
-            "XAUTOCLAIM", stream, CONSUMER_GROUP, config.consumer_name,
-            int(config.claim_idle * 1000), cursor, "COUNT", config.batch_size,
-        )  # fmt: skip
-        entries = _parse_entries(reply[1])
-        if entries:
-            logger.warning(
-                "claimed %d entries of stream %s idle for over %.1f s",
-                len(entries), stream, config.claim_idle,
-            )  # fmt: skip
-        return bytes(reply[0]), entries
-
-    async def _handle(
-        self, stream: str, handler: StreamHandler, entries: list[tuple[bytes, bytes | None]]
-    ) -> None:
-        """Call handler with the payloads, then acknowledge every entry of the batch."""
-        payloads = [payload for _, payload in entries if payload is not None]
-        if payloads:
-            try:
-                await handler(payloads)
-            except Exception:
-                logger.exception(
-                    "handler of stream %s failed on %d entries; they stay pending and are "
-                    "retried after %.1f s", stream, len(payloads), self.config.claim_idle,
-                )  # fmt: skip
-                return
-        # Entries without a payload were deleted or trimmed after delivery: acknowledged too,
-        # so they leave the pending list.
-        await _execute(
-            self._commands, "XACK", stream, CONSUMER_GROUP, *(entry_id for entry_id, _ in entries)
-        )
-
     # -- helpers ----------------------------------------------------------------------------
 
     def _check_open(self) -> None:
@@ -754,7 +789,7 @@ class RedisBus(Bus):
             raise BusError("bus is closed")
 
 
-async def _cancel(task: asyncio.Task[None]) -> None:
+async def cancel_and_wait(task: asyncio.Task[None]) -> None:
     """Cancel task and wait until it has finished.
 
     The cancellation is repeated because on Python < 3.12 `asyncio.wait_for`, which redis-py
@@ -767,27 +802,13 @@ async def _cancel(task: asyncio.Task[None]) -> None:
         await task
 
 
-async def _execute(client: Redis, *arguments: Any) -> Any:
-    """Run one command on client (redis-py leaves `execute_command` untyped)."""
-    return await client.execute_command(*arguments)  # type: ignore[no-untyped-call]
-
-
-def _raw_reply(response: Any, **options: Any) -> Any:
-    return response
-
-
-def _parse_entries(raw: Iterable[Any]) -> list[tuple[bytes, bytes | None]]:
-    """Return (id, payload) pairs from raw stream entries; payload None for deleted ones."""
-    entries: list[tuple[bytes, bytes | None]] = []
-    for entry_id, fields in raw:
-        payload = None
-        if fields:
-            for index in range(0, len(fields) - 1, 2):
-                if fields[index] == PAYLOAD_FIELD:
-                    payload = bytes(fields[index + 1])
-                    break
-        entries.append((bytes(entry_id), payload))
-    return entries
+async def _disconnect_pool(client: RedisClient) -> None:
+    """Close every pooled connection of client, failing the commands that wait on them."""
+    if isinstance(client, RedisCluster):
+        for node in client.get_nodes():
+            await node.disconnect()
+    else:
+        await client.connection_pool.disconnect()
 
 
 def _address_of(url: str) -> str:

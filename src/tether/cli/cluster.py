@@ -1,9 +1,10 @@
 """`tether cluster`: a local cluster for trying cluster mode on one machine.
 
-It starts a private Redis-protocol server on a free port (unless --redis names one), N gateway
-processes on consecutive ports and M logic workers, all sharing one data folder and one
-database (--database), prints where each listens, and stops everything on Ctrl-C or SIGTERM,
-children first, each by its PID.
+It starts a private Redis-protocol server on a free port (unless --redis names one; with
+--redis-cluster, a private Redis Cluster of three primaries), N gateway processes on
+consecutive ports and M logic workers, all sharing one data folder and one database
+(--database), prints where each listens, and stops everything on Ctrl-C or SIGTERM, children
+first, each by its PID.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 
 from tether.cli.main import configure_logging, install_stop_signals
-from tether.local_redis import RedisServer
+from tether.local_redis import LocalRedisCluster, RedisServer
 from tether.server import load_or_create_secret
 
 __all__ = ["cluster"]
@@ -33,21 +34,26 @@ async def cluster(arguments: argparse.Namespace) -> int:
     configure_logging(arguments.log_level, arguments.log_format)
     data_dir: Path = arguments.data_dir
     load_or_create_secret(data_dir)  # one secret for every process, created before they race
-    redis_server: RedisServer | None = None
+    redis_server: RedisServer | LocalRedisCluster | None = None
     url = arguments.redis
     if not url:
-        redis_server = RedisServer(data_dir / "redis")
+        if arguments.redis_cluster:
+            redis_server = LocalRedisCluster(data_dir / "redis-cluster")
+        else:
+            redis_server = RedisServer(data_dir / "redis")
         try:
             redis_server.start()
         except (OSError, RuntimeError, TimeoutError) as error:
             logger.error("cannot start a Redis server: %s", error)
             return 1
         url = redis_server.url
-        print(f"redis  {url}  ({redis_server.version()})", flush=True)
+        kind = "Redis Cluster of 3 primaries, " if arguments.redis_cluster else ""
+        print(f"redis  {url}  ({kind}{redis_server.version()})", flush=True)
 
     base = [sys.executable, "-m", "tether"]
     common = ["--data-dir", str(data_dir), "--redis", url, "--log-level", arguments.log_level,
-              "--log-format", arguments.log_format]  # fmt: skip
+              "--log-format", arguments.log_format,
+              "--redis-cluster", str(arguments.redis_cluster).lower()]  # fmt: skip
     # The database goes to the logic workers in the environment, not on the command line,
     # where any user of the machine could read a password in it.
     logic_environment = {"TETHER_DATABASE": arguments.database}

@@ -101,6 +101,13 @@ def _add_cluster_options(parser: argparse.ArgumentParser, *, required: bool = Fa
     )
     add_option(
         parser,
+        "--redis-cluster",
+        convert=boolean_value,
+        default=False,
+        help="the --redis URL names a node of a Redis Cluster or Valkey cluster (true or false)",
+    )
+    add_option(
+        parser,
         "--lease-timeout",
         convert=_positive,
         default=5.0,
@@ -419,6 +426,14 @@ def _build_parser() -> argparse.ArgumentParser:
         default="off",
         help="HTTP port (health, metrics) of the first gateway; the other gateways, then the "
         "logic workers, take the next ones ('off' disables)",
+    )
+    add_option(
+        cluster,
+        "--redis-cluster",
+        convert=boolean_value,
+        default=False,
+        help="use a Redis Cluster: --redis names one of its nodes, or, without --redis, a "
+        "private cluster of three primaries is started (true or false)",
     )
     _add_log_options(cluster)
 

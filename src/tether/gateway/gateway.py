@@ -550,7 +550,7 @@ class Gateway(PresenceInterest, ClientRequests):
 
     def _on_user_message(self, channel: str, payload: bytes) -> None:
         message = env.Envelope.FromString(payload)
-        user_id = channel.removeprefix(channels.user_channel(""))
+        user_id = channels.user_of_channel(channel)
         devices = self.sessions.get(user_id)
         if not devices:
             return
