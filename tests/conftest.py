@@ -132,6 +132,7 @@ async def start_server(tmp_path: Path, logic_database: str) -> AsyncIterator[Ser
         grace_period: float = 0.3,
         token_leeway: float = 5.0,
         http_port: int | None = None,
+        api_keys: tuple[str, ...] = (),
         **gateway: object,
     ) -> EmbeddedServer:
         config = ServerConfig(
@@ -142,6 +143,7 @@ async def start_server(tmp_path: Path, logic_database: str) -> AsyncIterator[Ser
             token_leeway=token_leeway,
             database=logic_database,
             http_port=http_port,
+            api_keys=api_keys,
         )
         server = EmbeddedServer(config)
         await server.start()

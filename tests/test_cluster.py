@@ -51,6 +51,8 @@ class Process:
             raise RuntimeError(f"{name} did not start: {line!r} {self.popen.stderr.read()}")  # type: ignore[union-attr]
         found = re.search(r"tcp=[\d.]+:(\d+)", line)
         self.tcp_port = int(found.group(1)) if found else 0
+        found = re.search(r"http=[\d.]+:(\d+)", line)
+        self.http_port = int(found.group(1)) if found else 0  # 0 without --http-port
 
     @property
     def url(self) -> str:
@@ -96,9 +98,10 @@ class Cluster:
         self.processes.append(process)
         return process
 
-    def logic(self, name: str = "logic", database: str = "") -> Process:
+    def logic(self, name: str = "logic", database: str = "", *options: str) -> Process:
         """Start a logic worker; database empty means tether.db in the shared data folder."""
-        process = Process(name, [*TETHER, "logic", *self.common(), "--database", database])
+        command = [*TETHER, "logic", *self.common(), "--database", database, *options]
+        process = Process(name, command)
         self.processes.append(process)
         return process
 

@@ -27,6 +27,7 @@ from tether.bus.requests import AsyncRequester
 from tether.gateway import Gateway, GatewayConfig, start_tcp_server, start_websocket_server
 from tether.gateway.presence_link import ClusterPresenceLink
 from tether.gateway.security import TransportSecurity
+from tether.hooks import HookConfig
 from tether.keys import KeyConfig, KeyStore
 from tether.logic import LogicConfig, LogicService, default_database
 from tether.loop_lag import LoopLagMonitor
@@ -37,6 +38,7 @@ from tether.protocol.framing import StreamDecoder, prefix_frame
 from tether.urls import redact_url
 
 if TYPE_CHECKING:
+    from tether.hooks.logic import HookLogic
     from tether.ops.http import HttpPort
 
 __all__ = [
@@ -93,6 +95,11 @@ class ServerConfig:
     http_port: int | None = None
     """HTTP port for health probes and metrics; 0 picks a free one, None disables it
     (default None)."""
+    api_keys: tuple[str, ...] = ()
+    """Keys of the server HTTP API on the HTTP port; empty turns the API off (default)."""
+    hooks: HookConfig | None = None
+    """Connect and message hooks over HTTP to run as the logic instead of the reference logic
+    (default None: the reference logic)."""
 
 
 class ServerState(enum.Enum):
@@ -143,7 +150,7 @@ class TetherServer:
         self.cluster_presence: RedisPresence | None = None
         self.presence: PresenceService | None = None
         self.gateway: Gateway | None = None
-        self.logic: LogicService | None = None
+        self.logic: LogicService | HookLogic | None = None
         verifier = TokenVerifier(keys=self.keys, leeway=config.token_leeway)
         self.loop_lag = LoopLagMonitor(threshold=config.loop_lag_threshold)
         # Loaded now, so a missing or bad certificate fails before anything starts.
@@ -176,7 +183,11 @@ class TetherServer:
             self.bus = InProcessBus()
             self.presence = PresenceService(config.presence, self.bus)
             self.gateway = Gateway(config.gateway, self.bus, verifier)
-        if config.run_logic:
+        if config.run_logic and config.hooks is not None:
+            from tether.hooks.logic import HookLogic  # aiohttp is imported only when it is used
+
+            self.logic = HookLogic(config.hooks, self.bus)
+        elif config.run_logic:
             database = config.database or default_database(config.data_dir)
             self.logic = LogicService(LogicConfig(database=database), self.bus)
         self._admin = AsyncRequester(self.bus, f"admin-{os.getpid()}-{os.urandom(3).hex()}")
@@ -186,7 +197,7 @@ class TetherServer:
         if config.http_port is not None:
             from tether.ops.http import HttpPort  # aiohttp is imported only when it is used
 
-            self.http = HttpPort(self, config.http_host, config.http_port)
+            self.http = HttpPort(self, config.http_host, config.http_port, config.api_keys)
         self.tcp_port: int | None = None
         self.ws_port: int | None = None
         self.control_path: Path | None = None
@@ -300,6 +311,18 @@ class TetherServer:
             await self.http.close()
         logger.info("tether stopped")
 
+    async def request_logic(
+        self, request: env.Envelope, timeout: float | None = None
+    ) -> env.Envelope | None:
+        """Send request to the logic layer and return its reply, or None after timeout.
+
+        timeout defaults to the gateway's request_timeout. Raises BusError when the bus does
+        not take the request.
+        """
+        if timeout is None:
+            timeout = self.config.gateway.request_timeout
+        return await self._admin.request(channels.LOGIC_STREAM, request, timeout)
+
     async def _start_control_socket(self) -> None:
         path = self.config.data_dir / CONTROL_SOCKET_NAME
         path.unlink(missing_ok=True)
@@ -325,11 +348,7 @@ class TetherServer:
             request = env.Envelope.FromString(payloads[0])
             if request.WhichOneof("kind") != "admin_request":
                 return
-            reply = await self._admin.request(
-                channels.LOGIC_STREAM,
-                env.Envelope(admin_request=request.admin_request),
-                self.config.gateway.request_timeout,
-            )
+            reply = await self.request_logic(env.Envelope(admin_request=request.admin_request))
             if reply is None:
                 reply = env.Envelope(
                     admin_result=env.AdminResult(

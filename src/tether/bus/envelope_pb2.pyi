@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Envelope(_message.Message):
-    __slots__ = ("reply_to", "request_id", "connect_request", "connect_result", "send_request", "send_result", "user_delivery", "transitions", "presence_change", "snapshot_request", "snapshot_result", "contacts_update", "deliver_ack", "admin_request", "admin_result", "device_claim", "sync_request", "sync_reply")
+    __slots__ = ("reply_to", "request_id", "connect_request", "connect_result", "send_request", "send_result", "user_delivery", "transitions", "presence_change", "snapshot_request", "snapshot_result", "contacts_update", "deliver_ack", "admin_request", "admin_result", "device_claim", "sync_request", "sync_reply", "user_disconnect")
     REPLY_TO_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CONNECT_REQUEST_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class Envelope(_message.Message):
     DEVICE_CLAIM_FIELD_NUMBER: _ClassVar[int]
     SYNC_REQUEST_FIELD_NUMBER: _ClassVar[int]
     SYNC_REPLY_FIELD_NUMBER: _ClassVar[int]
+    USER_DISCONNECT_FIELD_NUMBER: _ClassVar[int]
     reply_to: str
     request_id: int
     connect_request: ConnectRequest
@@ -46,7 +47,8 @@ class Envelope(_message.Message):
     device_claim: DeviceClaim
     sync_request: SyncRequest
     sync_reply: SyncReply
-    def __init__(self, reply_to: _Optional[str] = ..., request_id: _Optional[int] = ..., connect_request: _Optional[_Union[ConnectRequest, _Mapping]] = ..., connect_result: _Optional[_Union[ConnectResult, _Mapping]] = ..., send_request: _Optional[_Union[SendRequest, _Mapping]] = ..., send_result: _Optional[_Union[SendResult, _Mapping]] = ..., user_delivery: _Optional[_Union[UserDelivery, _Mapping]] = ..., transitions: _Optional[_Union[TransitionBatch, _Mapping]] = ..., presence_change: _Optional[_Union[PresenceChange, _Mapping]] = ..., snapshot_request: _Optional[_Union[SnapshotRequest, _Mapping]] = ..., snapshot_result: _Optional[_Union[SnapshotResult, _Mapping]] = ..., contacts_update: _Optional[_Union[ContactsUpdate, _Mapping]] = ..., deliver_ack: _Optional[_Union[DeliverAckRequest, _Mapping]] = ..., admin_request: _Optional[_Union[AdminRequest, _Mapping]] = ..., admin_result: _Optional[_Union[AdminResult, _Mapping]] = ..., device_claim: _Optional[_Union[DeviceClaim, _Mapping]] = ..., sync_request: _Optional[_Union[SyncRequest, _Mapping]] = ..., sync_reply: _Optional[_Union[SyncReply, _Mapping]] = ...) -> None: ...
+    user_disconnect: UserDisconnect
+    def __init__(self, reply_to: _Optional[str] = ..., request_id: _Optional[int] = ..., connect_request: _Optional[_Union[ConnectRequest, _Mapping]] = ..., connect_result: _Optional[_Union[ConnectResult, _Mapping]] = ..., send_request: _Optional[_Union[SendRequest, _Mapping]] = ..., send_result: _Optional[_Union[SendResult, _Mapping]] = ..., user_delivery: _Optional[_Union[UserDelivery, _Mapping]] = ..., transitions: _Optional[_Union[TransitionBatch, _Mapping]] = ..., presence_change: _Optional[_Union[PresenceChange, _Mapping]] = ..., snapshot_request: _Optional[_Union[SnapshotRequest, _Mapping]] = ..., snapshot_result: _Optional[_Union[SnapshotResult, _Mapping]] = ..., contacts_update: _Optional[_Union[ContactsUpdate, _Mapping]] = ..., deliver_ack: _Optional[_Union[DeliverAckRequest, _Mapping]] = ..., admin_request: _Optional[_Union[AdminRequest, _Mapping]] = ..., admin_result: _Optional[_Union[AdminResult, _Mapping]] = ..., device_claim: _Optional[_Union[DeviceClaim, _Mapping]] = ..., sync_request: _Optional[_Union[SyncRequest, _Mapping]] = ..., sync_reply: _Optional[_Union[SyncReply, _Mapping]] = ..., user_disconnect: _Optional[_Union[UserDisconnect, _Mapping]] = ...) -> None: ...
 
 class ConnectRequest(_message.Message):
     __slots__ = ("user_id", "device_id", "platform")
@@ -71,14 +73,16 @@ class ConnectResult(_message.Message):
     def __init__(self, error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., contacts: _Optional[_Iterable[str]] = ..., unread: _Optional[_Union[_tether_pb2.Unread, _Mapping]] = ...) -> None: ...
 
 class SendRequest(_message.Message):
-    __slots__ = ("sender", "sender_device", "send")
+    __slots__ = ("sender", "sender_device", "send", "from_api")
     SENDER_FIELD_NUMBER: _ClassVar[int]
     SENDER_DEVICE_FIELD_NUMBER: _ClassVar[int]
     SEND_FIELD_NUMBER: _ClassVar[int]
+    FROM_API_FIELD_NUMBER: _ClassVar[int]
     sender: str
     sender_device: str
     send: _tether_pb2.Send
-    def __init__(self, sender: _Optional[str] = ..., sender_device: _Optional[str] = ..., send: _Optional[_Union[_tether_pb2.Send, _Mapping]] = ...) -> None: ...
+    from_api: bool
+    def __init__(self, sender: _Optional[str] = ..., sender_device: _Optional[str] = ..., send: _Optional[_Union[_tether_pb2.Send, _Mapping]] = ..., from_api: _Optional[bool] = ...) -> None: ...
 
 class SendResult(_message.Message):
     __slots__ = ("error_code", "error_message", "ack")
@@ -169,6 +173,16 @@ class DeviceClaim(_message.Message):
     connection_id: str
     opened_ms: int
     def __init__(self, device_id: _Optional[str] = ..., connection_id: _Optional[str] = ..., opened_ms: _Optional[int] = ...) -> None: ...
+
+class UserDisconnect(_message.Message):
+    __slots__ = ("device_id", "code", "reason")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    code: int
+    reason: str
+    def __init__(self, device_id: _Optional[str] = ..., code: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class SyncRequest(_message.Message):
     __slots__ = ("user_id", "sync", "device_id")

@@ -10,6 +10,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from tether.cli.hook_options import add_hook_options
 from tether.cli.settings import (
     SettingError,
     add_config_option,
@@ -204,6 +205,35 @@ def _add_http_options(parser: argparse.ArgumentParser, *, host: bool) -> None:
         help="HTTP port for health probes and Prometheus metrics, on --host (0 picks a free "
         "port, 'off' disables; docs/operations.md uses 7402)",
     )
+    _add_api_options(parser)
+
+
+def _api_keys(text: str) -> tuple[str, ...]:
+    from tether.ops.api_keys import parse_api_keys
+
+    try:
+        return parse_api_keys(text)
+    except ValueError as error:  # argparse would print the value, a secret, for a ValueError
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def _add_api_options(parser: argparse.ArgumentParser) -> None:
+    add_option(
+        parser,
+        "--api-keys",
+        convert=_api_keys,
+        default="",
+        secret=True,
+        help="keys of the server HTTP API on the HTTP port, comma-separated, each at least 16 "
+        "characters; with neither this nor --api-keys-file the API is off",
+    )
+    add_option(
+        parser,
+        "--api-keys-file",
+        convert=_optional_path,
+        default="",
+        help="file of server HTTP API keys, one per line ('#' starts a comment), read at start",
+    )
 
 
 def _add_serve_options(serve: argparse.ArgumentParser) -> None:
@@ -351,6 +381,7 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
         help="concurrent devices of one user on this gateway",
     )
     _add_http_options(serve, host=False)
+    add_hook_options(serve)
     _add_process_options(serve)
 
 
@@ -361,6 +392,7 @@ def _add_logic_options(logic: argparse.ArgumentParser) -> None:
     _add_database_option(logic)
     _add_cluster_options(logic, required=True)
     _add_http_options(logic, host=True)
+    add_hook_options(logic)
     _add_process_options(logic)
 
 

@@ -7,11 +7,13 @@ import asyncio
 import logging
 import signal
 
+from tether.cli.hook_options import hook_config
 from tether.cli.main import configure_logging, install_stop_signals
 from tether.cli.transport_options import transport_security_config
 from tether.gateway import GatewayConfig
 from tether.gateway.limits import LimitsConfig
 from tether.keys import KeyConfig
+from tether.ops.api_keys import load_api_keys
 from tether.presence import PresenceConfig
 from tether.protocol.errors import TetherError
 from tether.server import ServerConfig, TetherServer
@@ -88,6 +90,8 @@ def serve_config(arguments: argparse.Namespace) -> ServerConfig:
         loop_lag_threshold=arguments.loop_lag_warning,
         http_host=arguments.host,
         http_port=arguments.http_port,
+        api_keys=load_api_keys(arguments.api_keys, arguments.api_keys_file),
+        hooks=hook_config(arguments),
     )
 
 
@@ -106,6 +110,8 @@ def logic_config(arguments: argparse.Namespace) -> ServerConfig:
         loop_lag_threshold=arguments.loop_lag_warning,
         http_host=arguments.host,
         http_port=arguments.http_port,
+        api_keys=load_api_keys(arguments.api_keys, arguments.api_keys_file),
+        hooks=hook_config(arguments),
     )
 
 

@@ -582,8 +582,29 @@ class Gateway(PresenceInterest, ClientRequests):
             update = message.contacts_update
             for connection in list(devices.values()):
                 self._update_contacts(connection, update.added, update.removed)
+        elif kind == "user_disconnect":
+            self._disconnect_by_backend(devices, message.user_disconnect)
         else:
             logger.warning("ignored message of kind %s on %s", kind, channel)
+
+    def _disconnect_by_backend(
+        self, devices: dict[str, Connection], request: env.UserDisconnect
+    ) -> None:
+        """Close the devices a backend named through the server HTTP API (all when none)."""
+        try:
+            code = Code(request.code)
+        except ValueError:
+            code = Code.FORBIDDEN  # the API checks codes; this guards against a newer sender
+        if code < RECONNECT_RANGE_START:
+            code = Code.FORBIDDEN
+        reason = request.reason or "disconnected by the server"
+        if request.device_id:
+            holder = devices.get(request.device_id)
+            targets = [holder] if holder is not None else []
+        else:
+            targets = list(devices.values())
+        for connection in targets:
+            self._close(connection, code, reason, abort=False)
 
     # Transitions.
 

@@ -7,13 +7,13 @@ Routes:
 - `GET /healthz/ready`: 200 while the process can serve (started, not draining, bus
   connected), else 503 with the reason as JSON.
 - `GET /metrics`: Prometheus text format, from `tether.ops.metrics`.
+- `/api/v1/...`: the server HTTP API for backends, behind API keys (`tether.ops.api`).
 
 The HTTP port runs on the process's one event loop, next to the TCP and WebSocket servers, and
 shares nothing with them: a client connection costs the HTTP port nothing, and a request here
 only reads counters the gateway already keeps. Routes must be added before `start`, because
-aiohttp freezes the router then. Further route groups, such as the server API for backends,
-belong in `create_app` as sub-applications with their own middleware (for example one that
-checks an API key), so the probes and metrics keep working without a key.
+aiohttp freezes the router then. The server API's middleware acts only on paths under
+`/api/v1`, so the probes and metrics keep working without a key.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from tether.ops.api import BackendApi
+from tether.ops.api_keys import ApiKeys
 from tether.ops.metrics import MetricsEndpoint
 
 if TYPE_CHECKING:
@@ -35,13 +37,15 @@ logger = logging.getLogger("tether.http")
 
 # Seconds `close` waits for requests in progress; probes and scrapes take milliseconds.
 _SHUTDOWN_TIMEOUT = 1.0
-# Bytes of request body accepted; no route of this port reads a body yet.
-_MAX_BODY_BYTES = 64 * 1024
+# Bytes of request body accepted. The largest body is a server API publish: a message of up
+# to max_body_bytes (32 KiB by default) as base64, or as JSON text, whose escapes such as
+# \u0001 take up to 6 bytes per byte of the message.
+MAX_REQUEST_BYTES = 256 * 1024
 
 
-def create_app(server: TetherServer) -> web.Application:
-    """Return the application with the health and metrics routes of server."""
-    app = web.Application(client_max_size=_MAX_BODY_BYTES)
+def create_app(server: TetherServer, api: BackendApi | None = None) -> web.Application:
+    """Return the application with the health and metrics routes of server, and api's."""
+    app = web.Application(client_max_size=MAX_REQUEST_BYTES)
     metrics = MetricsEndpoint(server)
 
     async def live(request: web.Request) -> web.Response:
@@ -61,20 +65,24 @@ def create_app(server: TetherServer) -> web.Application:
     app.router.add_get("/healthz/live", live)
     app.router.add_get("/healthz/ready", ready)
     app.router.add_get("/metrics", scrape)
-    # Routes of later features go here, before the application starts.
+    if api is not None:
+        api.install(app)
     return app
 
 
 class HttpPort:
     """The HTTP listener of one tether process."""
 
-    def __init__(self, server: TetherServer, host: str, port: int) -> None:
-        """Prepare the listener; nothing is bound before `start`."""
+    def __init__(
+        self, server: TetherServer, host: str, port: int, api_keys: tuple[str, ...] = ()
+    ) -> None:
+        """Prepare the listener; nothing is bound before `start`. No api_keys: API off."""
         self.host = host
         self.requested_port = port
         self.port: int | None = None
         """Bound port once started (useful when 0 was requested)."""
-        self.app = create_app(server)
+        self.api = BackendApi(server, ApiKeys(api_keys))
+        self.app = create_app(server, self.api)
         # No access log: Kubernetes probes every few seconds would fill it.
         self._runner = web.AppRunner(
             self.app, access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT
@@ -96,9 +104,11 @@ class HttpPort:
             raise
         site = web.SockSite(self._runner, sock)
         await site.start()
+        await self.api.start()
         self.port = sock.getsockname()[1]
         logger.info("http port serving health and metrics on %s:%s", self.host, self.port)
 
     async def close(self) -> None:
         """Stop listening and end the open HTTP connections."""
         await self._runner.cleanup()
+        await self.api.close()

@@ -106,6 +106,11 @@ def load_scripts() -> dict[str, str]:
     return {script: common + "\n" + "\n".join(body) for script, body in sections.items()}
 
 
+def user_key(prefix: str, user_id: str) -> str:
+    """Return the key of a user's presence hash; the {user} hash tag keeps it in one slot."""
+    return f"{prefix}p:{{{user_id}}}"
+
+
 class RedisPresence:
     """One gateway's side of cluster presence."""
 
@@ -215,7 +220,7 @@ class RedisPresence:
     # Internals.
 
     def _user_key(self, user_id: str) -> str:
-        return f"{self.config.key_prefix}p:{{{user_id}}}"
+        return user_key(self.config.key_prefix, user_id)
 
     def _members_key(self, gateway_id: str, epoch: int | str) -> str:
         return f"{self.config.key_prefix}g:{{{gateway_id}}}:{epoch}"
