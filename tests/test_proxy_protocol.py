@@ -135,6 +135,10 @@ def test_v1_cr_past_limit_rejected() -> None:
         (b"PROXY TCP4 10.0.0.1 10.0.0.2 1 2\rX", "not followed by LF"),
         (b"PROXY N\r\n", "'N' is not TCP4"),
         (b"PROXY TCP4 10.0.0.\xff 10.0.0.2 1 2\r\n", "ASCII"),
+        # A scope id would let the header put any text, a line feed too, into the client
+        # address that logs and per-address limits use.
+        (b"PROXY TCP6 fe80::1%eth0 ::1 1 2\r\n", "scope"),
+        (b"PROXY TCP6 ::1%\nforged ::1 1 2\r\n", "scope"),
     ],
 )
 def test_v1_malformed(line: bytes, expected: str) -> None:

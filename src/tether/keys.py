@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -143,13 +144,29 @@ class KeySet:
 
 
 def _read_key_file(setting: str, path: Path) -> bytes:
+    """Return the bytes of a key file; raise KeyFileError if it cannot be read whole.
+
+    Only regular files are read: opening a named pipe would block the event loop until a
+    writer came. A file that changes while it is read fails, because one read of a file may
+    take several read calls, and an in-place rewrite between them gives the start of the old
+    version and the end of the new one, which can be a valid file with keys from both.
+    """
     try:
+        # NOTE: a pipe put in place between this check and the open still blocks.
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise KeyFileError(setting, path, "not a regular file")
         with path.open("rb") as file:
+            before = os.fstat(file.fileno())
             data = file.read(MAX_KEY_FILE_BYTES + 1)
+            after = os.fstat(file.fileno())
     except OSError as error:
         raise KeyFileError(setting, path, f"cannot read: {error.strerror or error}") from error
     if len(data) > MAX_KEY_FILE_BYTES:
         raise KeyFileError(setting, path, f"larger than {MAX_KEY_FILE_BYTES} bytes")
+    # NOTE: two writes within one tick of the file system's clock that keep the size escape
+    # this check, as they escape the reload check (docs/authentication.md).
+    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+        raise KeyFileError(setting, path, "changed while it was read; it is read again later")
     return data
 
 

@@ -6,7 +6,9 @@
 Each client logs in to the first address as `<prefix><n>` with device `swarm` and heartbeats
 at the interval the server gives. When its connection ends, it reconnects to the next address
 after the delay the server requested, or after the SDK's backoff with jitter when the server
-gave none. The clients share one heartbeat timer, so the swarm costs little per client.
+gave none. A client without a session `--connect-timeout` seconds after it started to connect
+gives up on that address and moves on the same way. The clients share one heartbeat timer, so
+the swarm costs little per client.
 
 Every `--report-interval` seconds the swarm prints one JSON line with its counts. When it stops
 (after `--duration` seconds, or on SIGTERM or SIGINT) it prints a final line with
@@ -57,6 +59,8 @@ class _Member(asyncio.Protocol):
         """Whether the server closed this client with a final code, so it does not return."""
         self.opened_at: list[float] = []
         """Unix times at which a session opened (Connected arrived)."""
+        self.deadline: asyncio.TimerHandle | None = None
+        """Timer that aborts the connection if no session opens within the connect timeout."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -71,6 +75,9 @@ class _Member(asyncio.Protocol):
             frame = pb.Frame.FromString(payload)
             kind = frame.WhichOneof("kind")
             if kind == "connected":
+                if self.deadline is not None:
+                    self.deadline.cancel()
+                    self.deadline = None
                 self.open = True
                 self.attempt = 0
                 self.opened_at.append(time.time())
@@ -86,6 +93,9 @@ class _Member(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
         if self.open:
             self.open = False
             self.swarm.on_close(self)
@@ -103,12 +113,19 @@ class Swarm:
         *,
         prefix: str = "swarm",
         connect_rate: float = 500.0,
+        connect_timeout: float = 10.0,
     ) -> None:
+        """Prepare count clients without connecting them.
+
+        connect_timeout is the seconds one attempt may take, from the start of the TCP connect
+        to Connected, before the client moves to the next address.
+        """
         self.addresses = [_address(url) for url in urls]
         self.members = [
             _Member(self, f"{prefix}{n}", issue_token(secret, f"{prefix}{n}")) for n in range(count)
         ]
         self.connect_rate = connect_rate
+        self.connect_timeout = connect_timeout
         self.open_count = 0
         self.sessions = 0
         self.failed_connects = 0
@@ -178,11 +195,20 @@ class Swarm:
         if self.stopping:
             return
         host, port = self.addresses[member.url_index]
+        started = self.loop.time()
         try:
-            await self.loop.create_connection(lambda: member, host, port)
-        except OSError:
+            transport, _ = await asyncio.wait_for(
+                self.loop.create_connection(lambda: member, host, port), self.connect_timeout
+            )
+        except (OSError, TimeoutError):
             self.failed_connects += 1
             self.schedule_reconnect(member)
+            return
+        # A gateway that accepts and never replies must not hold the client, so each
+        # connecting client gets one timer, cancelled when Connected arrives.
+        if member.transport is transport and not member.open:
+            remaining = max(0.0, started + self.connect_timeout - self.loop.time())
+            member.deadline = self.loop.call_later(remaining, transport.abort)
 
     def _beat(self) -> None:
         """Send one heartbeat on every open connection, then schedule the next round."""
@@ -206,6 +232,7 @@ async def _run(arguments: argparse.Namespace) -> int:
         arguments.users,
         prefix=arguments.prefix,
         connect_rate=arguments.connect_rate,
+        connect_timeout=arguments.connect_timeout,
     )
     stop = asyncio.Event()
     for number in (signal.SIGTERM, signal.SIGINT):
@@ -231,6 +258,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds before it stops")
     parser.add_argument(
         "--connect-rate", type=float, default=500.0, help="first connects per second"
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        help="seconds from the TCP connect to Connected before a client tries the next address",
     )
     parser.add_argument(
         "--report-interval", type=float, default=0.25, help="seconds between report lines"

@@ -85,7 +85,8 @@ class Client:
 
         `url` is one gateway address or a list of them: each reconnect tries the next one in
         turn, so a client moves to another gateway when its gateway drains or dies. Shuffle
-        the list first to spread clients over the gateways.
+        the list first to spread clients over the gateways. `connect_timeout` bounds each
+        attempt, so `connect()` gives every address its own `connect_timeout`.
         """
         self.urls = [url] if isinstance(url, str) else list(url)
         if not self.urls:
@@ -94,6 +95,8 @@ class Client:
             if ssl_context is not None and urlsplit(address).scheme not in TLS_SCHEMES:
                 raise ValueError(f"ssl_context needs tls:// or wss:// URLs, got {address!r}")
         self.url = self.urls[0]
+        # Position of url in urls; an address may appear in the list more than once.
+        self._url_index = 0
         self.ssl_context = ssl_context
         self.token = token
         self.token_provider = token_provider
@@ -139,18 +142,26 @@ class Client:
         """Open the connection and return once the server accepted it.
 
         Raises ConnectionClosed if the server rejected the connection with a final code (or
-        any code when reconnect is off), and TimeoutError if no session opened in time.
+        any code when reconnect is off), and TimeoutError if no session opened in time: within
+        `connect_timeout` for each address, plus the backoff between them.
         """
         if self._runner is not None:
             raise RuntimeError("connect() was called already")
         self._first_session = asyncio.get_running_loop().create_future()
         self._runner = asyncio.create_task(self._run(), name=f"tether-client-{self.device_id}")
+        # Each address gets the whole connect_timeout, so a gateway that accepts and never
+        # replies uses up its own attempt, not the time of the addresses after it.
+        backoff = sum(
+            min(self.backoff_max, self.backoff_initial * 2**attempt)
+            for attempt in range(len(self.urls) - 1)
+        )
+        timeout = self.connect_timeout * len(self.urls) + backoff
         try:
-            return await asyncio.wait_for(asyncio.shield(self._first_session), self.connect_timeout)
+            return await asyncio.wait_for(asyncio.shield(self._first_session), timeout)
         except TimeoutError:
             await self.close()
             raise TimeoutError(
-                f"no session within {self.connect_timeout} s; last error: {self._last_reason}"
+                f"no session within {timeout:g} s; last error: {self._last_reason}"
             ) from None
         except BaseException:
             await self.close()
@@ -244,7 +255,8 @@ class Client:
                 return
             delay = max(server_delay, self._backoff(attempt))
             attempt += 1
-            self.url = self.urls[(self.urls.index(self.url) + 1) % len(self.urls)]
+            self._url_index = (self._url_index + 1) % len(self.urls)
+            self.url = self.urls[self._url_index]
             logger.info(
                 "reconnecting %s to %s in %.2f s after code %d",
                 self.device_id,

@@ -236,6 +236,10 @@ def _parse_v1_line(line: bytes) -> tuple[Address | None, Address | None] | str:
 
 
 def _ip_of_version(text: str, version: int) -> str:
+    if "%" in text:
+        # Python accepts any text after % as an IPv6 scope id, a line feed too, and the
+        # address goes into logs and per-address limits. The specification has no scope ids.
+        raise ValueError(f"{text[:40]!r} has a scope id")
     address = ipaddress.ip_address(text)  # rejects IPv4 with leading zeros, too
     if address.version != version:
         raise ValueError(f"{text!r} is not an IPv{version} address")

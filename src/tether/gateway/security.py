@@ -107,7 +107,9 @@ class TransportSecurity:
         """Tell whether a WebSocket upgrade with this Origin header value may proceed."""
         if origin is None or self._any_origin:
             return True
-        return origin.strip().lower() in self._origins
+        # An origin is ASCII (RFC 6454, 6.2). Unicode case folding would match a look-alike:
+        # "\u212a" (KELVIN SIGN) lowercases to "k".
+        return origin.isascii() and origin.strip().lower() in self._origins
 
     def may_send_proxy_header(self, host: str) -> bool:
         """Tell whether a direct peer may report another client address in a PROXY header."""
@@ -177,14 +179,19 @@ def _no_password() -> str:
     raise _EncryptedKey("the key is encrypted, so give an unencrypted key")
 
 
+# Ports that browsers leave out of an Origin header, by scheme (RFC 6454, 6.2).
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
 def _check_origin(origin: str) -> None:
-    """Raise ValueError unless origin is `*` or `scheme://host[:port]`."""
-    if origin == "*":
+    """Raise ValueError unless origin is `*`, `null` or `scheme://host[:port]` as browsers send
+    it: ASCII, and without the scheme's default port, which no browser would send."""
+    if origin == "*" or origin.lower() == "null":
         return
     problem = ""
     try:
         parts = urlsplit(origin)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        port = parts.port  # raises ValueError for a port that is not a number
     except ValueError:
         problem = "it is not a URL"
     else:
@@ -192,6 +199,10 @@ def _check_origin(origin: str) -> None:
             problem = "it has no scheme or no host"
         elif parts.path or parts.query or parts.fragment or "@" in parts.netloc:
             problem = "it has a path, query, fragment or user name"
+        elif not origin.isascii():
+            problem = "it is not ASCII; write an international host name in its xn-- form"
+        elif port is not None and port == _DEFAULT_PORTS.get(parts.scheme.lower()):
+            problem = f"browsers leave out the default port {port}"
     if problem:
         raise ValueError(
             f"ws_allowed_origins: {origin!r} is not an origin ({problem}); "

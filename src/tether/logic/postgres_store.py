@@ -78,12 +78,26 @@ class PostgresStore(SqlStore[_Connection]):
             raise StoreError(f"cannot open database {description}: {error}") from error
         store = cls(url, pool)
         try:
+            await store._check_encoding()
             await store._migrate(migrations.POSTGRES)
         except StoreError as error:
             await store.close()
             raise StoreError(f"cannot open database {description}: {error}") from error
         logger.debug("opened %s", description)
         return store
+
+    async def _check_encoding(self) -> None:
+        """Raise StoreError unless the database keeps text in UTF-8.
+
+        In another encoding, an id with a character the encoding lacks fails its statement,
+        and with it the whole batch: one client's emoji would cost other users' requests.
+        """
+        encoding = await _translated(self._pool.fetchval("SHOW server_encoding"))
+        if encoding != "UTF8":
+            raise StoreError(
+                f"its encoding is {encoding}, but tether needs UTF8 "
+                "(CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE template0)"
+            )
 
     async def close(self) -> None:
         try:
