@@ -40,8 +40,8 @@ from tether.protocol import tether_pb2 as pb
 from tether.protocol.codes import Code
 from tether.protocol.framing import prefix_frame
 
-STORM_USERS = 1500
-RATE = 400  # gw2's new connections per second; its burst is twice that
+STORM_USERS = 2500
+RATE = 600  # gw2's new connections per second; its burst is twice that
 RETRY_WINDOW = 2.0
 LEASE = 8.0  # long enough for the whole swarm to return to gw2 before gw1's lease lapses
 WATCHERS = 10

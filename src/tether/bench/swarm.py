@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 from tether.auth import issue_token
 from tether.cli.main import run
-from tether.client.client import backoff_delay
+from tether.client.client import reconnect_delay, stays_on_address
 from tether.protocol import tether_pb2 as pb
 from tether.protocol.codes import is_final
 from tether.protocol.connection import PROTOCOL_VERSION
@@ -55,6 +55,8 @@ class _Member(asyncio.Protocol):
         self.attempt = 0
         self.url_index = 0
         self.server_delay = 0.0
+        self.last_code = 0
+        """Code of the last Disconnect frame of the current connection, 0 if none."""
         self.stopped = False
         """Whether the server closed this client with a final code, so it does not return."""
         self.opened_at: list[float] = []
@@ -67,6 +69,7 @@ class _Member(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         self.decoder = StreamDecoder(_MAX_FRAME)
         self.server_delay = 0.0
+        self.last_code = 0
         connect = pb.Connect(protocol_version=PROTOCOL_VERSION, token=self.token, device_id="swarm")
         self.transport.write(prefix_frame(pb.Frame(connect=connect).SerializeToString()))
 
@@ -84,6 +87,7 @@ class _Member(asyncio.Protocol):
                 self.swarm.on_open(self, frame.connected.heartbeat_interval_ms / 1000)
             elif kind == "disconnect":
                 self.server_delay = frame.disconnect.reconnect_delay_ms / 1000
+                self.last_code = frame.disconnect.code
                 self.swarm.codes[frame.disconnect.code] += 1
                 if is_final(frame.disconnect.code):
                     self.stopped = True
@@ -186,9 +190,9 @@ class Swarm:
     def schedule_reconnect(self, member: _Member) -> None:
         if self.stopping or member.stopped:
             return
-        member.url_index = (member.url_index + 1) % len(self.addresses)
-        delay = max(member.server_delay, backoff_delay(member.attempt))
-        member.attempt += 1
+        if not stays_on_address(member.last_code):
+            member.url_index = (member.url_index + 1) % len(self.addresses)
+        delay, member.attempt = reconnect_delay(member.server_delay, member.attempt)
         self.loop.call_later(delay, lambda: self.loop.create_task(self._connect(member)))
 
     async def _connect(self, member: _Member) -> None:
@@ -202,6 +206,7 @@ class Swarm:
             )
         except (OSError, TimeoutError):
             self.failed_connects += 1
+            member.last_code = 0  # refused or silent: move on to the next address
             self.schedule_reconnect(member)
             return
         # A gateway that accepts and never replies must not hold the client, so each

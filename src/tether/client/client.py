@@ -5,11 +5,11 @@
         async for event in client.events():
             ...
 
-The client sends heartbeats at the interval the server gives. It reconnects with exponential
-backoff and jitter, never sooner than a delay the server requests, to the next of its gateway
-addresses. Before a reconnect it keeps
-unacknowledged messages and resends them after, and the server recognises them by
-client_message_id. It stops after a final disconnect code.
+The client sends heartbeats at the interval the server gives. It reconnects after the delay the
+server names, or with exponential backoff and jitter when it names none, and moves to the next
+of its gateway addresses unless the gateway asked it to come back (docs/protocol.md, section
+7). Before a reconnect it keeps unacknowledged messages and resends them after, and the server
+recognises them by client_message_id. It stops after a final disconnect code.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from tether.protocol.codes import Code, is_final
 from tether.protocol.connection import PROTOCOL_VERSION
 from tether.protocol.errors import ConnectionClosed, RequestError
 
-__all__ = ["Client", "backoff_delay"]
+__all__ = ["Client", "backoff_delay", "reconnect_delay", "stays_on_address"]
 
 logger = logging.getLogger("tether.client")
 
@@ -253,10 +253,12 @@ class Client:
                     self._first_session.set_exception(error)
                 self._fail_pending(error)
                 return
-            delay = max(server_delay, self._backoff(attempt))
-            attempt += 1
-            self._url_index = (self._url_index + 1) % len(self.urls)
-            self.url = self.urls[self._url_index]
+            delay, attempt = reconnect_delay(
+                server_delay, attempt, self.backoff_initial, self.backoff_max
+            )
+            if not stays_on_address(code):
+                self._url_index = (self._url_index + 1) % len(self.urls)
+                self.url = self.urls[self._url_index]
             logger.info(
                 "reconnecting %s to %s in %.2f s after code %d",
                 self.device_id,
@@ -436,13 +438,34 @@ class Client:
     async def _emit(self, event: ev.Event) -> None:
         await self._events.put(event)
 
-    def _backoff(self, attempt: int) -> float:
-        return backoff_delay(attempt, self.backoff_initial, self.backoff_max)
-
     def _fail_pending(self, error: Exception) -> None:
         for _send, future in self._pending.values():
             if not future.done():
                 future.set_exception(error)
+
+
+def stays_on_address(code: int) -> bool:
+    """Tell whether a client closed with code should come back to the same gateway.
+
+    OVERLOADED and RATE_LIMITED come from a gateway that is alive and names when to return, so
+    the client waits that long and returns to it. Any other end (a drain, a lost or refused
+    connection) moves the client to the next address, which keeps it off a dead gateway.
+    """
+    return code in (Code.OVERLOADED, Code.RATE_LIMITED)
+
+
+def reconnect_delay(
+    server_delay: float, attempt: int, initial: float = 0.5, maximum: float = 30.0
+) -> tuple[float, int]:
+    """Return the delay before the next connection attempt and the next attempt number.
+
+    A delay the server named is taken as it is and does not grow the backoff: the server
+    spreads its clients over a window of its choosing. Without one, the delay is the backoff
+    of this attempt, and the next attempt backs off further.
+    """
+    if server_delay > 0:
+        return server_delay, attempt
+    return backoff_delay(attempt, initial, maximum), attempt + 1
 
 
 def backoff_delay(attempt: int, initial: float = 0.5, maximum: float = 30.0) -> float:

@@ -9,6 +9,12 @@ from tether.gateway.security import TransportSecurityConfig
 
 __all__ = ["GatewayConfig"]
 
+# Connections the kernel queues before the gateway accepts them; Linux caps it at
+# net.core.somaxconn (4096 by default since 5.4). asyncio's default of 100 overflows when a
+# killed gateway's thousands of clients return at once, and a dropped SYN or handshake ACK
+# costs the client a TCP retransmission timeout of one second or more.
+LISTEN_BACKLOG = 4096
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class GatewayConfig:

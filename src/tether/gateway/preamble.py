@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from tether.gateway.config import LISTEN_BACKLOG
 from tether.gateway.proxy_protocol import ProxyHeaderReader
 from tether.gateway.security import TransportSecurity
 
@@ -272,12 +273,15 @@ async def create_preamble_server(
         return Preamble(gateway, security, hand_over)
 
     if security.proxy_protocol:
-        return await loop.create_server(create_protocol, host, port, reuse_address=True)
+        return await loop.create_server(
+            create_protocol, host, port, reuse_address=True, backlog=LISTEN_BACKLOG
+        )
     return await loop.create_server(
         create_protocol,
         host,
         port,
         reuse_address=True,
+        backlog=LISTEN_BACKLOG,
         ssl=security.ssl_context,
         ssl_handshake_timeout=gateway.config.connect_timeout,
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
+from tether.gateway.config import LISTEN_BACKLOG
 from tether.gateway.connection import TcpConnection
 from tether.gateway.gateway import Gateway
 from tether.gateway.preamble import ClientPeer, create_preamble_server, switch_protocol
@@ -33,6 +34,7 @@ async def start_tcp_server(
             host,
             port,
             reuse_address=True,
+            backlog=LISTEN_BACKLOG,
         )
 
     def hand_over(transport: asyncio.BaseTransport, peer: ClientPeer) -> asyncio.BaseProtocol:

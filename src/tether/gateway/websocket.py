@@ -20,6 +20,7 @@ from typing import Any
 import picows
 from picows.picows import WSProtocol  # type: ignore[attr-defined]
 
+from tether.gateway.config import LISTEN_BACKLOG
 from tether.gateway.connection import Connection
 from tether.gateway.gateway import Gateway
 from tether.gateway.preamble import ClientPeer, create_preamble_server, switch_protocol
@@ -243,6 +244,7 @@ async def start_websocket_server(
             use_aiofastnet=False,
             websocket_handshake_timeout=config.connect_timeout,
             logger_name=_picows_logger(),
+            backlog=LISTEN_BACKLOG,
         )
 
     def hand_over(transport: asyncio.BaseTransport, peer: ClientPeer) -> asyncio.BaseProtocol:
