@@ -132,11 +132,17 @@ class KeySet:
         """Return the keys that may verify a token with this `alg` and `kid` header.
 
         A token with a kid selects the key with that kid, if its algorithm matches. A token
-        without one may be verified by any key of its algorithm.
+        without one may be verified by the keys of its algorithm that have no kid (secrets and
+        PEM files), and by a JWKS key only when the JWKS has exactly one of that algorithm. So
+        the sender of a kid-less token cannot make the gateway try every key of a large JWKS.
         """
         if kid is not None:
             return [key for key in self.keys if key.kid == kid and key.algorithm == algorithm]
-        return [key for key in self.keys if key.algorithm == algorithm]
+        matching = [key for key in self.keys if key.algorithm == algorithm]
+        identified = [key for key in matching if key.kid is not None]
+        if len(identified) <= 1:
+            return matching
+        return [key for key in matching if key.kid is None]
 
     def has_kid(self, kid: str) -> bool:
         """Return whether any key has this key id."""
