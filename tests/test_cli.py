@@ -112,6 +112,50 @@ def test_contacts_in_named_database(tmp_path: Path, any_database: str) -> None:
     assert run_tether("contacts", "list", "bob", *database, data_dir=data_dir).stdout == ""
 
 
+def test_groups_offline_edit(tmp_path: Path) -> None:
+    created = run_tether("groups", "create", "team", "alice", "bob", data_dir=tmp_path)
+    assert created.returncode == 0, created.stderr
+    assert "no server running" in created.stdout
+    added = run_tether("groups", "add", "team", "carol", data_dir=tmp_path)
+    assert added.returncode == 0, added.stderr
+    listed = run_tether("groups", "list", "bob", data_dir=tmp_path)
+    assert listed.stdout.splitlines() == ["team\towner=alice\tmembers=3"]
+    members = run_tether("groups", "members", "team", data_dir=tmp_path)
+    assert members.stdout.split() == ["alice", "bob", "carol"]
+
+    removed = run_tether("groups", "remove", "team", "bob", data_dir=tmp_path)
+    assert removed.returncode == 0, removed.stderr
+    members = run_tether("groups", "members", "team", data_dir=tmp_path)
+    assert members.stdout.split() == ["alice", "carol"]
+    owner = run_tether("groups", "remove", "team", "alice", data_dir=tmp_path)
+    assert owner.returncode == 1
+    assert "owner cannot leave" in owner.stderr
+    taken = run_tether("groups", "create", "team", "bob", data_dir=tmp_path)
+    assert taken.returncode == 1
+    assert "exists already" in taken.stderr
+    usage = run_tether("groups", "list", "a", "b", data_dir=tmp_path)
+    assert usage.returncode == 2
+    missing = run_tether("groups", "members", "nothing", data_dir=tmp_path)
+    assert missing.returncode == 1
+
+
+def test_groups_through_running_server(served: tuple[Path, int, int]) -> None:
+    data_dir, _, _ = served
+    members = [f"user{index}" for index in range(1200)]  # more than one request holds
+    created = run_tether("groups", "create", "big", "alice", *members, data_dir=data_dir)
+    assert created.returncode == 0, created.stderr
+    assert "live" in created.stdout
+    listed = run_tether("groups", "list", "user1199", data_dir=data_dir)
+    assert listed.stdout.splitlines() == ["big\towner=alice\tmembers=1201"]
+    removed = run_tether("groups", "remove", "big", *members[:700], data_dir=data_dir)
+    assert removed.returncode == 0, removed.stderr
+    listed = run_tether("groups", "list", "alice", data_dir=data_dir)
+    assert listed.stdout.splitlines() == ["big\towner=alice\tmembers=501"]
+    bad = run_tether("groups", "add", "big", "bad:user", data_dir=data_dir)
+    assert bad.returncode == 1
+    assert "code 1" in bad.stderr
+
+
 def test_database_password_masked_in_help_and_config(tmp_path: Path) -> None:
     environment = {**os.environ, "TETHER_DATABASE": "postgresql://chat:hunter2@db.example/chat"}
     for command in ("serve", "logic", "contacts", "cluster"):

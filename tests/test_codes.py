@@ -63,12 +63,22 @@ def test_transient_request_errors_retry(code: Code) -> None:
     assert is_final(code) is False
 
 
-@pytest.mark.parametrize("code", [Code.BAD_REQUEST, Code.NOT_A_CONTACT, Code.NOT_FOUND])
+@pytest.mark.parametrize(
+    "code",
+    [
+        Code.BAD_REQUEST,
+        Code.NOT_A_CONTACT,
+        Code.NOT_FOUND,
+        Code.NOT_ALLOWED,
+        Code.ALREADY_EXISTS,
+        Code.LIMIT_REACHED,
+    ],
+)
 def test_invalid_request_errors_final(code: Code) -> None:
     assert is_final(code) is True
 
 
-@pytest.mark.parametrize("value", [0, -1, 7, 999, 3999, 4999, 5000, 65535])
+@pytest.mark.parametrize("value", [0, -1, 99, 999, 3999, 4999, 5000, 65535])
 def test_unknown_code_is_final(value: int) -> None:
     assert is_final(value) is True
 
@@ -78,7 +88,7 @@ def test_unknown_reconnect_range_retries(value: int) -> None:
     assert is_final(value) is False
 
 
-@pytest.mark.parametrize("value", [0, -1, 7, 4099, 4999, 65535])
+@pytest.mark.parametrize("value", [0, -1, 99, 4099, 4999, 65535])
 def test_describe_unknown_raises(value: int) -> None:
     with pytest.raises(ValueError, match=str(value)):
         describe(value)

@@ -114,6 +114,29 @@ SAMPLE_FRAMES: dict[str, pb.Frame] = {
     "sync": pb.Frame(
         sync=pb.Sync(request_id="s-1", conversation_id="d:alice:bob", after_sequence=4, limit=2)
     ),
+    "group_request": pb.Frame(
+        group_request=pb.GroupRequest(
+            request_id="g-1", action=pb.GROUP_ACTION_ADD, group_id="team", user_ids=["bob"]
+        )
+    ),
+    "group_result": pb.Frame(
+        group_result=pb.GroupResult(
+            request_id="g-1",
+            groups=[pb.Group(group_id="team", conversation_id="g:team", owner="alice")],
+            changed=["bob"],
+        )
+    ),
+    "groups_changed": pb.Frame(
+        groups_changed=pb.GroupsChanged(
+            joined=[pb.Group(group_id="team", conversation_id="g:team", member_count=2)],
+            left=["old"],
+        )
+    ),
+    "group_counts": pb.Frame(
+        group_counts=pb.GroupCounts(
+            counts=[pb.GroupCount(group_id="team", online=7, member_count=120)]
+        )
+    ),
     "sync_result": pb.Frame(
         sync_result=pb.SyncResult(
             request_id="s-1",
@@ -385,6 +408,7 @@ def test_open_kinds_as_specified() -> None:
         "sync",
         "refresh",
         "unread",
+        "group_request",
     }
 
     assert ALLOWED_FROM_CLIENT[ConnectionState.OPEN] == expected

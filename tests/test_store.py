@@ -17,14 +17,17 @@ import pytest
 
 from tether.logic import migrations
 from tether.logic.store import (
+    GroupRecord,
     Store,
     StoreConflict,
     StoredMessage,
     StoreError,
     conversation_id,
     describe_database,
+    group_of_conversation,
     is_postgres_url,
     open_store,
+    validate_group_id,
 )
 from tether.urls import redact_url
 
@@ -217,6 +220,120 @@ async def test_tasks_get_separate_transactions(store: Store) -> None:
     assert [m.sequence for m in history] == [1, 2, 3]
 
 
+# Groups.
+
+
+async def send_group(
+    store: Store, sender: str, group_id: str, client_id: str, body: bytes = b"x"
+) -> StoredMessage:
+    return await store.store_group(
+        sender=sender,
+        sender_device="d",
+        group_id=group_id,
+        client_message_id=client_id,
+        body=body,
+    )
+
+
+def test_group_ids_checked() -> None:
+    assert validate_group_id("team-1.a@b+c=d_e") == "team-1.a@b+c=d_e"
+    assert validate_group_id("x" * 62) == "x" * 62
+    for bad in ("", "x" * 63, "a:b", "a b", "caf\u00e9", "a\n"):
+        with pytest.raises(ValueError):
+            validate_group_id(bad)
+    assert group_of_conversation("g:team") == "team"
+    assert group_of_conversation("d:alice:bob") is None
+
+
+async def test_group_created_with_owner(store: Store) -> None:
+    assert await store.create_group("team", "alice")
+    assert not await store.create_group("team", "bob")
+    record = await store.group("team")
+    assert isinstance(record, GroupRecord)
+    assert (record.group_id, record.owner, record.member_count) == ("team", "alice", 1)
+    assert record.conversation_id == "g:team"
+    assert await store.group_members("team") == ["alice"]
+    assert await store.group("nothing") is None
+
+
+async def test_group_members_added_once(store: Store) -> None:
+    await store.create_group("team", "alice")
+    added = await store.add_group_members("team", ["carol", "bob", "carol", "alice"])
+    assert added == ["carol", "bob"]
+    assert await store.add_group_members("team", ["bob"]) == []
+    assert await store.group_members("team") == ["alice", "bob", "carol"]
+    record = await store.group("team")
+    assert record is not None and record.member_count == 3
+    assert await store.is_participant("carol", "g:team")
+
+
+async def test_group_members_removed(store: Store) -> None:
+    await store.create_group("team", "alice")
+    await store.add_group_members("team", ["bob", "carol"])
+    assert await store.remove_group_members("team", ["carol", "zed", "carol"]) == ["carol"]
+    assert await store.remove_group_members("team", ["carol"]) == []
+    assert await store.group_members("team") == ["alice", "bob"]
+    record = await store.group("team")
+    assert record is not None and record.member_count == 2
+    assert not await store.is_participant("carol", "g:team")
+
+
+async def test_many_members_in_chunks(store: Store) -> None:
+    await store.create_group("big", "alice")
+    users = [f"user{index:04d}" for index in range(1000)]
+    assert await store.add_group_members("big", users) == users
+    record = await store.group("big")
+    assert record is not None and record.member_count == 1001
+    assert len(await store.group_members("big")) == 1001
+    assert await store.remove_group_members("big", users[:900]) == users[:900]
+    record = await store.group("big")
+    assert record is not None and record.member_count == 101
+
+
+async def test_user_groups_listed(store: Store) -> None:
+    await store.create_group("b-team", "alice")
+    await store.create_group("a-team", "bob")
+    await store.add_group_members("a-team", ["alice"])
+    await send(store, "alice", "bob", "direct")  # a direct conversation is no group
+    listed = await store.user_groups("alice")
+    assert [(g.group_id, g.owner, g.member_count) for g in listed] == [
+        ("a-team", "bob", 2),
+        ("b-team", "alice", 1),
+    ]
+    assert await store.user_groups("carol") == []
+    counts = await store.group_counts(["alice", "bob", "carol"])
+    assert counts == {"alice": 2, "bob": 1}
+
+
+async def test_group_sequence_and_resend(store: Store) -> None:
+    await store.create_group("team", "alice")
+    await store.add_group_members("team", ["bob"])
+    first = await send_group(store, "alice", "team", "m1")
+    second = await send_group(store, "bob", "team", "m2")
+    again = await send_group(store, "alice", "team", "m1", b"other body")
+    assert (first.conversation_id, first.recipient, first.sequence) == ("g:team", "g:team", 1)
+    assert second.sequence == 2
+    assert first.new and second.new and not again.new
+    assert (again.message_id, again.sequence, again.body) == (first.message_id, 1, b"x")
+    # One client_message_id per sender across direct and group messages.
+    direct = await send(store, "alice", "bob", "m1")
+    assert not direct.new and direct.conversation_id == "g:team"
+    history = await store.history("g:team", 0, 10)
+    assert [(m.sender, m.sequence) for m in history] == [("alice", 1), ("bob", 2)]
+
+
+async def test_unread_includes_groups(store: Store) -> None:
+    await store.create_group("team", "alice")
+    await store.add_group_members("team", ["bob"])
+    for index in range(3):
+        await send_group(store, "alice", "team", f"g{index}")
+    await send(store, "alice", "bob", "d0")
+    await store.mark_read("bob", "phone", "g:team", 1)
+    assert await store.unread("bob", "phone", 10) == [("d:alice:bob", 1, 0), ("g:team", 3, 1)]
+    await store.remove_group_members("team", ["bob"])
+    assert await store.unread("bob", "phone", 10) == [("d:alice:bob", 1, 0)]
+
+
 async def test_reopen_keeps_data(any_database: str) -> None:
     first = await open_store(any_database)
     await first.add_contacts("alice", "bob")
@@ -232,7 +349,7 @@ async def test_reopen_keeps_data(any_database: str) -> None:
 
 
 def test_migrations_in_step() -> None:
-    assert len(migrations.SQLITE) == len(migrations.POSTGRES) >= 2
+    assert len(migrations.SQLITE) == len(migrations.POSTGRES) >= 3
 
 
 async def test_schema_version_recorded(store: Store, any_database: str) -> None:

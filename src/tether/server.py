@@ -2,7 +2,8 @@
 
 `TetherServer` is what `tether serve` and `tether logic` run and what the tests start on free
 ports. A process that runs logic also opens a control socket (a Unix socket in the data
-directory) through which `tether contacts` changes contacts of a running server.
+directory) through which `tether contacts` and `tether groups` change contacts and groups of a
+running server.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from tether.logic import LogicConfig, LogicService, default_database
 from tether.loop_lag import LoopLagMonitor
 from tether.presence import PresenceConfig, PresenceService
 from tether.presence.cluster import ClusterPresenceConfig, RedisPresence
+from tether.presence.redis_group_counts import RedisGroupCounts, RedisGroupCountsConfig
 from tether.protocol.codes import Code
 from tether.protocol.framing import StreamDecoder, prefix_frame
 from tether.urls import redact_url
@@ -55,7 +57,8 @@ logger = logging.getLogger("tether.server")
 
 CONTROL_SOCKET_NAME = "control.sock"
 SECRET_FILE_NAME = "secret"
-_MAX_CONTROL_FRAME = 4096
+# Large enough for a `tether groups` request of 500 user ids.
+_MAX_CONTROL_FRAME = 65_536
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -148,6 +151,7 @@ class TetherServer:
         self.keys = KeyStore(dataclasses.replace(config.keys, secrets=secrets))
         self.bus: Bus
         self.cluster_presence: RedisPresence | None = None
+        self.group_counts: RedisGroupCounts | None = None
         self.presence: PresenceService | None = None
         self.gateway: Gateway | None = None
         self.logic: LogicService | HookLogic | None = None
@@ -179,6 +183,17 @@ class TetherServer:
                 self.gateway.presence = ClusterPresenceLink(
                     self.cluster_presence, self.bus.flush_subscriptions
                 )
+                # A gateway reports counts every count interval, so its lease must span a few.
+                count_lease = max(config.lease_timeout, 3 * gateway_config.groups.count_interval)
+                self.group_counts = RedisGroupCounts(
+                    RedisGroupCountsConfig(
+                        url=config.redis_url,
+                        cluster=config.redis_cluster,
+                        lease_timeout=count_lease,
+                    ),
+                    gateway_id,
+                )
+                self.gateway.group_counts = self.group_counts
         else:
             self.bus = InProcessBus()
             self.presence = PresenceService(config.presence, self.bus)
@@ -242,6 +257,8 @@ class TetherServer:
         if self.cluster_presence is not None:
             await self.cluster_presence.start()
             self.bus.add_reconnect_callback(self.cluster_presence.request_resync)
+        if self.group_counts is not None:
+            await self.group_counts.start()
         if self.gateway is not None:
             self.bus.add_reconnect_callback(self.gateway.after_bus_outage)
         self._admin.start()
@@ -297,6 +314,8 @@ class TetherServer:
         if self.cluster_presence is not None:
             await self.cluster_presence.release()
             await self.cluster_presence.close()
+        if self.group_counts is not None:
+            await self.group_counts.close()
         self._admin.close()
         if self.presence is not None:
             await self.presence.close()

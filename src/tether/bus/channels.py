@@ -17,6 +17,7 @@ __all__ = [
     "PRESENCE_REQUESTS",
     "PRESENCE_TRANSITIONS",
     "gateway_channel",
+    "group_channel",
     "presence_channel",
     "user_channel",
     "user_of_channel",
@@ -36,6 +37,11 @@ _PRESENCE_PREFIX = "tether.presence."
 def user_channel(user_id: str) -> str:
     """Channel of deliveries to one user, subscribed by the gateways where it is connected."""
     return f"{_USER_PREFIX}{{{user_id}}}"
+
+
+def group_channel(group_id: str) -> str:
+    """Channel of one group's messages, subscribed by gateways with an online member."""
+    return f"tether.group.{group_id}"
 
 
 def presence_channel(user_id: str) -> str:

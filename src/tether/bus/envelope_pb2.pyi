@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Envelope(_message.Message):
-    __slots__ = ("reply_to", "request_id", "connect_request", "connect_result", "send_request", "send_result", "user_delivery", "transitions", "presence_change", "snapshot_request", "snapshot_result", "contacts_update", "deliver_ack", "admin_request", "admin_result", "device_claim", "sync_request", "sync_reply", "user_disconnect")
+    __slots__ = ("reply_to", "request_id", "connect_request", "connect_result", "send_request", "send_result", "user_delivery", "transitions", "presence_change", "snapshot_request", "snapshot_result", "contacts_update", "deliver_ack", "admin_request", "admin_result", "device_claim", "sync_request", "sync_reply", "group_command", "group_reply", "groups_update", "group_delivery", "group_size", "user_disconnect")
     REPLY_TO_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CONNECT_REQUEST_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,11 @@ class Envelope(_message.Message):
     DEVICE_CLAIM_FIELD_NUMBER: _ClassVar[int]
     SYNC_REQUEST_FIELD_NUMBER: _ClassVar[int]
     SYNC_REPLY_FIELD_NUMBER: _ClassVar[int]
+    GROUP_COMMAND_FIELD_NUMBER: _ClassVar[int]
+    GROUP_REPLY_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_UPDATE_FIELD_NUMBER: _ClassVar[int]
+    GROUP_DELIVERY_FIELD_NUMBER: _ClassVar[int]
+    GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
     USER_DISCONNECT_FIELD_NUMBER: _ClassVar[int]
     reply_to: str
     request_id: int
@@ -47,8 +52,13 @@ class Envelope(_message.Message):
     device_claim: DeviceClaim
     sync_request: SyncRequest
     sync_reply: SyncReply
+    group_command: GroupCommand
+    group_reply: GroupReply
+    groups_update: GroupsUpdate
+    group_delivery: GroupDelivery
+    group_size: GroupSize
     user_disconnect: UserDisconnect
-    def __init__(self, reply_to: _Optional[str] = ..., request_id: _Optional[int] = ..., connect_request: _Optional[_Union[ConnectRequest, _Mapping]] = ..., connect_result: _Optional[_Union[ConnectResult, _Mapping]] = ..., send_request: _Optional[_Union[SendRequest, _Mapping]] = ..., send_result: _Optional[_Union[SendResult, _Mapping]] = ..., user_delivery: _Optional[_Union[UserDelivery, _Mapping]] = ..., transitions: _Optional[_Union[TransitionBatch, _Mapping]] = ..., presence_change: _Optional[_Union[PresenceChange, _Mapping]] = ..., snapshot_request: _Optional[_Union[SnapshotRequest, _Mapping]] = ..., snapshot_result: _Optional[_Union[SnapshotResult, _Mapping]] = ..., contacts_update: _Optional[_Union[ContactsUpdate, _Mapping]] = ..., deliver_ack: _Optional[_Union[DeliverAckRequest, _Mapping]] = ..., admin_request: _Optional[_Union[AdminRequest, _Mapping]] = ..., admin_result: _Optional[_Union[AdminResult, _Mapping]] = ..., device_claim: _Optional[_Union[DeviceClaim, _Mapping]] = ..., sync_request: _Optional[_Union[SyncRequest, _Mapping]] = ..., sync_reply: _Optional[_Union[SyncReply, _Mapping]] = ..., user_disconnect: _Optional[_Union[UserDisconnect, _Mapping]] = ...) -> None: ...
+    def __init__(self, reply_to: _Optional[str] = ..., request_id: _Optional[int] = ..., connect_request: _Optional[_Union[ConnectRequest, _Mapping]] = ..., connect_result: _Optional[_Union[ConnectResult, _Mapping]] = ..., send_request: _Optional[_Union[SendRequest, _Mapping]] = ..., send_result: _Optional[_Union[SendResult, _Mapping]] = ..., user_delivery: _Optional[_Union[UserDelivery, _Mapping]] = ..., transitions: _Optional[_Union[TransitionBatch, _Mapping]] = ..., presence_change: _Optional[_Union[PresenceChange, _Mapping]] = ..., snapshot_request: _Optional[_Union[SnapshotRequest, _Mapping]] = ..., snapshot_result: _Optional[_Union[SnapshotResult, _Mapping]] = ..., contacts_update: _Optional[_Union[ContactsUpdate, _Mapping]] = ..., deliver_ack: _Optional[_Union[DeliverAckRequest, _Mapping]] = ..., admin_request: _Optional[_Union[AdminRequest, _Mapping]] = ..., admin_result: _Optional[_Union[AdminResult, _Mapping]] = ..., device_claim: _Optional[_Union[DeviceClaim, _Mapping]] = ..., sync_request: _Optional[_Union[SyncRequest, _Mapping]] = ..., sync_reply: _Optional[_Union[SyncReply, _Mapping]] = ..., group_command: _Optional[_Union[GroupCommand, _Mapping]] = ..., group_reply: _Optional[_Union[GroupReply, _Mapping]] = ..., groups_update: _Optional[_Union[GroupsUpdate, _Mapping]] = ..., group_delivery: _Optional[_Union[GroupDelivery, _Mapping]] = ..., group_size: _Optional[_Union[GroupSize, _Mapping]] = ..., user_disconnect: _Optional[_Union[UserDisconnect, _Mapping]] = ...) -> None: ...
 
 class ConnectRequest(_message.Message):
     __slots__ = ("user_id", "device_id", "platform")
@@ -61,16 +71,18 @@ class ConnectRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., device_id: _Optional[str] = ..., platform: _Optional[_Union[_tether_pb2.Platform, str]] = ...) -> None: ...
 
 class ConnectResult(_message.Message):
-    __slots__ = ("error_code", "error_message", "contacts", "unread")
+    __slots__ = ("error_code", "error_message", "contacts", "unread", "groups")
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     CONTACTS_FIELD_NUMBER: _ClassVar[int]
     UNREAD_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
     error_code: int
     error_message: str
     contacts: _containers.RepeatedScalarFieldContainer[str]
     unread: _tether_pb2.Unread
-    def __init__(self, error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., contacts: _Optional[_Iterable[str]] = ..., unread: _Optional[_Union[_tether_pb2.Unread, _Mapping]] = ...) -> None: ...
+    groups: _containers.RepeatedCompositeFieldContainer[_tether_pb2.Group]
+    def __init__(self, error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., contacts: _Optional[_Iterable[str]] = ..., unread: _Optional[_Union[_tether_pb2.Unread, _Mapping]] = ..., groups: _Optional[_Iterable[_Union[_tether_pb2.Group, _Mapping]]] = ...) -> None: ...
 
 class SendRequest(_message.Message):
     __slots__ = ("sender", "sender_device", "send", "from_api")
@@ -229,3 +241,45 @@ class AdminResult(_message.Message):
     error_code: int
     error_message: str
     def __init__(self, error_code: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...
+
+class GroupCommand(_message.Message):
+    __slots__ = ("user_id", "request")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    request: _tether_pb2.GroupRequest
+    def __init__(self, user_id: _Optional[str] = ..., request: _Optional[_Union[_tether_pb2.GroupRequest, _Mapping]] = ...) -> None: ...
+
+class GroupReply(_message.Message):
+    __slots__ = ("error_code", "error_message", "result")
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    error_code: int
+    error_message: str
+    result: _tether_pb2.GroupResult
+    def __init__(self, error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., result: _Optional[_Union[_tether_pb2.GroupResult, _Mapping]] = ...) -> None: ...
+
+class GroupsUpdate(_message.Message):
+    __slots__ = ("joined", "left")
+    JOINED_FIELD_NUMBER: _ClassVar[int]
+    LEFT_FIELD_NUMBER: _ClassVar[int]
+    joined: _containers.RepeatedCompositeFieldContainer[_tether_pb2.Group]
+    left: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, joined: _Optional[_Iterable[_Union[_tether_pb2.Group, _Mapping]]] = ..., left: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GroupDelivery(_message.Message):
+    __slots__ = ("deliver", "sender", "sender_device")
+    DELIVER_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    SENDER_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    deliver: bytes
+    sender: str
+    sender_device: str
+    def __init__(self, deliver: _Optional[bytes] = ..., sender: _Optional[str] = ..., sender_device: _Optional[str] = ...) -> None: ...
+
+class GroupSize(_message.Message):
+    __slots__ = ("member_count",)
+    MEMBER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    member_count: int
+    def __init__(self, member_count: _Optional[int] = ...) -> None: ...

@@ -1,4 +1,4 @@
-"""The `tether` command: serve, token, contacts and client."""
+"""The `tether` command: serve, token, contacts, groups and client."""
 
 from __future__ import annotations
 
@@ -54,6 +54,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _not_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
     return value
 
 
@@ -380,6 +387,37 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
         default=10,
         help="concurrent devices of one user on this gateway",
     )
+    add_option(
+        serve,
+        "--group-count-threshold",
+        convert=_not_negative_int,
+        default=100,
+        help="groups with more members than this get online counts; use the same value on "
+        "every gateway of a cluster",
+    )
+    add_option(
+        serve,
+        "--group-count-interval",
+        convert=_positive,
+        default=2.0,
+        help="seconds between online count reports of large groups, and the shortest time "
+        "between two count updates a member gets",
+    )
+    add_option(
+        serve,
+        "--pushes-per-second",
+        convert=_positive,
+        default=20.0,
+        help="Deliver frames of group messages one connection gets per second; above it, "
+        "messages are merged into one frame per push tick",
+    )
+    add_option(
+        serve,
+        "--push-burst",
+        convert=_positive_int,
+        default=20,
+        help="Deliver frames of group messages one connection may get at once after a quiet period",
+    )
     _add_http_options(serve, host=False)
     add_hook_options(serve)
     _add_process_options(serve)
@@ -497,6 +535,20 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_data_options(contacts)
     _add_database_option(contacts)
 
+    groups = commands.add_parser(
+        "groups",
+        help="create groups, add or remove members, list a user's groups or a group's members",
+        description=(
+            "tether groups create GROUP OWNER [MEMBER...] | add GROUP USER... | "
+            "remove GROUP USER... | list USER | members GROUP. Changes go through the running "
+            "server on the data folder, if any, and act with the owner's rights."
+        ),
+    )
+    groups.add_argument("action", choices=["create", "add", "remove", "list", "members"])
+    groups.add_argument("names", nargs="+", metavar="NAME", help="group and user ids, see above")
+    _add_data_options(groups)
+    _add_database_option(groups)
+
     client = commands.add_parser(
         "client",
         help="line-oriented client: commands on stdin, events as JSON lines on stdout",
@@ -561,6 +613,10 @@ def main(argv: list[str] | None = None) -> int:
         from tether.cli.contacts import contacts
 
         return run(contacts(arguments))
+    if arguments.command == "groups":
+        from tether.cli.groups import groups
+
+        return run(groups(arguments))
     if arguments.command == "client":
         from tether.cli.line_client import line_client
 

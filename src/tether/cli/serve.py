@@ -11,6 +11,7 @@ from tether.cli.hook_options import hook_config
 from tether.cli.main import configure_logging, install_stop_signals
 from tether.cli.transport_options import transport_security_config
 from tether.gateway import GatewayConfig
+from tether.gateway.groups import GroupConfig
 from tether.gateway.limits import LimitsConfig
 from tether.keys import KeyConfig
 from tether.ops.api_keys import load_api_keys
@@ -70,6 +71,12 @@ def serve_config(arguments: argparse.Namespace) -> ServerConfig:
             retry_window=arguments.connect_retry_window,
             max_connections_per_ip=arguments.max_connections_per_ip,
             max_devices_per_user=arguments.max_devices_per_user,
+        ),
+        groups=GroupConfig(
+            count_threshold=arguments.group_count_threshold,
+            count_interval=arguments.group_count_interval,
+            pushes_per_second=arguments.pushes_per_second,
+            push_burst=arguments.push_burst,
         ),
     )
     return ServerConfig(

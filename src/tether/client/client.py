@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 from tether.client import events as ev
 from tether.client.catchup import Conversations
+from tether.client.groups import ClientGroups
 from tether.client.transport import TLS_SCHEMES, ClientTransport, open_transport
 from tether.protocol import tether_pb2 as pb
 from tether.protocol.codes import Code, is_final
@@ -52,8 +53,12 @@ REFRESH_AT = 0.8
 STABLE_SESSION = 10.0
 
 
-class Client:
-    """A connection to a tether gateway that survives network failures."""
+class Client(ClientGroups):
+    """A connection to a tether gateway that survives network failures.
+
+    Group requests (`create_group`, `add_group_members`, `list_groups`, `send_to_group`, ...)
+    come from `ClientGroups` (tether.client.groups).
+    """
 
     def __init__(
         self,
@@ -125,6 +130,7 @@ class Client:
         self._token_expires_ms = 0
         self._token_issued_ms = 0  # when the current token's expiry was learned
         self._last_reason = "none"
+        self._init_groups()
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -189,7 +195,9 @@ class Client:
     async def send(
         self, recipient: str, body: bytes | str, *, client_message_id: str | None = None
     ) -> pb.SendAck:
-        """Send a direct message and return the server's ack once it is stored.
+        """Send a message and return the server's ack once it is stored.
+
+        recipient is a user id, or "g:" and a group id for a group message.
 
         Raises RequestError if the server rejected it, TimeoutError after ack_timeout, and
         ConnectionClosed if the client stopped. Before a reconnect, unacknowledged messages
@@ -378,6 +386,7 @@ class Client:
         self._conversations.connected(transport, connected.user_id)
         for send, _future in list(self._pending.values()):
             await transport.send(pb.Frame(send=send).SerializeToString())
+        await self._resend_group_requests(transport)
         if self._first_session is not None and not self._first_session.done():
             self._first_session.set_result(session)
         await self._emit(session)
@@ -395,7 +404,9 @@ class Client:
             entry = self._pending.get(error.ref)
             if entry is not None and not entry[1].done():
                 entry[1].set_exception(RequestError(error.code, error.message))
-            elif entry is None and not self._conversations.on_error(error):
+            elif entry is None and not (
+                self._conversations.on_error(error) or self._on_group_error(error)
+            ):
                 logger.warning("server error %d: %s", error.code, error.message)
         elif kind == "deliver":
             for message in frame.deliver.messages:
@@ -422,6 +433,15 @@ class Client:
             for user_id in changed.removed:
                 self.presence.pop(user_id, None)
             await self._emit(ev.ContactsChanged(list(changed.added), list(changed.removed)))
+        elif kind == "group_result":
+            self._on_group_result(frame.group_result)
+        elif kind == "groups_changed":
+            groups = frame.groups_changed
+            joined = [ev.Group.from_proto(group) for group in groups.joined]
+            await self._emit(ev.GroupsChanged(joined, list(groups.left)))
+        elif kind == "group_counts":
+            for count in frame.group_counts.counts:
+                await self._emit(ev.GroupOnline(count.group_id, count.online, count.member_count))
         elif kind != "heartbeat_ack":
             logger.debug("ignored frame of kind %s", kind)
 
@@ -442,6 +462,7 @@ class Client:
         for _send, future in self._pending.values():
             if not future.done():
                 future.set_exception(error)
+        self._fail_group_requests(error)
 
 
 def stays_on_address(code: int) -> bool:

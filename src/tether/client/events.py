@@ -10,6 +10,9 @@ __all__ = [
     "ContactsChanged",
     "Disconnected",
     "Event",
+    "Group",
+    "GroupOnline",
+    "GroupsChanged",
     "Message",
     "Presence",
     "PresenceChanged",
@@ -71,8 +74,40 @@ class ContactsChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class Group:
+    """A group this user belongs to. Its messages carry `conversation_id` ("g:" + group_id)."""
+
+    group_id: str
+    conversation_id: str
+    owner: str
+    member_count: int
+
+    @classmethod
+    def from_proto(cls, group: pb.Group) -> Group:
+        return cls(group.group_id, group.conversation_id, group.owner, group.member_count)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupsChanged:
+    """This user was added to or removed from groups while connected."""
+
+    joined: list[Group]
+    left: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupOnline:
+    """How many members of a large group are online, across the whole cluster."""
+
+    group_id: str
+    online: int
+    member_count: int
+
+
+@dataclass(frozen=True, slots=True)
 class Message:
-    """A direct message for this user (from a contact or from this user's other device)."""
+    """A message for this user: direct (from a contact or from this user's other device) or in
+    a group, where `recipient` and `conversation_id` are "g:" + the group id."""
 
     message_id: int
     conversation_id: str
@@ -109,5 +144,12 @@ class Disconnected:
 
 
 Event = (
-    SessionOpened | PresenceSnapshot | PresenceChanged | ContactsChanged | Message | Disconnected
+    SessionOpened
+    | PresenceSnapshot
+    | PresenceChanged
+    | ContactsChanged
+    | Message
+    | GroupsChanged
+    | GroupOnline
+    | Disconnected
 )

@@ -1,5 +1,7 @@
 """Client requests on an open session: Send, Sync, Refresh, SetStatus and DeliverAck.
 
+GroupRequest is handled in tether.gateway.groups.
+
 Send and Sync become requests on the logic stream and their replies go back to the client as
 frames. SetStatus becomes a status transition for presence, and DeliverAck goes to the logic
 stream with no reply. Refresh replaces the token expiry that the sweep enforces. After a bus
@@ -69,6 +71,10 @@ class ClientRequests:
         def _update_contacts(
             self, connection: Connection, added: Iterable[str], removed: Iterable[str]
         ) -> None: ...
+
+        def _refresh_groups(self, connection: Connection, groups: Iterable[pb.Group]) -> None: ...
+
+        def _mode_changed(self, connection: Connection) -> None: ...
 
     # Requests from clients.
 
@@ -200,6 +206,7 @@ class ClientRequests:
             connection.activity = status.activity
         if status.mode:
             connection.mode = status.mode
+            self._mode_changed(connection)
         self._add_transition(connection, _Transition.KIND_STATUS, status)
 
     def _on_deliver_ack(self, connection: Connection, ack: pb.DeliverAck) -> None:
@@ -251,6 +258,7 @@ class ClientRequests:
         self._update_contacts(
             connection, contacts - connection.contacts, connection.contacts - contacts
         )
+        self._refresh_groups(connection, result.groups)
         connection.send_frame(pb.Frame(unread=result.unread))
 
 

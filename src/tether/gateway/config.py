@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tether.gateway.groups import GroupConfig
 from tether.gateway.limits import LimitsConfig
 from tether.gateway.security import TransportSecurityConfig
 
@@ -55,6 +56,8 @@ class GatewayConfig:
     """Bytes queued to one client before it is closed as a slow consumer (default 1 MiB)."""
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     """Rate and count limits per connection, address, user and gateway."""
+    groups: GroupConfig = field(default_factory=GroupConfig)
+    """Online counts of large groups and the pacing of group messages per connection."""
 
     def __post_init__(self) -> None:
         for name in (

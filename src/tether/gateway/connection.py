@@ -35,6 +35,7 @@ class Connection:
         "contacts",
         "device_id",
         "gateway",
+        "groups",
         "id",
         "last_heard",
         "mode",
@@ -44,6 +45,10 @@ class Connection:
         "peer",
         "platform",
         "protocol",
+        "push_at",
+        "push_queue",
+        "push_queue_bytes",
+        "push_tokens",
         "snapshot_sent",
         "token_expires",
         "user_id",
@@ -73,6 +78,13 @@ class Connection:
         self.bucket: TokenBucket | None = None  # frames per second, set once accepted
         self.token_expires = 0.0  # Unix time the token expires, 0 if it never does
         self.opened_ms = 0  # Unix ms of its device claim; 0 before it, so it yields to claims
+        self.groups: frozenset[str] = frozenset()  # groups of the user, once the session opened
+        # Pacing of group pushes (tether.gateway.groups): a token bucket, and the encoded
+        # messages waiting for the next push tick (None when none wait) with their size.
+        self.push_tokens = 0.0
+        self.push_at = 0.0  # loop time of the last refill; 0 makes the first push find it full
+        self.push_queue: list[bytes] | None = None
+        self.push_queue_bytes = 0
 
     @property
     def state(self) -> ConnectionState:
@@ -97,7 +109,8 @@ class Connection:
         self.outbox.append(data)
         self.outbox_bytes += len(data)
         limit = self.gateway.config.max_outgoing_bytes
-        if self.outbox_bytes + self.write_buffer_size() > limit and not self.closing_deadline:
+        queued = self.outbox_bytes + self.push_queue_bytes + self.write_buffer_size()
+        if queued > limit and not self.closing_deadline:
             self.gateway.slow_consumer(self)
 
     def flush(self) -> None:

@@ -11,8 +11,9 @@ Tables, all local to this process:
   old one, which is closed with REPLACED.
 - `watchers` and `presence_cache`: presence interest, described in `tether.gateway.interest`.
 
-`Gateway` inherits presence interest from `PresenceInterest` (`tether.gateway.interest`) and
-the handling of client requests from `ClientRequests` (`tether.gateway.client_requests`).
+`Gateway` inherits presence interest from `PresenceInterest` (`tether.gateway.interest`),
+the handling of client requests from `ClientRequests` (`tether.gateway.client_requests`) and
+group fan-out and online counts from `GroupInterest` (`tether.gateway.groups`).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from tether.gateway.client_requests import (
 from tether.gateway.config import GatewayConfig
 from tether.gateway.connection import Connection
 from tether.gateway.counters import GatewayCounters
+from tether.gateway.groups import GroupInterest
 from tether.gateway.interest import PresenceInterest
 from tether.gateway.limits import ConnectionRateLimiter, PerKeyCounter, TokenBucket
 from tether.gateway.presence_link import BusPresenceLink, PresenceLink
@@ -66,7 +68,7 @@ _GC_FREEZE_STEP = 1000
 _Transition = env.Transition
 
 
-class Gateway(PresenceInterest, ClientRequests):
+class Gateway(PresenceInterest, ClientRequests, GroupInterest):
     """Connection handling shared by the TCP and WebSocket servers of one process."""
 
     def __init__(
@@ -121,6 +123,7 @@ class Gateway(PresenceInterest, ClientRequests):
             0.0,
         )
         self._per_address: PerKeyCounter[str] = PerKeyCounter(limits.max_connections_per_ip)
+        self._init_groups()
 
     # Life cycle.
 
@@ -129,6 +132,7 @@ class Gateway(PresenceInterest, ClientRequests):
         self._loop = asyncio.get_running_loop()
         self.bus.subscribe(self.reply_channel, self._on_reply)
         self._sweeper = self._loop.call_later(self.config.sweep_interval, self._sweep)
+        self._start_groups()
         self._started = True
         logger.info("gateway %s started", self.id)
 
@@ -144,6 +148,7 @@ class Gateway(PresenceInterest, ClientRequests):
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        self._stop_groups()
         for preamble in list(self._handshakes):
             preamble.abort()
         spread_ms = int(self.config.reconnect_spread * 1000)
@@ -287,7 +292,9 @@ class Gateway(PresenceInterest, ClientRequests):
     def slow_consumer(self, connection: Connection) -> None:
         """Close a connection whose outgoing queue overflowed."""
         logger.warning(
-            "slow consumer %s: %d bytes queued", connection.describe(), connection.outbox_bytes
+            "slow consumer %s: %d bytes queued",
+            connection.describe(),
+            connection.outbox_bytes + connection.push_queue_bytes,
         )
         # Drop what is not yet written. The Disconnect goes after the bytes the transport
         # already buffers, and the close timeout aborts a client that never reads them.
@@ -350,6 +357,8 @@ class Gateway(PresenceInterest, ClientRequests):
                 self._on_sync(connection, frame.sync)
             elif kind == "refresh":
                 self._on_refresh(connection, frame.refresh)
+            elif kind == "group_request":
+                self._on_group_request(connection, frame.group_request)
             elif kind == "unread":
                 # The client asks for its unread list again, after a truncated one.
                 self._refresh_session(connection, attempt=_REFRESH_ATTEMPTS)
@@ -442,6 +451,8 @@ class Gateway(PresenceInterest, ClientRequests):
             self._close(connection, code, result.error_message, abort=False)
             return
         self._open_session(connection, result.contacts, result.unread)
+        if connection.state is ConnectionState.OPEN:  # not refused for too many devices
+            self._enter_groups(connection, result.groups)
 
     def _open_session(
         self, connection: Connection, contacts: Iterable[str], unread: pb.Unread
@@ -584,6 +595,10 @@ class Gateway(PresenceInterest, ClientRequests):
                 self._update_contacts(connection, update.added, update.removed)
         elif kind == "user_disconnect":
             self._disconnect_by_backend(devices, message.user_disconnect)
+        elif kind == "groups_update":
+            groups = message.groups_update
+            for connection in list(devices.values()):
+                self._update_groups(connection, groups.joined, groups.left)
         else:
             logger.warning("ignored message of kind %s on %s", kind, channel)
 
@@ -711,6 +726,7 @@ class Gateway(PresenceInterest, ClientRequests):
                 self.bus.unsubscribe(channels.user_channel(user_id), self._on_user_message)
         self._unwatch(connection, connection.contacts)
         connection.contacts = frozenset()
+        self._leave_groups(connection)
 
     # Sweep.
 

@@ -69,6 +69,18 @@ SQLITE: list[str] = [
     INSERT OR IGNORE INTO conversation_members
         SELECT recipient, conversation_id FROM messages;
     """,
+    # Groups. Their members are the participants of the conversation "g:" || id, and the
+    # index lists a conversation's participants.
+    """
+    CREATE TABLE chat_groups (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        member_count INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE INDEX conversation_members_by_conversation
+        ON conversation_members (conversation_id, user_id);
+    """,
 ]
 
 POSTGRES: list[str] = [
@@ -118,6 +130,16 @@ POSTGRES: list[str] = [
         SELECT sender, conversation_id FROM messages ON CONFLICT DO NOTHING;
     INSERT INTO conversation_members
         SELECT recipient, conversation_id FROM messages ON CONFLICT DO NOTHING;
+    """,
+    """
+    CREATE TABLE chat_groups (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        owner TEXT COLLATE "C" NOT NULL,
+        member_count BIGINT NOT NULL,
+        created_ms BIGINT NOT NULL
+    );
+    CREATE INDEX conversation_members_by_conversation
+        ON conversation_members (conversation_id, user_id);
     """,
 ]
 

@@ -1,4 +1,4 @@
-"""The reference business logic: who may connect, who are contacts, storing and routing messages.
+"""The reference business logic: who may connect, contacts, groups, storing and routing messages.
 
 It consumes the logic stream of the bus in batches. Each batch runs in one store transaction;
 only after the commit does it publish deliveries and reply to the gateways, so an ack always
@@ -8,13 +8,15 @@ means the message is stored.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tether.auth import validate_user_id
 from tether.bus import channels
 from tether.bus import envelope_pb2 as env
 from tether.bus.base import Bus
+from tether.logic.groups import GroupError, GroupLogic, group_info, send_ack
+from tether.logic.outbox import Outbox, reply, to_message
 from tether.logic.store import (
     MAX_STORED_INTEGER,
     Store,
@@ -22,6 +24,7 @@ from tether.logic.store import (
     StoredMessage,
     StoreError,
     describe_database,
+    group_of_conversation,
     open_store,
 )
 from tether.protocol import tether_pb2 as pb
@@ -49,19 +52,14 @@ class LogicConfig:
 
     database: Path | str
     """SQLite database file, or a `postgresql://` URL (tether.db in the data folder by default)."""
+    max_group_members: int = 100_000
+    """Members one group may have (default 100,000)."""
+    max_groups_per_user: int = 1000
+    """Groups one user may belong to (default 1,000). A gateway subscribes to the channel of
+    each group of each connected user, so this also bounds its subscriptions per user."""
 
 
-@dataclass(slots=True)
-class _Outbox:
-    """Messages a batch publishes once its transaction has committed."""
-
-    messages: list[tuple[str, bytes]] = field(default_factory=list)
-
-    def add(self, channel: str, envelope: env.Envelope) -> None:
-        self.messages.append((channel, envelope.SerializeToString()))
-
-
-class LogicService:
+class LogicService(GroupLogic):
     """Handle requests from gateways and the command line."""
 
     def __init__(self, config: LogicConfig, bus: Bus) -> None:
@@ -94,10 +92,10 @@ class LogicService:
                 # The message is stored: the recipient's next Unread or Sync brings it.
                 logger.warning("could not publish to %s: %s", channel, error)
 
-    async def _run_batch(self, store: Store, payloads: list[bytes]) -> _Outbox:
+    async def _run_batch(self, store: Store, payloads: list[bytes]) -> Outbox:
         """Handle a batch in one transaction; return what to publish once it committed."""
         for attempt in range(1, MAX_BATCH_ATTEMPTS + 1):
-            outbox = _Outbox()
+            outbox = Outbox()
             try:
                 async with store.transaction():
                     for payload in payloads:
@@ -122,7 +120,7 @@ class LogicService:
                 break
         return self._fail_all(payloads)
 
-    async def _handle(self, store: Store, payload: bytes, outbox: _Outbox) -> None:
+    async def _handle(self, store: Store, payload: bytes, outbox: Outbox) -> None:
         try:
             request = env.Envelope.FromString(payload)
         except Exception:
@@ -138,7 +136,7 @@ class LogicService:
             outbox.messages.extend(self._fail_all([payload]).messages)
 
     async def _dispatch(
-        self, store: Store, kind: str | None, request: env.Envelope, outbox: _Outbox
+        self, store: Store, kind: str | None, request: env.Envelope, outbox: Outbox
     ) -> None:
         if kind == "connect_request":
             await self._connect(store, request, outbox)
@@ -156,10 +154,12 @@ class LogicService:
                 logger.info("ignored delivery ack of %s for a conversation not theirs", ack.user_id)
         elif kind == "admin_request":
             await self._admin(store, request, outbox)
+        elif kind == "group_command":
+            await self._group_command(store, request, outbox)
         else:
             logger.warning("ignored logic request of kind %s", kind)
 
-    async def _connect(self, store: Store, request: env.Envelope, outbox: _Outbox) -> None:
+    async def _connect(self, store: Store, request: env.Envelope, outbox: Outbox) -> None:
         connect = request.connect_request
         await store.ensure_user(connect.user_id)
         rows = await store.unread(connect.user_id, connect.device_id, MAX_UNREAD_LISTED + 1)
@@ -172,17 +172,21 @@ class LogicService:
             ],
             truncated=len(rows) > MAX_UNREAD_LISTED,
         )
-        result = env.ConnectResult(contacts=await store.contacts(connect.user_id), unread=unread)
-        _reply(outbox, request, env.Envelope(connect_result=result))
+        result = env.ConnectResult(
+            contacts=await store.contacts(connect.user_id),
+            unread=unread,
+            groups=[group_info(record) for record in await store.user_groups(connect.user_id)],
+        )
+        reply(outbox, request, env.Envelope(connect_result=result))
 
-    async def _sync(self, store: Store, request: env.Envelope, outbox: _Outbox) -> None:
+    async def _sync(self, store: Store, request: env.Envelope, outbox: Outbox) -> None:
         sync = request.sync_request.sync
         if not await store.is_participant(request.sync_request.user_id, sync.conversation_id):
-            reply = env.SyncReply(
+            failure = env.SyncReply(
                 error_code=Code.NOT_FOUND,
                 error_message=f"no conversation {sync.conversation_id!r} of this user",
             )
-            _reply(outbox, request, env.Envelope(sync_reply=reply))
+            reply(outbox, request, env.Envelope(sync_reply=failure))
             return
         limit = min(sync.limit or DEFAULT_SYNC_PAGE, MAX_SYNC_PAGE)
         after = min(sync.after_sequence, MAX_STORED_INTEGER)
@@ -195,23 +199,26 @@ class LogicService:
         result = pb.SyncResult(
             request_id=sync.request_id,
             conversation_id=sync.conversation_id,
-            messages=[_to_message(stored) for stored in page],
+            messages=[to_message(stored) for stored in page],
             has_more=len(messages) > len(page),
             last_sequence=await store.last_sequence(sync.conversation_id),
         )
-        _reply(outbox, request, env.Envelope(sync_reply=env.SyncReply(result=result)))
+        reply(outbox, request, env.Envelope(sync_reply=env.SyncReply(result=result)))
 
-    async def _send(self, store: Store, request: env.Envelope, outbox: _Outbox) -> None:
+    async def _send(self, store: Store, request: env.Envelope, outbox: Outbox) -> None:
         send_request = request.send_request
         send = send_request.send
         sender = send_request.sender
+        if group_of_conversation(send.recipient) is not None:
+            await self._send_group(store, request, outbox)
+            return
         # A backend sending through the HTTP API vouches for the pair; clients need contacts.
         if not send_request.from_api and not await store.are_contacts(sender, send.recipient):
             result = env.SendResult(
                 error_code=Code.NOT_A_CONTACT,
                 error_message=f"{send.recipient!r} is not a contact of {sender!r}",
             )
-            _reply(outbox, request, env.Envelope(send_result=result))
+            reply(outbox, request, env.Envelope(send_result=result))
             return
 
         stored = await store.store_direct(
@@ -222,7 +229,7 @@ class LogicService:
             body=send.body,
         )
         if stored.new:
-            frame = pb.Frame(deliver=pb.Deliver(messages=[_to_message(stored)])).SerializeToString()
+            frame = pb.Frame(deliver=pb.Deliver(messages=[to_message(stored)])).SerializeToString()
             created = stored.created_ms
             to_recipient = env.Envelope(
                 user_delivery=env.UserDelivery(frame=frame, created_ms=created)
@@ -235,24 +242,27 @@ class LogicService:
                 )
             )
             outbox.add(channels.user_channel(sender), to_sender)
-        ack = pb.SendAck(
-            client_message_id=stored.client_message_id,
-            message_id=stored.message_id,
-            conversation_id=stored.conversation_id,
-            sequence=stored.sequence,
-            timestamp_ms=stored.created_ms,
-        )
-        _reply(outbox, request, env.Envelope(send_result=env.SendResult(ack=ack)))
+        ack = send_ack(stored)
+        reply(outbox, request, env.Envelope(send_result=env.SendResult(ack=ack)))
 
-    async def _admin(self, store: Store, request: env.Envelope, outbox: _Outbox) -> None:
+    async def _admin(self, store: Store, request: env.Envelope, outbox: Outbox) -> None:
         admin = request.admin_request
         operation = admin.operation
+        if operation.startswith("groups."):
+            try:
+                await self.admin_command(store, operation, admin.args, outbox)
+            except GroupError as error:
+                result = env.AdminResult(error_code=error.code, error_message=error.message)
+                reply(outbox, request, env.Envelope(admin_result=result))
+                return
+            reply(outbox, request, env.Envelope(admin_result=env.AdminResult()))
+            return
         if operation not in ("contacts.add", "contacts.remove") or len(admin.args) != 2:
             result = env.AdminResult(
                 error_code=Code.BAD_REQUEST,
                 error_message=f"unknown operation {operation!r} with {len(admin.args)} arguments",
             )
-            _reply(outbox, request, env.Envelope(admin_result=result))
+            reply(outbox, request, env.Envelope(admin_result=result))
             return
         user_a, user_b = admin.args
         try:
@@ -264,7 +274,7 @@ class LogicService:
                 changed = await store.remove_contacts(user_a, user_b)
         except ValueError as error:
             result = env.AdminResult(error_code=Code.BAD_REQUEST, error_message=str(error))
-            _reply(outbox, request, env.Envelope(admin_result=result))
+            reply(outbox, request, env.Envelope(admin_result=result))
             return
         if changed:
             for user, other in ((user_a, user_b), (user_b, user_a)):
@@ -274,11 +284,11 @@ class LogicService:
                     update = env.ContactsUpdate(removed=[other])
                 outbox.add(channels.user_channel(user), env.Envelope(contacts_update=update))
             logger.info("%s %s %s", operation, user_a, user_b)
-        _reply(outbox, request, env.Envelope(admin_result=env.AdminResult()))
+        reply(outbox, request, env.Envelope(admin_result=env.AdminResult()))
 
-    def _fail_all(self, payloads: list[bytes]) -> _Outbox:
+    def _fail_all(self, payloads: list[bytes]) -> Outbox:
         """Reply to every request of a failed batch with a retryable error."""
-        outbox = _Outbox()
+        outbox = Outbox()
         for payload in payloads:
             try:
                 request = env.Envelope.FromString(payload)
@@ -287,26 +297,30 @@ class LogicService:
             kind = request.WhichOneof("kind")
             message = "storage failed; retry"
             if kind == "connect_request":
-                reply = env.Envelope(
+                answer = env.Envelope(
                     connect_result=env.ConnectResult(
                         error_code=Code.BACKEND_UNAVAILABLE, error_message=message
                     )
                 )
             elif kind == "send_request":
-                reply = env.Envelope(
+                answer = env.Envelope(
                     send_result=env.SendResult(error_code=Code.UNAVAILABLE, error_message=message)
                 )
             elif kind == "admin_request":
-                reply = env.Envelope(
+                answer = env.Envelope(
                     admin_result=env.AdminResult(error_code=Code.INTERNAL, error_message=message)
                 )
             elif kind == "sync_request":
-                reply = env.Envelope(
+                answer = env.Envelope(
                     sync_reply=env.SyncReply(error_code=Code.UNAVAILABLE, error_message=message)
+                )
+            elif kind == "group_command":
+                answer = env.Envelope(
+                    group_reply=env.GroupReply(error_code=Code.UNAVAILABLE, error_message=message)
                 )
             else:
                 continue
-            _reply(outbox, request, reply)
+            reply(outbox, request, answer)
         return outbox
 
 
@@ -318,26 +332,6 @@ def _within_budget(messages: list[StoredMessage], budget: int) -> list[StoredMes
         if total > budget and index > 0:
             return messages[:index]
     return messages
-
-
-def _reply(outbox: _Outbox, request: env.Envelope, reply: env.Envelope) -> None:
-    if request.reply_to:
-        reply.request_id = request.request_id
-        outbox.add(request.reply_to, reply)
-
-
-def _to_message(stored: StoredMessage) -> pb.Message:
-    return pb.Message(
-        message_id=stored.message_id,
-        conversation_id=stored.conversation_id,
-        sequence=stored.sequence,
-        sender=stored.sender,
-        sender_device=stored.sender_device,
-        recipient=stored.recipient,
-        body=stored.body,
-        timestamp_ms=stored.created_ms,
-        client_message_id=stored.client_message_id,
-    )
 
 
 def default_database(data_dir: Path) -> Path:

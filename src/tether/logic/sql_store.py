@@ -14,7 +14,9 @@ SQLite serializes writers:
   gapless.
 - A message is inserted with `ON CONFLICT (sender, client_message_id) DO NOTHING`. When another
   transaction stored the same client message first, the insert waits for it to commit, stores
-  nothing, and `store_direct` gives its sequence number back and returns the first message.
+  nothing, and the store gives its sequence number back and returns the first message.
+
+The group queries are in tether.logic.sql_groups.
 """
 
 from __future__ import annotations
@@ -27,7 +29,14 @@ from contextvars import ContextVar
 from typing import Any, Generic, TypeVar
 
 from tether.logic import migrations
-from tether.logic.store import Store, StoredMessage, StoreError, conversation_id
+from tether.logic.sql_groups import SqlGroups
+from tether.logic.store import (
+    Store,
+    StoredMessage,
+    StoreError,
+    conversation_id,
+    group_conversation_id,
+)
 
 __all__ = ["SqlStore"]
 
@@ -39,7 +48,7 @@ _MESSAGE_COLUMNS = (
 )
 
 
-class SqlStore(Store, Generic[Connection]):
+class SqlStore(SqlGroups, Store, Generic[Connection]):
     """`Store` in portable SQL over a backend's connections."""
 
     def __init__(self, description: str) -> None:
@@ -186,12 +195,53 @@ class SqlStore(Store, Generic[Connection]):
         client_message_id: str,
         body: bytes,
     ) -> StoredMessage:
+        return await self._store_message(
+            conversation_id(sender, recipient),
+            sender=sender,
+            sender_device=sender_device,
+            recipient=recipient,
+            client_message_id=client_message_id,
+            body=body,
+            record_participants=True,
+        )
+
+    async def store_group(
+        self,
+        *,
+        sender: str,
+        sender_device: str,
+        group_id: str,
+        client_message_id: str,
+        body: bytes,
+    ) -> StoredMessage:
+        conversation = group_conversation_id(group_id)
+        return await self._store_message(
+            conversation,
+            sender=sender,
+            sender_device=sender_device,
+            recipient=conversation,
+            client_message_id=client_message_id,
+            body=body,
+            record_participants=False,  # a group's participants are its members
+        )
+
+    async def _store_message(
+        self,
+        conversation: str,
+        *,
+        sender: str,
+        sender_device: str,
+        recipient: str,
+        client_message_id: str,
+        body: bytes,
+        record_participants: bool,
+    ) -> StoredMessage:
+        """Store a message with the next sequence number of its conversation, once per id."""
         async with self.transaction():
             existing = await self._find_message(sender, client_message_id)
             if existing is not None:
                 return existing
 
-            conversation = conversation_id(sender, recipient)
             now = _now_ms()
             rows = await self._fetch(
                 "INSERT INTO conversations VALUES (?, 1) ON CONFLICT (id) "
@@ -216,13 +266,14 @@ class SqlStore(Store, Generic[Connection]):
             if not inserted:
                 return await self._lost_race(conversation, sender, client_message_id)
 
-            await self._execute(
-                "INSERT INTO conversation_members VALUES (?, ?), (?, ?) ON CONFLICT DO NOTHING",
-                sender,
-                conversation,
-                recipient,
-                conversation,
-            )
+            if record_participants:
+                await self._execute(
+                    "INSERT INTO conversation_members VALUES (?, ?), (?, ?) ON CONFLICT DO NOTHING",
+                    sender,
+                    conversation,
+                    recipient,
+                    conversation,
+                )
         return StoredMessage(
             int(inserted[0][0]),
             conversation,

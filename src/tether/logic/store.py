@@ -1,4 +1,4 @@
-"""The store of the reference logic: users, mutual contacts, direct messages, read markers.
+"""The store of the reference logic: users, contacts, groups, messages and read markers.
 
 `Store` is the interface the logic service uses. Two backends implement it with the same
 schema and the same behaviour, and one test suite runs against both:
@@ -14,6 +14,7 @@ store applies the schema migrations it lacks (tether.logic.migrations).
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -23,16 +24,22 @@ from tether.protocol.errors import TetherError
 from tether.urls import redact_url
 
 __all__ = [
+    "GROUP_PREFIX",
+    "MAX_GROUP_ID_CHARS",
     "MAX_STORED_INTEGER",
     "POSTGRES_SCHEMES",
+    "GroupRecord",
     "Store",
     "StoreConflict",
     "StoreError",
     "StoredMessage",
     "conversation_id",
     "describe_database",
+    "group_conversation_id",
+    "group_of_conversation",
     "is_postgres_url",
     "open_store",
+    "validate_group_id",
 ]
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -40,6 +47,13 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 # Sequence numbers and ids are signed 64-bit integers in both backends (SQLite INTEGER,
 # PostgreSQL BIGINT). Larger values from clients are clamped to this before a query.
 MAX_STORED_INTEGER = 2**63 - 1
+
+# A group's conversation id is this prefix and the group id. User ids cannot contain ":", so
+# a recipient or conversation id that starts with it always names a group.
+GROUP_PREFIX = "g:"
+# Group ids are shorter than user ids so that "g:" + id fits the 64 bytes of a Send recipient.
+MAX_GROUP_ID_CHARS = 62
+_GROUP_ID_PATTERN = re.compile(r"[A-Za-z0-9_\-.@+=]+")
 
 
 class StoreError(TetherError):
@@ -56,6 +70,35 @@ def conversation_id(user_a: str, user_b: str) -> str:
     return f"d:{first}:{second}"
 
 
+def group_conversation_id(group_id: str) -> str:
+    """Return the conversation id of a group's messages."""
+    return GROUP_PREFIX + group_id
+
+
+def group_of_conversation(conversation: str) -> str | None:
+    """Return the group id of a group conversation id, or None for a direct conversation."""
+    if conversation.startswith(GROUP_PREFIX):
+        return conversation[len(GROUP_PREFIX) :]
+    return None
+
+
+def validate_group_id(group_id: str) -> str:
+    """Return group_id if it is valid; else raise ValueError.
+
+    A group id is 1 to 62 ASCII letters, digits and `_-.@+=`, the characters of a user id.
+    """
+    if not 0 < len(group_id) <= MAX_GROUP_ID_CHARS:
+        raise ValueError(
+            f"group id must be 1 to {MAX_GROUP_ID_CHARS} characters, got {len(group_id)}"
+        )
+    if not _GROUP_ID_PATTERN.fullmatch(group_id):
+        raise ValueError(
+            f"group id {group_id!r} may contain only ASCII letters, digits and the characters "
+            "_-.@+="
+        )
+    return group_id
+
+
 def is_postgres_url(database: str | Path) -> bool:
     """Tell whether a database setting names a PostgreSQL server rather than a SQLite file."""
     return isinstance(database, str) and database.startswith(POSTGRES_SCHEMES)
@@ -69,8 +112,27 @@ def describe_database(database: str | Path) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupRecord:
+    """A group as stored: its owner and how many members it has."""
+
+    group_id: str
+    owner: str
+    member_count: int
+    created_ms: int
+
+    @property
+    def conversation_id(self) -> str:
+        """The id of the group's conversation, `g:` and the group id."""
+        return group_conversation_id(self.group_id)
+
+
+@dataclass(frozen=True, slots=True)
 class StoredMessage:
-    """A direct message as stored."""
+    """A direct or group message as stored.
+
+    For a group message, `recipient` and `conversation_id` are both the group's conversation
+    id.
+    """
 
     message_id: int
     conversation_id: str
@@ -151,6 +213,23 @@ class Store(ABC):
         """
 
     @abstractmethod
+    async def store_group(
+        self,
+        *,
+        sender: str,
+        sender_device: str,
+        group_id: str,
+        client_message_id: str,
+        body: bytes,
+    ) -> StoredMessage:
+        """Store a group message with the next sequence number of the group's conversation.
+
+        The same rules as store_direct apply: gapless sequence numbers, and one message per
+        sender and client_message_id across direct and group messages. The caller checks
+        that the sender is a member.
+        """
+
+    @abstractmethod
     async def history(
         self, conversation: str, after_sequence: int, limit: int
     ) -> list[StoredMessage]:
@@ -158,7 +237,11 @@ class Store(ABC):
 
     @abstractmethod
     async def is_participant(self, user_id: str, conversation: str) -> bool:
-        """Tell whether user_id takes part in a stored conversation."""
+        """Tell whether user_id takes part in a conversation.
+
+        A user takes part in a direct conversation once it contains a message of the user, and
+        in a group's conversation while the user is a member.
+        """
 
     @abstractmethod
     async def last_sequence(self, conversation: str) -> int:
@@ -180,6 +263,40 @@ class Store(ABC):
     @abstractmethod
     async def read_marker(self, user_id: str, device_id: str, conversation: str) -> int:
         """Return a device's read marker in a conversation, 0 if it has none."""
+
+    # Groups. Members are the participants of the group's conversation.
+
+    @abstractmethod
+    async def create_group(self, group_id: str, owner: str) -> bool:
+        """Create a group with owner as its first member; return False if the id is taken."""
+
+    @abstractmethod
+    async def group(self, group_id: str) -> GroupRecord | None:
+        """Return a group, or None if there is none with this id."""
+
+    @abstractmethod
+    async def add_group_members(self, group_id: str, user_ids: list[str]) -> list[str]:
+        """Add users to an existing group; return those who were not members, in input order.
+
+        Users not known yet are recorded. The group's member count grows by the number
+        returned.
+        """
+
+    @abstractmethod
+    async def remove_group_members(self, group_id: str, user_ids: list[str]) -> list[str]:
+        """Remove users from a group; return those who were members, in input order."""
+
+    @abstractmethod
+    async def group_members(self, group_id: str) -> list[str]:
+        """Return the members of a group in id order (byte order of the UTF-8 ids)."""
+
+    @abstractmethod
+    async def user_groups(self, user_id: str) -> list[GroupRecord]:
+        """Return the groups a user belongs to, in group id order."""
+
+    @abstractmethod
+    async def group_counts(self, user_ids: list[str]) -> dict[str, int]:
+        """Return how many groups each of the users belongs to; users in none are left out."""
 
 
 async def open_store(database: str | Path) -> Store:

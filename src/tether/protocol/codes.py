@@ -42,6 +42,9 @@ class Code(enum.IntEnum):
     BODY_TOO_LARGE = 4
     INTERNAL = 5
     NOT_FOUND = 6
+    NOT_ALLOWED = 7
+    ALREADY_EXISTS = 8
+    LIMIT_REACHED = 9
 
     # Disconnects after which the client should reconnect.
     SHUTDOWN = 4000
@@ -87,6 +90,17 @@ _TABLE: dict[Code, CodeInfo] = {
         CodeInfo(Code.BODY_TOO_LARGE, False, "The message body is larger than the server allows."),
         CodeInfo(Code.INTERNAL, True, "The server failed while handling the request."),
         CodeInfo(Code.NOT_FOUND, False, "The named user or object does not exist."),
+        CodeInfo(
+            Code.NOT_ALLOWED,
+            False,
+            "The user may not make this change, for example to a group it does not own.",
+        ),
+        CodeInfo(Code.ALREADY_EXISTS, False, "An object with this id exists already."),
+        CodeInfo(
+            Code.LIMIT_REACHED,
+            False,
+            "A group or a user has reached the most members or groups the server allows.",
+        ),
         CodeInfo(Code.SHUTDOWN, True, "The server is shutting down or draining."),
         CodeInfo(
             Code.HEARTBEAT_TIMEOUT,

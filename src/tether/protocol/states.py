@@ -50,6 +50,7 @@ ALLOWED_FROM_CLIENT: dict[ConnectionState, frozenset[str]] = {
             "sync",
             "refresh",
             "unread",
+            "group_request",
         }
     ),
     ConnectionState.CLOSING: frozenset(),

@@ -36,6 +36,14 @@ class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STATUS_ONLINE: _ClassVar[Status]
     STATUS_AWAY: _ClassVar[Status]
     STATUS_BUSY: _ClassVar[Status]
+
+class GroupAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GROUP_ACTION_UNSPECIFIED: _ClassVar[GroupAction]
+    GROUP_ACTION_CREATE: _ClassVar[GroupAction]
+    GROUP_ACTION_ADD: _ClassVar[GroupAction]
+    GROUP_ACTION_REMOVE: _ClassVar[GroupAction]
+    GROUP_ACTION_LIST: _ClassVar[GroupAction]
 PLATFORM_UNSPECIFIED: Platform
 PLATFORM_WEB: Platform
 PLATFORM_DESKTOP: Platform
@@ -54,9 +62,14 @@ STATUS_OFFLINE: Status
 STATUS_ONLINE: Status
 STATUS_AWAY: Status
 STATUS_BUSY: Status
+GROUP_ACTION_UNSPECIFIED: GroupAction
+GROUP_ACTION_CREATE: GroupAction
+GROUP_ACTION_ADD: GroupAction
+GROUP_ACTION_REMOVE: GroupAction
+GROUP_ACTION_LIST: GroupAction
 
 class Frame(_message.Message):
-    __slots__ = ("connect", "connected", "heartbeat", "heartbeat_ack", "send", "send_ack", "deliver", "deliver_ack", "set_status", "presence_update", "presence_snapshot", "error", "disconnect", "contacts_changed", "unread", "sync", "sync_result", "refresh", "refreshed")
+    __slots__ = ("connect", "connected", "heartbeat", "heartbeat_ack", "send", "send_ack", "deliver", "deliver_ack", "set_status", "presence_update", "presence_snapshot", "error", "disconnect", "contacts_changed", "unread", "sync", "sync_result", "refresh", "refreshed", "group_request", "group_result", "groups_changed", "group_counts")
     CONNECT_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +89,10 @@ class Frame(_message.Message):
     SYNC_RESULT_FIELD_NUMBER: _ClassVar[int]
     REFRESH_FIELD_NUMBER: _ClassVar[int]
     REFRESHED_FIELD_NUMBER: _ClassVar[int]
+    GROUP_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    GROUP_RESULT_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_CHANGED_FIELD_NUMBER: _ClassVar[int]
+    GROUP_COUNTS_FIELD_NUMBER: _ClassVar[int]
     connect: Connect
     connected: Connected
     heartbeat: Heartbeat
@@ -95,7 +112,11 @@ class Frame(_message.Message):
     sync_result: SyncResult
     refresh: Refresh
     refreshed: Refreshed
-    def __init__(self, connect: _Optional[_Union[Connect, _Mapping]] = ..., connected: _Optional[_Union[Connected, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., send: _Optional[_Union[Send, _Mapping]] = ..., send_ack: _Optional[_Union[SendAck, _Mapping]] = ..., deliver: _Optional[_Union[Deliver, _Mapping]] = ..., deliver_ack: _Optional[_Union[DeliverAck, _Mapping]] = ..., set_status: _Optional[_Union[SetStatus, _Mapping]] = ..., presence_update: _Optional[_Union[PresenceUpdate, _Mapping]] = ..., presence_snapshot: _Optional[_Union[PresenceSnapshot, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., disconnect: _Optional[_Union[Disconnect, _Mapping]] = ..., contacts_changed: _Optional[_Union[ContactsChanged, _Mapping]] = ..., unread: _Optional[_Union[Unread, _Mapping]] = ..., sync: _Optional[_Union[Sync, _Mapping]] = ..., sync_result: _Optional[_Union[SyncResult, _Mapping]] = ..., refresh: _Optional[_Union[Refresh, _Mapping]] = ..., refreshed: _Optional[_Union[Refreshed, _Mapping]] = ...) -> None: ...
+    group_request: GroupRequest
+    group_result: GroupResult
+    groups_changed: GroupsChanged
+    group_counts: GroupCounts
+    def __init__(self, connect: _Optional[_Union[Connect, _Mapping]] = ..., connected: _Optional[_Union[Connected, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., heartbeat_ack: _Optional[_Union[HeartbeatAck, _Mapping]] = ..., send: _Optional[_Union[Send, _Mapping]] = ..., send_ack: _Optional[_Union[SendAck, _Mapping]] = ..., deliver: _Optional[_Union[Deliver, _Mapping]] = ..., deliver_ack: _Optional[_Union[DeliverAck, _Mapping]] = ..., set_status: _Optional[_Union[SetStatus, _Mapping]] = ..., presence_update: _Optional[_Union[PresenceUpdate, _Mapping]] = ..., presence_snapshot: _Optional[_Union[PresenceSnapshot, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., disconnect: _Optional[_Union[Disconnect, _Mapping]] = ..., contacts_changed: _Optional[_Union[ContactsChanged, _Mapping]] = ..., unread: _Optional[_Union[Unread, _Mapping]] = ..., sync: _Optional[_Union[Sync, _Mapping]] = ..., sync_result: _Optional[_Union[SyncResult, _Mapping]] = ..., refresh: _Optional[_Union[Refresh, _Mapping]] = ..., refreshed: _Optional[_Union[Refreshed, _Mapping]] = ..., group_request: _Optional[_Union[GroupRequest, _Mapping]] = ..., group_result: _Optional[_Union[GroupResult, _Mapping]] = ..., groups_changed: _Optional[_Union[GroupsChanged, _Mapping]] = ..., group_counts: _Optional[_Union[GroupCounts, _Mapping]] = ...) -> None: ...
 
 class Connect(_message.Message):
     __slots__ = ("protocol_version", "token", "device_id", "platform", "client_name", "status")
@@ -326,3 +347,61 @@ class Disconnect(_message.Message):
     reason: str
     reconnect_delay_ms: int
     def __init__(self, code: _Optional[int] = ..., reason: _Optional[str] = ..., reconnect_delay_ms: _Optional[int] = ...) -> None: ...
+
+class GroupRequest(_message.Message):
+    __slots__ = ("request_id", "action", "group_id", "user_ids")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    action: GroupAction
+    group_id: str
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_id: _Optional[str] = ..., action: _Optional[_Union[GroupAction, str]] = ..., group_id: _Optional[str] = ..., user_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Group(_message.Message):
+    __slots__ = ("group_id", "conversation_id", "owner", "member_count")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    group_id: str
+    conversation_id: str
+    owner: str
+    member_count: int
+    def __init__(self, group_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., owner: _Optional[str] = ..., member_count: _Optional[int] = ...) -> None: ...
+
+class GroupResult(_message.Message):
+    __slots__ = ("request_id", "groups", "changed")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    groups: _containers.RepeatedCompositeFieldContainer[Group]
+    changed: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, request_id: _Optional[str] = ..., groups: _Optional[_Iterable[_Union[Group, _Mapping]]] = ..., changed: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GroupsChanged(_message.Message):
+    __slots__ = ("joined", "left")
+    JOINED_FIELD_NUMBER: _ClassVar[int]
+    LEFT_FIELD_NUMBER: _ClassVar[int]
+    joined: _containers.RepeatedCompositeFieldContainer[Group]
+    left: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, joined: _Optional[_Iterable[_Union[Group, _Mapping]]] = ..., left: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GroupCount(_message.Message):
+    __slots__ = ("group_id", "online", "member_count")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    ONLINE_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    group_id: str
+    online: int
+    member_count: int
+    def __init__(self, group_id: _Optional[str] = ..., online: _Optional[int] = ..., member_count: _Optional[int] = ...) -> None: ...
+
+class GroupCounts(_message.Message):
+    __slots__ = ("counts",)
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    counts: _containers.RepeatedCompositeFieldContainer[GroupCount]
+    def __init__(self, counts: _Optional[_Iterable[_Union[GroupCount, _Mapping]]] = ...) -> None: ...

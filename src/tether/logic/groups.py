@@ -1,0 +1,316 @@
+"""Groups in the reference logic: membership rules, group messages and their fan-out.
+
+Rules:
+
+- Any user may create a group; the creator is its owner and first member. Creating a group
+  that the same owner created already adds the listed members, so a resent create is safe.
+  Any other existing id gets ALREADY_EXISTS.
+- Only the owner adds members or removes others. Any other member may remove itself, which
+  is how it leaves. The owner cannot be removed. The command line acts with the owner's rights.
+- A request changes at most MAX_GROUP_CHANGE users. A group has at most `max_group_members`
+  members and a user belongs to at most `max_groups_per_user` groups (LIMIT_REACHED).
+- Only members send to a group (NOT_FOUND otherwise, which does not reveal whether the group
+  exists).
+
+A stored group message is published once, on the group's channel; each gateway with online
+members delivers it to them. Membership changes go to the channels of the users they
+concern, and the new member count to the group's channel.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from tether.auth import validate_user_id
+from tether.bus import channels
+from tether.bus import envelope_pb2 as env
+from tether.logic.outbox import Outbox, reply, to_message
+from tether.logic.store import (
+    GroupRecord,
+    Store,
+    StoredMessage,
+    group_conversation_id,
+    group_of_conversation,
+    validate_group_id,
+)
+from tether.protocol import tether_pb2 as pb
+from tether.protocol.codes import Code
+
+if TYPE_CHECKING:
+    from tether.logic.service import LogicConfig
+
+__all__ = ["MAX_GROUP_CHANGE", "GroupError", "GroupLogic", "group_info", "send_ack"]
+
+logger = logging.getLogger("tether.logic")
+
+# Users one request may add or remove; more must be split over several requests.
+MAX_GROUP_CHANGE = 1000
+
+
+class GroupError(Exception):
+    """A group request that breaks a rule; the code and message go back to the requester."""
+
+    def __init__(self, code: Code, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def group_info(record: GroupRecord) -> pb.Group:
+    """Return the client protocol's form of a stored group."""
+    return pb.Group(
+        group_id=record.group_id,
+        conversation_id=record.conversation_id,
+        owner=record.owner,
+        member_count=record.member_count,
+    )
+
+
+def send_ack(stored: StoredMessage) -> pb.SendAck:
+    """Return the SendAck of a stored message."""
+    return pb.SendAck(
+        client_message_id=stored.client_message_id,
+        message_id=stored.message_id,
+        conversation_id=stored.conversation_id,
+        sequence=stored.sequence,
+        timestamp_ms=stored.created_ms,
+    )
+
+
+class GroupLogic:
+    """Group requests and group messages of `LogicService`, which inherits this mixin."""
+
+    if TYPE_CHECKING:
+        config: LogicConfig
+
+    # Requests.
+
+    async def _group_command(self, store: Store, request: env.Envelope, outbox: Outbox) -> None:
+        """Apply a user's GroupRequest that came through a gateway and queue the reply."""
+        command = request.group_command
+        group_request = command.request
+        try:
+            result = await self._apply_group_request(store, command.user_id, group_request, outbox)
+        except GroupError as error:
+            failure = env.GroupReply(error_code=error.code, error_message=error.message)
+            reply(outbox, request, env.Envelope(group_reply=failure))
+            return
+        result.request_id = group_request.request_id
+        reply(outbox, request, env.Envelope(group_reply=env.GroupReply(result=result)))
+
+    async def admin_command(
+        self, store: Store, operation: str, args: Sequence[str], outbox: Outbox
+    ) -> None:
+        """Apply a `tether groups` command with the owner's rights; raise GroupError."""
+        if not args:
+            raise GroupError(Code.BAD_REQUEST, f"{operation} needs a group id")
+        group_id, *users = args
+        if operation == "groups.create":
+            if not users:
+                raise GroupError(Code.BAD_REQUEST, "groups.create needs a group id and an owner")
+            owner, *members = users
+            _check_user_ids([owner])
+            await self._create(store, owner, group_id, members, outbox)
+        elif operation == "groups.add":
+            await self._add(store, None, group_id, users, outbox)
+        elif operation == "groups.remove":
+            await self._remove(store, None, group_id, users, outbox)
+        else:
+            raise GroupError(Code.BAD_REQUEST, f"unknown operation {operation!r}")
+        logger.info("%s %s: %d users", operation, group_id, len(users))
+
+    async def _apply_group_request(
+        self, store: Store, actor: str, request: pb.GroupRequest, outbox: Outbox
+    ) -> pb.GroupResult:
+        action = request.action
+        users = list(request.user_ids)
+        if action == pb.GROUP_ACTION_LIST:
+            records = await store.user_groups(actor)
+            return pb.GroupResult(groups=[group_info(record) for record in records])
+        if action == pb.GROUP_ACTION_CREATE:
+            record, changed = await self._create(store, actor, request.group_id, users, outbox)
+        elif action == pb.GROUP_ACTION_ADD:
+            record, changed = await self._add(store, actor, request.group_id, users, outbox)
+        elif action == pb.GROUP_ACTION_REMOVE:
+            record, changed = await self._remove(store, actor, request.group_id, users, outbox)
+        else:
+            raise GroupError(Code.BAD_REQUEST, f"unknown group action {action}")
+        return pb.GroupResult(groups=[group_info(record)], changed=changed)
+
+    async def _create(
+        self, store: Store, owner: str, group_id: str, users: list[str], outbox: Outbox
+    ) -> tuple[GroupRecord, list[str]]:
+        _check_group_id(group_id)
+        _check_user_ids(users)
+        record = await store.group(group_id)
+        if record is None:
+            wanted = {owner, *users}
+            if len(wanted) > self.config.max_group_members:
+                raise GroupError(
+                    Code.LIMIT_REACHED,
+                    f"a group has at most {self.config.max_group_members} members, "
+                    f"{len(wanted)} were given",
+                )
+            await self._check_user_limits(store, group_id, sorted(wanted))
+            if await store.create_group(group_id, owner):
+                record, added = await self._add(store, owner, group_id, users, outbox)
+                outbox.add(channels.user_channel(owner), _joined(record))
+                return record, [owner, *added]
+            # Another logic worker created it a moment ago; judge it as an existing group.
+            record = await _group(store, group_id)
+        if record.owner != owner:
+            raise GroupError(Code.ALREADY_EXISTS, f"group {group_id!r} exists already")
+        return await self._add(store, owner, group_id, users, outbox)
+
+    async def _add(
+        self, store: Store, actor: str | None, group_id: str, users: list[str], outbox: Outbox
+    ) -> tuple[GroupRecord, list[str]]:
+        """Add users; actor None is the command line, which has the owner's rights."""
+        _check_group_id(group_id)
+        _check_user_ids(users)
+        record = await self._group_of(store, actor, group_id)
+        if actor is not None and actor != record.owner:
+            raise GroupError(Code.NOT_ALLOWED, f"only the owner adds members to {group_id!r}")
+        conversation = record.conversation_id
+        limit = self.config.max_group_members
+        if record.member_count + len(set(users)) > limit:
+            new = [
+                user for user in set(users) if not await store.is_participant(user, conversation)
+            ]
+            if record.member_count + len(new) > limit:
+                raise GroupError(
+                    Code.LIMIT_REACHED,
+                    f"group {group_id!r} has {record.member_count} members and may have at "
+                    f"most {limit}; {len(new)} more were given",
+                )
+        await self._check_user_limits(store, group_id, users)
+
+        added = await store.add_group_members(group_id, users)
+        record = await _group(store, group_id)
+        if added:
+            joined = _joined(record)
+            for user in added:
+                outbox.add(channels.user_channel(user), joined)
+            _announce_size(outbox, record)
+        return record, added
+
+    async def _remove(
+        self, store: Store, actor: str | None, group_id: str, users: list[str], outbox: Outbox
+    ) -> tuple[GroupRecord, list[str]]:
+        """Remove users; actor None is the command line, which has the owner's rights."""
+        _check_group_id(group_id)
+        _check_user_ids(users)
+        record = await self._group_of(store, actor, group_id)
+        if record.owner in users:
+            raise GroupError(Code.NOT_ALLOWED, f"the owner cannot leave group {group_id!r}")
+        if actor is not None and actor != record.owner and set(users) != {actor}:
+            raise GroupError(
+                Code.NOT_ALLOWED, f"only the owner removes other members of {group_id!r}"
+            )
+
+        removed = await store.remove_group_members(group_id, users)
+        record = await _group(store, group_id)
+        if removed:
+            left = env.Envelope(groups_update=env.GroupsUpdate(left=[group_id]))
+            for user in removed:
+                outbox.add(channels.user_channel(user), left)
+            _announce_size(outbox, record)
+        return record, removed
+
+    async def _group_of(self, store: Store, actor: str | None, group_id: str) -> GroupRecord:
+        """Return the group; raise NOT_FOUND if it is missing or actor is not a member."""
+        record = await store.group(group_id)
+        member = record is not None and (
+            actor is None or await store.is_participant(actor, record.conversation_id)
+        )
+        if record is None or not member:
+            raise GroupError(Code.NOT_FOUND, f"no group {group_id!r} with this user as a member")
+        return record
+
+    async def _check_user_limits(self, store: Store, group_id: str, users: list[str]) -> None:
+        """Raise LIMIT_REACHED if one of the users would join more groups than allowed."""
+        limit = self.config.max_groups_per_user
+        conversation = group_conversation_id(group_id)
+        counts = await store.group_counts(users)
+        full = [
+            user
+            for user, count in sorted(counts.items())
+            if count >= limit and not await store.is_participant(user, conversation)
+        ]
+        if full:
+            raise GroupError(
+                Code.LIMIT_REACHED,
+                f"{len(full)} users, such as {full[0]!r}, belong to {limit} groups already",
+            )
+
+    # Messages.
+
+    async def _send_group(self, store: Store, request: env.Envelope, outbox: Outbox) -> None:
+        """Store a message to a group and publish it once on the group's channel."""
+        send_request = request.send_request
+        send = send_request.send
+        sender = send_request.sender
+        group_id = group_of_conversation(send.recipient)
+        assert group_id is not None
+        if not await store.is_participant(sender, send.recipient):
+            result = env.SendResult(
+                error_code=Code.NOT_FOUND,
+                error_message=f"no group {group_id!r} with {sender!r} as a member",
+            )
+            reply(outbox, request, env.Envelope(send_result=result))
+            return
+
+        stored = await store.store_group(
+            sender=sender,
+            sender_device=send_request.sender_device,
+            group_id=group_id,
+            client_message_id=send.client_message_id,
+            body=send.body,
+        )
+        if stored.new:
+            delivery = env.GroupDelivery(
+                deliver=pb.Deliver(messages=[to_message(stored)]).SerializeToString(),
+                sender=stored.sender,
+                sender_device=stored.sender_device,
+            )
+            outbox.add(channels.group_channel(group_id), env.Envelope(group_delivery=delivery))
+        ack = send_ack(stored)
+        reply(outbox, request, env.Envelope(send_result=env.SendResult(ack=ack)))
+
+
+def _check_group_id(group_id: str) -> None:
+    try:
+        validate_group_id(group_id)
+    except ValueError as error:
+        raise GroupError(Code.BAD_REQUEST, str(error)) from None
+
+
+def _check_user_ids(users: list[str]) -> None:
+    if len(users) > MAX_GROUP_CHANGE:
+        raise GroupError(
+            Code.BAD_REQUEST,
+            f"a request changes at most {MAX_GROUP_CHANGE} users, {len(users)} were given",
+        )
+    try:
+        for user in users:
+            validate_user_id(user)
+    except ValueError as error:
+        raise GroupError(Code.BAD_REQUEST, str(error)) from None
+
+
+async def _group(store: Store, group_id: str) -> GroupRecord:
+    """Return a group that this transaction knows to exist."""
+    record = await store.group(group_id)
+    assert record is not None, f"group {group_id!r} vanished inside its transaction"
+    return record
+
+
+def _joined(record: GroupRecord) -> env.Envelope:
+    return env.Envelope(groups_update=env.GroupsUpdate(joined=[group_info(record)]))
+
+
+def _announce_size(outbox: Outbox, record: GroupRecord) -> None:
+    size = env.GroupSize(member_count=record.member_count)
+    outbox.add(channels.group_channel(record.group_id), env.Envelope(group_size=size))
