@@ -306,19 +306,23 @@ def test_serve_reads_environment(tmp_path: Path) -> None:
 
 
 def _free_port_pair() -> int:
-    """Return a port p of 127.0.0.1 such that p and p + 1 are both free right now."""
+    """Return a port p of 127.0.0.1 such that p and p + 1 are both free right now.
+
+    The ports come from below Linux's default ephemeral range (32768 and up), where the
+    outgoing connections of other tests cannot take p + 1 between the check and the use.
+    """
+    import random
     import socket
 
-    for _ in range(50):
-        with socket.socket() as first:
-            first.bind(("127.0.0.1", 0))
-            port = first.getsockname()[1]
-            with socket.socket() as second:
-                try:
-                    second.bind(("127.0.0.1", port + 1))
-                except OSError:
-                    continue
-                return int(port)
+    for _ in range(200):
+        port = random.randrange(20_000, 32_000)
+        with socket.socket() as first, socket.socket() as second:
+            try:
+                first.bind(("127.0.0.1", port))
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
     raise RuntimeError("no two consecutive free ports found")
 
 

@@ -268,7 +268,8 @@ async def test_redis_restart_recovers(
     deadline = asyncio.get_running_loop().time() + TIMEOUT * 2
     while True:
         try:
-            ack = await alice.send("bob", "after the outage")
+            # The same id on every attempt: an attempt that timed out may still be stored.
+            ack = await alice.send("bob", "after the outage", client_message_id="after-outage")
             break
         except RequestError as error:
             assert error.code == Code.UNAVAILABLE
