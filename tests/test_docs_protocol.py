@@ -14,6 +14,7 @@ import pytest
 from tether.protocol import tether_pb2 as pb
 from tether.protocol.codes import CodeInfo, table
 from tether.protocol.framing import prefix_frame
+from tether.protocol.json_frames import frame_to_json
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
 TABLE_HEADING = "### 6.1 Code table"
@@ -104,3 +105,14 @@ def test_doc_heartbeat_ack_example_bytes() -> None:
     text = " ".join(DOC.read_text(encoding="utf-8").split())
 
     assert f"`{prefix_frame(payload).hex(' ')}` on TCP" in text
+
+
+def test_doc_json_heartbeat_example() -> None:
+    heartbeat = pb.Frame(heartbeat=pb.Heartbeat(nonce=300))
+    ack = pb.Frame(heartbeat_ack=pb.HeartbeatAck(nonce=300, server_time_ms=1_767_225_600_000))
+    text = DOC.read_text(encoding="utf-8")
+
+    assert f"client → server   {frame_to_json(heartbeat).decode()}\n" in text
+    assert f"server → client   {frame_to_json(ack).decode()}\n" in text
+    empty_ack = frame_to_json(pb.Frame(heartbeat_ack=pb.HeartbeatAck(server_time_ms=1)))
+    assert empty_ack == b'{"heartbeatAck":{"serverTimeMs":"1"}}'  # the defaults row's claim

@@ -38,6 +38,7 @@ from conftest import (
     next_of,
     presence_of,
 )
+from google.protobuf import json_format
 
 from tether.auth import issue_token
 from tether.client import Client
@@ -301,6 +302,11 @@ class RawWebSocket:
             opcode, payload = received
             if opcode == OP_BINARY:
                 frame = pb.Frame.FromString(payload)
+                if frame.WhichOneof("kind") == "disconnect":
+                    disconnect = frame.disconnect.code
+            elif opcode == OP_TEXT:  # a tether.v1.json connection
+                frame = pb.Frame()
+                json_format.Parse(payload, frame)
                 if frame.WhichOneof("kind") == "disconnect":
                     disconnect = frame.disconnect.code
             elif opcode == OP_CLOSE and len(payload) >= 2:

@@ -103,6 +103,10 @@ class ServerConfig:
     hooks: HookConfig | None = None
     """Connect and message hooks over HTTP to run as the logic instead of the reference logic
     (default None: the reference logic)."""
+    demo: bool = False
+    """Serve the demo messenger at /demo/ on the HTTP port, which hands out tokens for its
+    users (default false). Allowed only embedded, with the reference logic and the development
+    secret of data_dir; see docs/demo.md."""
 
 
 class ServerState(enum.Enum):
@@ -146,8 +150,13 @@ class TetherServer:
             raise ValueError("nothing to run: enable the gateway, the logic or both")
         self.config = config
         secrets = (*config.keys.secrets, config.secret) if config.secret else config.keys.secrets
+        self.development_secret: str | None = None
+        """The secret generated in data_dir, when the server runs with it and nothing else."""
         if not secrets and not config.keys.has_files:
             secrets = (load_or_create_secret(config.data_dir),)
+            self.development_secret = secrets[0]
+        if config.demo:
+            _check_demo_config(config, self.development_secret)
         self.keys = KeyStore(dataclasses.replace(config.keys, secrets=secrets))
         self.bus: Bus
         self.cluster_presence: RedisPresence | None = None
@@ -412,6 +421,17 @@ async def send_admin_request(
                 return env.Envelope.FromString(payloads[0]).admin_result
     finally:
         writer.close()
+
+
+def _check_demo_config(config: ServerConfig, development_secret: str | None) -> None:
+    """Raise ValueError unless the demo may run: it signs tokens for anyone who asks."""
+    if development_secret is None or config.redis_url or config.hooks is not None:
+        raise ValueError(
+            "the demo hands out tokens signed with the development secret of the data folder: "
+            "run it embedded, without --secret, key files, --redis or hooks"
+        )
+    if config.http_port is None:
+        raise ValueError("the demo is served on the HTTP port: set http_port")
 
 
 def _mode(config: ServerConfig) -> str:

@@ -419,6 +419,15 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
         help="Deliver frames of group messages one connection may get at once after a quiet period",
     )
     _add_http_options(serve, host=False)
+    add_option(
+        serve,
+        "--demo",
+        convert=boolean_value,
+        default=False,
+        help="serve the demo messenger at /demo/ on the HTTP port (7402 when --http-port is "
+        "off); it hands out tokens for its users, so it runs only embedded with the development "
+        "secret of the data folder, never in production (true or false)",
+    )
     add_hook_options(serve)
     _add_process_options(serve)
 

@@ -23,6 +23,8 @@ __all__ = ["logic_config", "logic_worker", "serve", "serve_config"]
 
 logger = logging.getLogger("tether.cli")
 
+DEMO_HTTP_PORT = 7402
+
 
 async def serve(arguments: argparse.Namespace) -> int:
     """Start an embedded server from parsed options and run it until a stop signal."""
@@ -96,10 +98,19 @@ def serve_config(arguments: argparse.Namespace) -> ServerConfig:
         lease_timeout=arguments.lease_timeout,
         loop_lag_threshold=arguments.loop_lag_warning,
         http_host=arguments.host,
-        http_port=arguments.http_port,
+        http_port=_http_port(arguments),
         api_keys=load_api_keys(arguments.api_keys, arguments.api_keys_file),
         hooks=hook_config(arguments),
+        demo=arguments.demo,
     )
+
+
+def _http_port(arguments: argparse.Namespace) -> int | None:
+    """Return the HTTP port of `tether serve`: the demo needs one, 7402 unless one is set."""
+    port: int | None = arguments.http_port
+    if port is None and arguments.demo:
+        return DEMO_HTTP_PORT
+    return port
 
 
 def logic_config(arguments: argparse.Namespace) -> ServerConfig:

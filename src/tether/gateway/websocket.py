@@ -5,6 +5,10 @@ WebSocket frame's length from its header against `max_frame_size` before reading
 a message split into fragments is reassembled here up to the same limit. docs/websocket-library.md
 records the measurement that chose picows over websockets.
 
+A client that offers `tether.v1.json` instead sends and receives each frame as one text message
+of JSON (`tether.protocol.json_frames`), under the same limits. Its connection and listener are
+subclasses, so binary connections run exactly the code they ran before.
+
 The upgrade request is checked against the allowed Origins before any per-connection state is
 made. With TLS or the PROXY protocol on, each socket starts with a `Preamble`, which hands it to
 a picows protocol made here once the client's address is known and the TLS handshake is done.
@@ -27,14 +31,26 @@ from tether.gateway.preamble import ClientPeer, create_preamble_server, switch_p
 from tether.gateway.security import TransportSecurity
 from tether.protocol.codes import Code
 from tether.protocol.errors import ProtocolError
+from tether.protocol.json_frames import JSON_SUBPROTOCOL, JsonServerProtocol
 
-__all__ = ["SUBPROTOCOL", "WsConnection", "start_websocket_server"]
+__all__ = [
+    "JSON_SUBPROTOCOL",
+    "SUBPROTOCOL",
+    "WsConnection",
+    "WsJsonConnection",
+    "start_websocket_server",
+]
 
 logger = logging.getLogger("tether.gateway.websocket")
 
 SUBPROTOCOL = "tether.v1"
+_SUBPROTOCOLS = (SUBPROTOCOL, JSON_SUBPROTOCOL)
+_UNSUPPORTED_SUBPROTOCOL = (
+    f"unsupported subprotocol; offer {SUBPROTOCOL} or {JSON_SUBPROTOCOL}".encode()
+)
 
 _BINARY = picows.WSMsgType.BINARY
+_TEXT = picows.WSMsgType.TEXT
 _CONTINUATION = picows.WSMsgType.CONTINUATION
 _CLOSE = picows.WSMsgType.CLOSE
 _PING = picows.WSMsgType.PING
@@ -86,6 +102,21 @@ class WsConnection(Connection):
         except Exception as error:  # the peer may be gone already
             logger.debug("send_close failed for %s: %s", self.describe(), error)
         transport.disconnect(graceful=True)
+
+
+class WsJsonConnection(WsConnection):
+    """Connection over WebSocket with subprotocol `tether.v1.json`: one text message a frame."""
+
+    __slots__ = ()
+
+    def __init__(self, gateway: Gateway, connection_id: str) -> None:
+        super().__init__(gateway, connection_id)
+        self.protocol = JsonServerProtocol(max_frame_bytes=gateway.config.max_frame_bytes)
+
+    def write_chunks(self, chunks: list[bytes]) -> None:
+        send = self.transport.send
+        for chunk in chunks:
+            send(_TEXT, chunk)
 
 
 class _Listener(picows.WSListener):
@@ -169,7 +200,7 @@ class _Listener(picows.WSListener):
         """Return a complete message payload, or None while fragments are still arriving."""
         connection = self.connection
         fragments = connection.fragments
-        starts_message = frame.msg_type is _BINARY
+        starts_message = frame.msg_type is not _CONTINUATION
         if starts_message and frame.fin and fragments is None:
             payload: bytes = frame.get_payload_as_bytes()  # the usual case: one message, one frame
             return payload
@@ -202,6 +233,33 @@ class _Listener(picows.WSListener):
         connection.fragments = None
         connection.protocol.violation = ProtocolError(code, reason)
         connection.gateway.protocol_violation(connection)
+
+
+class _JsonListener(_Listener):
+    """picows callbacks for a `tether.v1.json` connection: text messages carry the frames."""
+
+    __slots__ = ()
+
+    def on_ws_frame(self, transport: Any, frame: Any) -> None:
+        message_type = frame.msg_type
+        if message_type is _BINARY:
+            self._fail(Code.PROTOCOL_ERROR, "expected a text WebSocket message on tether.v1.json")
+            return
+        if message_type is not _TEXT and message_type is not _CONTINUATION:
+            super().on_ws_frame(transport, frame)  # ping, pong and close are handled alike
+            return
+        payload = self._assemble(frame)
+        if payload is None:
+            return
+        # The same steps as for a binary message, which keeps its own copy for speed.
+        connection = self.connection
+        gateway = connection.gateway
+        gateway.heard(connection)
+        frames = connection.protocol.receive_message(payload)
+        if frames:
+            gateway.handle_frames(connection, frames)
+        if connection.protocol.violation is not None:
+            gateway.protocol_violation(connection)
 
 
 def _picows_logger() -> logging.Logger:
@@ -283,23 +341,29 @@ def _route(
         )
     offered = request.headers.get("Sec-WebSocket-Protocol")
     headers = {}
+    chosen = SUBPROTOCOL
     if offered is not None:
+        # The first name the client lists that this server speaks (RFC 6455, section 4.2.2).
         names = [name.strip() for name in offered.split(",")]
-        if SUBPROTOCOL not in names:
+        chosen = next((name for name in names if name in _SUBPROTOCOLS), "")
+        if not chosen:
             return picows.WSUpgradeResponseWithListener(
-                picows.WSUpgradeResponse.create_error_response(
-                    400, f"unsupported subprotocol; offer {SUBPROTOCOL}".encode()
-                ),
+                picows.WSUpgradeResponse.create_error_response(400, _UNSUPPORTED_SUBPROTOCOL),
                 None,
             )
-        headers["Sec-WebSocket-Protocol"] = SUBPROTOCOL
+        headers["Sec-WebSocket-Protocol"] = chosen
     forwarded = None
     if security.config.trusted_proxies:
         forwarded = request.headers.getall("X-Forwarded-For", None)
-    connection = WsConnection(gateway, gateway.new_connection_id())
+    connection_id = gateway.new_connection_id()
+    if chosen == JSON_SUBPROTOCOL:
+        connection: WsConnection = WsJsonConnection(gateway, connection_id)
+        listener: _Listener = _JsonListener(connection, security, peer, forwarded)
+    else:
+        connection = WsConnection(gateway, connection_id)
+        listener = _Listener(connection, security, peer, forwarded)
     return picows.WSUpgradeResponseWithListener(
-        picows.WSUpgradeResponse.create_101_response(extra_headers=headers),
-        _Listener(connection, security, peer, forwarded),
+        picows.WSUpgradeResponse.create_101_response(extra_headers=headers), listener
     )
 
 

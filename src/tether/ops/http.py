@@ -8,6 +8,7 @@ Routes:
   connected), else 503 with the reason as JSON.
 - `GET /metrics`: Prometheus text format, from `tether.ops.metrics`.
 - `/api/v1/...`: the server HTTP API for backends, behind API keys (`tether.ops.api`).
+- `/demo/...`: the demo messenger, only when the server runs with `demo` on (`tether.demo`).
 
 The HTTP port runs on the process's one event loop, next to the TCP and WebSocket servers, and
 shares nothing with them: a client connection costs the HTTP port nothing, and a request here
@@ -67,6 +68,10 @@ def create_app(server: TetherServer, api: BackendApi | None = None) -> web.Appli
     app.router.add_get("/metrics", scrape)
     if api is not None:
         api.install(app)
+    if server.config.demo:
+        from tether.demo import install_demo  # only a demo server loads it
+
+        install_demo(app, server)
     return app
 
 

@@ -8,6 +8,8 @@ closes the transport with its code.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from google.protobuf.message import DecodeError
 
 from tether.protocol import tether_pb2 as pb
@@ -75,13 +77,24 @@ class ServerProtocol:
         check_transition(self.state, new)
         self.state = new
 
-    def _parse_all(self, payloads: list[bytes] | tuple[bytes, ...]) -> list[pb.Frame]:
+    def _parse_all(
+        self,
+        payloads: list[bytes] | tuple[bytes, ...],
+        decode: Callable[[bytes], pb.Frame] = _FrameFromString,
+    ) -> list[pb.Frame]:
+        """Decode payloads with decode, which raises DecodeError, and check each frame's kind.
+
+        decode is a parameter, not an attribute, so the binary path keeps a local lookup.
+        """
         frames: list[pb.Frame] = []
         for payload in payloads:
             try:
-                frame = _FrameFromString(payload)
-            except DecodeError:
-                self._fail(ProtocolError(Code.PROTOCOL_ERROR, "frame is not a valid Protobuf"))
+                frame = decode(payload)
+            except DecodeError as error:
+                reason = error.args[0] if decode is not _FrameFromString and error.args else None
+                self._fail(
+                    ProtocolError(Code.PROTOCOL_ERROR, reason or "frame is not a valid Protobuf")
+                )
                 break
             kind = frame.WhichOneof("kind")
             if kind is None:

@@ -1,0 +1,177 @@
+"""The demo messenger in headless Chromium: two browser contexts, alice and bob.
+
+Playwright drives the browser; the browser is Debian's `chromium` (or the one TETHER_CHROMIUM
+names), because Playwright's own browser downloads are not used here. Without a Chromium
+binary, or without the `playwright` package, every test here is skipped with the reason.
+Install one with `apt-get install chromium` (root) or point TETHER_CHROMIUM at another.
+
+The server runs in the test's process on free ports with the demo on. The test takes two
+screenshots; with TETHER_UPDATE_SCREENSHOTS=1 it writes them to docs/images/ for the README.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TIMEOUT, test_gateway_config
+
+from tether.presence import PresenceConfig
+from tether.server import EmbeddedServer, ServerConfig
+
+playwright_api = pytest.importorskip(
+    "playwright.async_api", reason="the playwright package is not installed"
+)
+
+IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
+GRACE_PERIOD = 3.0  # seconds, so that a reloaded page reconnects within it
+WAIT_MS = TIMEOUT * 1000
+DESKTOP = {"width": 1000, "height": 640}
+PHONE = {"width": 390, "height": 740}
+
+
+def chromium_path() -> str | None:
+    """Return the Chromium to use: TETHER_CHROMIUM, else chromium on PATH or in /usr/bin."""
+    named = os.environ.get("TETHER_CHROMIUM")
+    if named:
+        return named if os.access(named, os.X_OK) else None
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name) or shutil.which(name, path="/usr/bin")
+        if found:
+            return found
+    return None
+
+
+CHROMIUM = chromium_path()
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no Chromium found: install Debian's chromium package (apt-get install chromium) "
+    "or set TETHER_CHROMIUM to a Chromium binary",
+)
+
+
+@pytest.fixture
+async def demo_server(tmp_path: Path) -> AsyncIterator[EmbeddedServer]:
+    config = ServerConfig(
+        data_dir=tmp_path,
+        gateway=test_gateway_config(),
+        presence=PresenceConfig(grace_period=GRACE_PERIOD),
+        http_port=0,
+        demo=True,
+    )
+    server = EmbeddedServer(config)
+    await server.start()
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    async with playwright_api.async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM)
+        yield launched
+        await launched.close()
+
+
+async def signed_in(
+    browser: Any, server: EmbeddedServer, user: str, viewport: dict[str, int]
+) -> Any:
+    """Open the demo in a fresh browser context and sign in as user."""
+    assert server.http is not None
+    context = await browser.new_context(viewport=viewport)
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.errors = errors
+    await page.goto(f"http://127.0.0.1:{server.http.port}/demo/")
+    await page.get_by_role("button", name=f"Sign in as {user}").click()
+    await expect_text(page, "#connection", "connected")
+    return page
+
+
+async def expect_text(page: Any, selector: str, text: str) -> None:
+    await playwright_api.expect(page.locator(selector)).to_have_text(text, timeout=WAIT_MS)
+
+
+async def expect_status(page: Any, contact: str, status: str) -> None:
+    """Wait until page shows contact with status (online, away, busy or offline)."""
+    button = page.locator(f'.contact[data-user="{contact}"]')
+    await playwright_api.expect(button).to_have_attribute("data-status", status, timeout=WAIT_MS)
+
+
+async def presence_log(page: Any, contact: str) -> list[dict[str, Any]]:
+    """Return every presence change of contact that page received, snapshots included."""
+    entries: list[dict[str, Any]] = await page.evaluate(
+        "(contact) => window.tetherDemo.log.filter((entry) => entry.userId === contact)", contact
+    )
+    return entries
+
+
+async def send(page: Any, text: str) -> None:
+    await page.get_by_role("textbox", name="Message").fill(text)
+    await page.keyboard.press("Enter")
+
+
+async def test_demo_presence_and_chat(
+    browser: Any, demo_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    bob = await signed_in(browser, demo_server, "bob", PHONE)
+    await expect_status(bob, "alice", "offline")
+    await expect_text(bob, '.contact[data-user="alice"] .seen', "offline, not seen yet")
+
+    alice = await signed_in(browser, demo_server, "alice", DESKTOP)
+    await expect_status(bob, "alice", "online")
+    await expect_status(alice, "bob", "online")
+
+    # Messages both ways. A closed chat shows a count of new messages.
+    await alice.locator('.contact[data-user="bob"]').click()
+    await send(alice, "Hi Bob, are you there?")
+    await playwright_api.expect(bob.locator('.contact[data-user="alice"] .unread')).to_have_text(
+        " · 1 new", timeout=WAIT_MS
+    )
+    await bob.locator('.contact[data-user="alice"]').click()
+    await playwright_api.expect(bob.locator(".message .text")).to_have_text(
+        ["Hi Bob, are you there?"], timeout=WAIT_MS
+    )
+    await send(bob, "Yes! Typing on my phone.")
+    await playwright_api.expect(alice.locator(".message .text")).to_have_text(
+        ["Hi Bob, are you there?", "Yes! Typing on my phone."], timeout=WAIT_MS
+    )
+
+    # Her own status, as bob sees it.
+    await alice.get_by_label("Your status").select_option("busy")
+    await expect_status(bob, "alice", "busy")
+    await alice.get_by_label("Your status").select_option("invisible")
+    await expect_status(bob, "alice", "offline")
+    await alice.get_by_label("Your status").select_option("away")
+    await expect_status(bob, "alice", "away")
+    await expect_text(bob, "#chat-presence", "away")
+
+    images = IMAGES if os.environ.get("TETHER_UPDATE_SCREENSHOTS") == "1" else tmp_path
+    images.mkdir(exist_ok=True)
+    await alice.screenshot(path=str(images / "demo-desktop.png"))
+    await bob.get_by_role("button", name="Back to contacts").click()
+    await bob.screenshot(path=str(images / "demo-phone.png"))
+
+    # A reload reconnects within the grace period: bob sees no change at all.
+    seen_before = len(await presence_log(bob, "alice"))
+    await alice.reload()
+    await expect_text(alice, "#connection", "connected")
+    await expect_status(alice, "bob", "online")
+    await bob.wait_for_timeout(GRACE_PERIOD * 1000 + 1500)
+    after_reload = (await presence_log(bob, "alice"))[seen_before:]
+    assert after_reload == [], f"bob saw alice flap during her reload: {after_reload}"
+    await expect_status(bob, "alice", "away")
+
+    # Her page closes: after the grace period bob sees her offline with a last-seen time.
+    await alice.context.close()
+    await expect_status(bob, "alice", "offline")
+    await expect_text(bob, '.contact[data-user="alice"] .seen', "offline, last seen just now")
+    last = (await presence_log(bob, "alice"))[-1]
+    assert last["status"] == "offline" and last["lastSeenMs"] > 0
+    assert bob.errors == [] and alice.errors == []
+    await bob.context.close()

@@ -1,0 +1,152 @@
+"""The demo messenger's HTTP routes, and the settings that keep it out of production.
+
+The page itself is tested in a real browser by test_browser.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+from conftest import SECRET, TIMEOUT, test_gateway_config
+
+from tether.cli.main import _build_parser
+from tether.cli.serve import DEMO_HTTP_PORT, serve_config
+from tether.cli.settings import resolve
+from tether.demo import DEMO_USERS, TOKEN_TTL
+from tether.keys import KeyConfig
+from tether.logic import default_database, open_store
+from tether.server import EmbeddedServer, ServerConfig, load_or_create_secret
+
+
+def demo_config(data_dir: Path, **overrides: Any) -> ServerConfig:
+    settings: dict[str, Any] = {
+        "data_dir": data_dir,
+        "gateway": test_gateway_config(),
+        "http_port": 0,
+        "demo": True,
+    }
+    settings.update(overrides)
+    return ServerConfig(**settings)
+
+
+@pytest.fixture
+async def demo_server(tmp_path: Path) -> AsyncIterator[EmbeddedServer]:
+    server = EmbeddedServer(demo_config(tmp_path))
+    await server.start()
+    yield server
+    await server.close()
+
+
+async def request(
+    server: EmbeddedServer, method: str, path: str, body: bytes | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    assert server.http is not None and server.http.port is not None
+    timeout = aiohttp.ClientTimeout(total=TIMEOUT)
+    url = f"http://127.0.0.1:{server.http.port}{path}"
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.request(method, url, data=body, allow_redirects=False) as response,
+    ):
+        return response.status, dict(response.headers), await response.read()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"secret": SECRET}, "development secret"),
+        ({"keys": KeyConfig(secrets=(SECRET,))}, "development secret"),
+        ({"redis_url": "redis://127.0.0.1:1/0", "run_logic": True}, "embedded"),
+        ({"http_port": None}, "HTTP port"),
+    ],
+    ids=["secret", "key-secrets", "redis", "no-http-port"],
+)
+def test_demo_refused_outside_development(
+    tmp_path: Path, overrides: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(ValueError, match=reason):
+        EmbeddedServer(demo_config(tmp_path, **overrides))
+
+
+def serve_arguments(*flags: str) -> argparse.Namespace:
+    """Parse `tether serve` flags as the command does, defaults filled in."""
+    arguments = _build_parser().parse_args(["serve", *flags])
+    resolve(arguments)
+    return arguments
+
+
+def test_demo_default_http_port(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("TETHER_DEMO", "TETHER_HTTP_PORT", "TETHER_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    config = serve_config(serve_arguments("--demo", "true"))
+    assert (config.demo, config.http_port) == (True, DEMO_HTTP_PORT)
+    config = serve_config(serve_arguments("--demo", "true", "--http-port", "9000"))
+    assert config.http_port == 9000
+    config = serve_config(serve_arguments())
+    assert (config.demo, config.http_port) == (False, None)
+
+
+async def test_demo_is_off_by_default(tmp_path: Path) -> None:
+    server = EmbeddedServer(demo_config(tmp_path, demo=False))
+    await server.start()
+    try:
+        status, _headers, _body = await request(server, "GET", "/demo/")
+        assert status == 404
+        status, _headers, _body = await request(server, "POST", "/demo/token", b'{"user":"bob"}')
+        assert status == 404
+    finally:
+        await server.close()
+
+
+async def test_page_client_and_config_are_served(demo_server: EmbeddedServer) -> None:
+    status, headers, body = await request(demo_server, "GET", "/demo")
+    assert status == 302
+    assert headers["Location"] == "/demo/"
+    status, headers, body = await request(demo_server, "GET", "/demo/")
+    assert status == 200
+    assert b'<script type="module" src="/demo/static/demo.js">' in body
+    assert "default-src 'self'" in headers["Content-Security-Policy"]
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    for path in ("/demo/static/demo.js", "/demo/static/demo.css", "/demo/client/index.js"):
+        status, headers, body = await request(demo_server, "GET", path)
+        assert status == 200, path
+    assert "javascript" in headers["Content-Type"]
+    assert b"export { jsonCodec }" in body
+    status, _headers, body = await request(demo_server, "GET", "/demo/client/../../secret")
+    assert status in (403, 404)
+    status, _headers, body = await request(demo_server, "GET", "/demo/config")
+    assert status == 200
+    assert b'"wsPort": %d' % demo_server.ws_port in body
+
+
+async def test_tokens_only_for_demo_users(demo_server: EmbeddedServer) -> None:
+    status, _headers, body = await request(demo_server, "POST", "/demo/token", b'{"user":"bob"}')
+    assert status == 200
+    answer = json.loads(body)
+    secret = load_or_create_secret(demo_server.config.data_dir)
+    claims = jwt.decode(answer["token"], secret, algorithms=["HS256"])
+    assert claims["sub"] == "bob"
+    assert claims["exp"] - claims["iat"] == TOKEN_TTL
+    for bad in (b'{"user":"mallory"}', b"[]", b"{", b'{"user": ["bob"]}', b"x" * 2000):
+        status, _headers, body = await request(demo_server, "POST", "/demo/token", bad)
+        assert status in (400, 413), bad[:20]
+        assert b"error" in body
+
+
+async def test_demo_users_become_contacts_of_each_other(demo_server: EmbeddedServer) -> None:
+    status, _headers, _body = await request(demo_server, "POST", "/demo/token", b'{"user":"dave"}')
+    assert status == 200
+    store = await open_store(default_database(demo_server.config.data_dir))
+    try:
+        for user in DEMO_USERS:
+            assert sorted(await store.contacts(user)) == sorted(set(DEMO_USERS) - {user})
+    finally:
+        await store.close()
