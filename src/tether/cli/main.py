@@ -1,4 +1,4 @@
-"""The `tether` command: serve, token, contacts and client."""
+"""The `tether` command: serve, token, contacts, client and bench."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from tether.bench.cli import add_bench_parser
 from tether.cli.settings import add_option, default_data_dir, port_value
 from tether.cli.transport_options import add_client_tls_options, add_transport_security_options
 from tether.urls import redact_url
@@ -407,6 +408,8 @@ def _build_parser() -> argparse.ArgumentParser:
         help="token to present; empty makes one from the data folder's secret",
     )
     _add_data_options(client)
+
+    add_bench_parser(commands)
     return parser
 
 
@@ -435,6 +438,10 @@ def main(argv: list[str] | None = None) -> int:
         from tether.cli.line_client import line_client
 
         return run(line_client(arguments))
+    if arguments.command == "bench":
+        from tether.bench.cli import bench
+
+        return bench(arguments)
     raise AssertionError(arguments.command)
 
 
