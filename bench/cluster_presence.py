@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import bisect
 import contextlib
 import ctypes
 import hashlib
@@ -75,6 +74,7 @@ import redis
 import uvloop
 
 from tether.auth import issue_token
+from tether.bench.stats import kill_summary, match_latencies, summarize_ms
 from tether.client import Client
 from tether.client import events as ev
 from tether.local_redis import RedisServer
@@ -119,25 +119,6 @@ MONITOR_LINE = re.compile(rb'^\+[\d.]+ \[\d+ ([^\]]+)\] "([^"]*)"(?: "([^"]*)")?
 
 
 # --- small helpers ---------------------------------------------------------------------------
-
-
-def percentile(sorted_values: list[float], fraction: float) -> float:
-    """Return the nearest-rank percentile of an ascending list (fraction 0.5 is the median)."""
-    index = max(0, math.ceil(fraction * len(sorted_values)) - 1)
-    return sorted_values[index]
-
-
-def summarize_ms(seconds: list[float]) -> dict[str, Any]:
-    """Return count, p50, p99 and max of durations given in seconds, in milliseconds."""
-    if not seconds:
-        return {"count": 0, "p50_ms": None, "p99_ms": None, "max_ms": None}
-    ordered = sorted(seconds)
-    return {
-        "count": len(ordered),
-        "p50_ms": round(percentile(ordered, 0.50) * 1e3, 2),
-        "p99_ms": round(percentile(ordered, 0.99) * 1e3, 2),
-        "max_ms": round(ordered[-1] * 1e3, 2),
-    }
 
 
 def read_cpu_seconds(pid: int) -> float:
@@ -652,41 +633,6 @@ class LoadProcess:
 # --- analysis --------------------------------------------------------------------------------
 
 
-def match_latencies(
-    sends: list[tuple[float, str, str]],
-    receipts: list[tuple[float, str, str, str]],
-    watchers_of: dict[str, list[str]],
-) -> dict[str, Any]:
-    """Match each notification to its change and summarize the latencies."""
-    by_user: dict[str, list[tuple[float, str]]] = {}
-    for sent_at, user, status in sends:
-        by_user.setdefault(user, []).append((sent_at, status))
-    for changes in by_user.values():
-        changes.sort()
-    expected = sum(len(watchers_of[user]) for _, user, _ in sends)
-
-    latencies: list[float] = []
-    # Per change: its first and its last notification, so the path and the fan-out separate.
-    per_change: dict[tuple[str, float], list[float]] = {}
-    unmatched = 0
-    for received_at, _watcher, user, status in receipts:
-        changes = by_user.get(user, [])
-        position = bisect.bisect_right(changes, (received_at, "~"))
-        while position > 0 and changes[position - 1][1] != status:
-            position -= 1
-        if position == 0:
-            unmatched += 1
-            continue
-        sent_at = changes[position - 1][0]
-        latencies.append(received_at - sent_at)
-        per_change.setdefault((user, sent_at), []).append(received_at - sent_at)
-    summary = summarize_ms(latencies)
-    summary.update(changes=len(sends), expected_notifications=expected, unmatched=unmatched)
-    summary["first_watcher"] = summarize_ms([min(times) for times in per_change.values()])
-    summary["last_watcher"] = summarize_ms([max(times) for times in per_change.values()])
-    return summary
-
-
 def attribute_commands(
     phase: Counter[str], seconds: float, baseline: Counter[str], baseline_seconds: float
 ) -> dict[str, float]:
@@ -695,38 +641,6 @@ def attribute_commands(
     return {
         command: round(phase[command] - baseline[command] * scale, 1)
         for command in sorted(set(phase) | set(baseline))
-    }
-
-
-def kill_summary(
-    killed_at: float,
-    receipts: list[tuple[float, str, str, str]],
-    watchers_of: dict[str, list[str]],
-) -> dict[str, Any]:
-    """Return, over the killed gateway's users, how long until all their watchers saw OFFLINE."""
-    seen: dict[str, dict[str, float]] = {}
-    for received_at, watcher, user, status in receipts:
-        if status == "offline" and user in watchers_of:
-            seen.setdefault(user, {}).setdefault(watcher, received_at - killed_at)
-    per_user = []
-    incomplete = 0
-    for user, watchers in watchers_of.items():
-        if not watchers:
-            continue
-        times = seen.get(user, {})
-        if len(times) < len(watchers):
-            incomplete += 1
-            continue
-        per_user.append(max(times.values()))
-    per_notification = [t for times in seen.values() for t in times.values()]
-    users = summarize_ms(per_user)
-    return {
-        "users_all_watchers_notified": users["count"],
-        "users_incomplete": incomplete,
-        "user_p50_s": None if not per_user else round(users["p50_ms"] / 1e3, 3),
-        "user_max_s": None if not per_user else round(users["max_ms"] / 1e3, 3),
-        "notification_first_s": None if not per_notification else round(min(per_notification), 3),
-        "notifications": len(per_notification),
     }
 
 

@@ -1,4 +1,4 @@
-"""The `tether` command: serve, token, contacts, groups and client."""
+"""The `tether` command: serve, logic, cluster, token, contacts, groups, client and bench."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
+from tether.bench.cli import add_bench_parser
 from tether.cli.hook_options import add_hook_options
 from tether.cli.settings import (
     SettingError,
@@ -586,6 +587,8 @@ def _build_parser() -> argparse.ArgumentParser:
         help="token to present; empty makes one from the data folder's secret",
     )
     _add_data_options(client)
+
+    add_bench_parser(commands)
     return parser
 
 
@@ -630,6 +633,10 @@ def main(argv: list[str] | None = None) -> int:
         from tether.cli.line_client import line_client
 
         return run(line_client(arguments))
+    if arguments.command == "bench":
+        from tether.bench.cli import bench
+
+        return bench(arguments)
     raise AssertionError(arguments.command)
 
 
