@@ -62,7 +62,24 @@ def event_to_json(event: ev.Event) -> dict[str, Any]:
             "reason": event.reason,
             "reconnecting": event.reconnecting,
         }
-    raise TypeError(f"unknown event {event!r}")
+    if isinstance(event, ev.GroupsChanged):
+        return {
+            "event": "groups",
+            "joined": [
+                {"group": group.group_id, "owner": group.owner, "members": group.member_count}
+                for group in event.joined
+            ],
+            "left": event.left,
+        }
+    if isinstance(event, ev.GroupOnline):
+        return {
+            "event": "group_online",
+            "group": event.group_id,
+            "online": event.online,
+            "members": event.member_count,
+        }
+    # An event kind this version does not format is still shown, so the printer never stops.
+    return {"event": type(event).__name__}
 
 
 def _presence(presence: ev.Presence) -> dict[str, Any]:
@@ -76,9 +93,13 @@ def _print(obj: dict[str, Any]) -> None:
 
 async def line_client(arguments: argparse.Namespace) -> int:
     """Connect as a user and run stdin commands until quit, end of input or a final close."""
-    token = arguments.token or issue_token(
-        arguments.secret or load_or_create_secret(arguments.data_dir), arguments.user
-    )
+    try:
+        token = arguments.token or issue_token(
+            arguments.secret or load_or_create_secret(arguments.data_dir), arguments.user
+        )
+    except ValueError as error:
+        _print({"event": "error", "message": str(error)})
+        return 2
     ssl_context = None
     if arguments.ca_file is not None:
         try:

@@ -163,7 +163,7 @@ def _log_format(text: str) -> str:
 def _add_log_options(parser: argparse.ArgumentParser) -> None:
     add_option(
         parser, "--log-level", convert=_log_level, default="info",
-        help="debug, info, warning or error",
+        help="debug, info, warning, error or critical",
     )  # fmt: skip
     add_option(
         parser,
