@@ -119,6 +119,24 @@ def shared_redis(
     server.stop()
 
 
+@pytest.fixture
+def redis_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisUnderTest]:
+    """A running server of one test's own: standalone, or the kind that the on_both mark passes."""
+    server = new_redis(getattr(request, "param", "standalone"), tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[Client]]:
+    """SDK clients that a test opens and appends; each is closed at teardown."""
+    opened: list[Client] = []
+    yield opened
+    for client in opened:
+        await client.close()
+
+
 ServerFactory = Callable[..., Awaitable[EmbeddedServer]]
 
 

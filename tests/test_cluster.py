@@ -13,12 +13,12 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import TIMEOUT, drain, next_of, presence_of
-from redis_server import REDIS_KINDS, RedisUnderTest, inspector, new_redis, subscriber_counts
+from redis_server import REDIS_KINDS, RedisUnderTest, inspector, subscriber_counts
 
 from tether.auth import issue_token
 from tether.client import Client, RequestError
@@ -111,27 +111,10 @@ class Cluster:
 
 
 @pytest.fixture
-def redis_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisUnderTest]:
-    """A standalone server, or the kind that the on_both mark passes."""
-    server = new_redis(getattr(request, "param", "standalone"), tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def cluster(tmp_path: Path, redis_server: RedisUnderTest) -> Iterator[Cluster]:
     running = Cluster(tmp_path / "data", redis_server)
     yield running
     running.stop()
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[Client]]:
-    opened: list[Client] = []
-    yield opened
-    for client in opened:
-        await client.close()
 
 
 async def connect(

@@ -16,13 +16,13 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio as redis
 from conftest import TIMEOUT, next_of
-from redis_server import RedisUnderTest, new_redis
+from redis_server import RedisUnderTest
 from test_cluster import SECRET, Cluster, connect, on_both
 
 from tether.client import Client
@@ -74,27 +74,10 @@ class SwarmProcess:
 
 
 @pytest.fixture
-def redis_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisUnderTest]:
-    """A standalone server, or the kind that the on_both mark passes."""
-    server = new_redis(getattr(request, "param", "standalone"), tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def cluster(tmp_path: Path, redis_server: RedisUnderTest) -> Iterator[Cluster]:
     running = Cluster(tmp_path / "data", redis_server, lease=LEASE)
     yield running
     running.stop()
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[Client]]:
-    opened: list[Client] = []
-    yield opened
-    for client in opened:
-        await client.close()
 
 
 def check_streams(messages: list[ev.Message], senders: list[str], skip: str = "") -> None:

@@ -120,14 +120,6 @@ async def start_hook_server(tmp_path: Path, backend: Backend) -> AsyncIterator[S
         await server.close()
 
 
-@pytest.fixture
-async def clients() -> AsyncIterator[list[Client]]:
-    opened: list[Client] = []
-    yield opened
-    for client in opened:
-        await client.close()
-
-
 async def connect(
     clients: list[Client], server: TetherServer, user: str, device: str = "phone"
 ) -> Client:

@@ -44,6 +44,7 @@ from conftest import (
     test_gateway_config,
 )
 from postgres_server import TestDatabase
+from redis_server import RedisUnderTest
 from test_cluster import Cluster, _until_online, befriend, free_port
 from test_cluster import connect as cluster_connect
 from test_hostile import (
@@ -70,7 +71,6 @@ from tether.gateway.limits import LimitsConfig
 from tether.gateway.proxy_protocol import V2_SIGNATURE, encode_v1, encode_v2
 from tether.gateway.security import TransportSecurity, TransportSecurityConfig
 from tether.keys import KeyConfig, KeyStore
-from tether.local_redis import RedisServer
 from tether.logic import LogicConfig, LogicService, open_store
 from tether.logic.store import StoreError, conversation_id
 from tether.presence import PresenceConfig
@@ -712,15 +712,7 @@ async def test_proxy_protocol_attacks_cost_only_their_senders(
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, redis_server: RedisServer) -> Iterator[Cluster]:
+def cluster(tmp_path: Path, redis_server: RedisUnderTest) -> Iterator[Cluster]:
     running = Cluster(tmp_path / "data", redis_server)
     yield running
     running.stop()
@@ -828,7 +820,7 @@ async def until(check: Callable[[], Awaitable[bool]], description: str) -> None:
 
 
 async def test_logic_worker_killed_mid_transaction(
-    cluster: Cluster, postgres_url: str, redis_server: RedisServer
+    cluster: Cluster, postgres_url: str, redis_server: RedisUnderTest
 ) -> None:
     """SIGKILL a logic worker inside a batch transaction that has written one message and
     waits for a lock: nothing of the batch is stored, and the resends are stored once."""

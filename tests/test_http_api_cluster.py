@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TIMEOUT, drain, next_of
-from redis_server import RedisUnderTest, new_redis
+from redis_server import RedisUnderTest
 from test_cluster import Cluster, Process, connect, on_both
 
 from tether.api_client import ApiClient, ApiError, UserSessionsInfo
@@ -25,27 +25,10 @@ API = ("--http-port", "0", "--api-keys", KEY)
 
 
 @pytest.fixture
-def redis_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RedisUnderTest]:
-    """A standalone server, or the kind that the on_both mark passes."""
-    server = new_redis(getattr(request, "param", "standalone"), tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def cluster(tmp_path: Path, redis_server: RedisUnderTest) -> Iterator[Cluster]:
     running = Cluster(tmp_path / "data", redis_server)
     yield running
     running.stop()
-
-
-@pytest.fixture
-async def clients() -> list[Client]:
-    opened: list[Client] = []
-    yield opened  # type: ignore[misc]
-    for client in opened:
-        await client.close()
 
 
 def api_of(process: Process) -> ApiClient:

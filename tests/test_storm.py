@@ -18,11 +18,12 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import TIMEOUT, drain
+from redis_server import RedisUnderTest
 from test_cluster import (
     SECRET,
     Cluster,
@@ -35,7 +36,6 @@ from test_cluster import (
 from tether.auth import issue_token
 from tether.client import Client
 from tether.client import events as ev
-from tether.local_redis import RedisServer
 from tether.protocol import tether_pb2 as pb
 from tether.protocol.codes import Code
 from tether.protocol.framing import prefix_frame
@@ -93,26 +93,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, redis_server: RedisServer) -> Iterator[Cluster]:
+def cluster(tmp_path: Path, redis_server: RedisUnderTest) -> Iterator[Cluster]:
     running = Cluster(tmp_path / "data", redis_server, lease=LEASE)
     yield running
     running.stop()
-
-
-@pytest.fixture
-async def clients() -> AsyncIterator[list[Client]]:
-    opened: list[Client] = []
-    yield opened
-    for client in opened:
-        await client.close()
 
 
 async def test_killed_gateway_clients_return_spread(
