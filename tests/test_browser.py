@@ -172,6 +172,8 @@ async def test_demo_presence_and_chat(
     await expect_status(bob, "alice", "offline")
     await expect_text(bob, '.contact[data-user="alice"] .seen', "offline, last seen just now")
     last = (await presence_log(bob, "alice"))[-1]
-    assert last["status"] == "offline" and last["lastSeenMs"] > 0
-    assert bob.errors == [] and alice.errors == []
+    assert last["status"] == "offline"
+    assert last["lastSeenMs"] > 0
+    assert bob.errors == []
+    assert alice.errors == []
     await bob.context.close()

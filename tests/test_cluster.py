@@ -266,6 +266,28 @@ async def test_redis_restart_recovers(
     await asyncio.wait_for(_wait_for_status(redis_server, "alice", b"2"), TIMEOUT)
 
 
+async def chat_until(
+    stop: asyncio.Event, client: Client, receiver: str, acked: list[int], *, pause: float
+) -> None:
+    """Send numbered messages to receiver until stop is set, appending each ack's message id.
+
+    Like an application, it resends a message with the same client_message_id until the
+    server acks it, so a send that failed during a restart is stored once.
+    """
+    number = 0
+    while not stop.is_set():
+        message_id = f"{client.device_id}-{receiver}-{number}"
+        while True:
+            try:
+                ack = await client.send(receiver, message_id, client_message_id=message_id)
+                break
+            except (RequestError, TimeoutError):
+                await asyncio.sleep(0.1)
+        acked.append(ack.message_id)
+        number += 1
+        await asyncio.sleep(pause)
+
+
 async def _until_online(client: Client, user: str) -> None:
     """Wait until the client's presence view shows user online, from a snapshot or a change."""
     while True:
@@ -397,23 +419,12 @@ async def test_rolling_restart_loses_nothing(cluster: Cluster, clients: list[Cli
     acked: dict[str, list[int]] = {sender: [] for sender, _ in pairs}
     stop = asyncio.Event()
 
-    async def chat(sender: str, receiver: str) -> None:
-        number = 0
-        while not stop.is_set():
-            message_id = f"{sender}-{number}"
-            while True:  # an app retries with the same id until the server acks
-                try:
-                    ack = await connected[sender].send(
-                        receiver, message_id, client_message_id=message_id
-                    )
-                    break
-                except (RequestError, TimeoutError):
-                    await asyncio.sleep(0.1)
-            acked[sender].append(ack.message_id)
-            number += 1
-            await asyncio.sleep(0.05)
-
-    senders = [asyncio.create_task(chat(sender, receiver)) for sender, receiver in pairs]
+    senders = [
+        asyncio.create_task(
+            chat_until(stop, connected[sender], receiver, acked[sender], pause=0.05)
+        )
+        for sender, receiver in pairs
+    ]
     loop = asyncio.get_running_loop()
     for name, port in ports.items():
         await asyncio.sleep(1.0)

@@ -45,7 +45,7 @@ from conftest import (
 )
 from postgres_server import TestDatabase
 from redis_server import RedisUnderTest
-from test_cluster import Cluster, _until_online, befriend, free_port
+from test_cluster import Cluster, _until_online, befriend, chat_until, free_port
 from test_cluster import connect as cluster_connect
 from test_hostile import (
     OP_BINARY,
@@ -65,7 +65,7 @@ from tether.bench.swarm import Swarm
 from tether.bus import envelope_pb2 as env
 from tether.bus.channels import LOGIC_STREAM, user_channel
 from tether.bus.memory import InProcessBus
-from tether.client import Client, RequestError
+from tether.client import Client
 from tether.client import events as ev
 from tether.gateway.limits import LimitsConfig
 from tether.gateway.proxy_protocol import V2_SIGNATURE, encode_v1, encode_v2
@@ -1124,23 +1124,12 @@ async def test_gateway_killed_during_rolling_restart(
     acked: dict[str, list[int]] = {sender: [] for sender, _ in pairs}
     stop = asyncio.Event()
 
-    async def chat(sender: str, receiver: str) -> None:
-        number = 0
-        while not stop.is_set():
-            message_id = f"{sender}-{number}"
-            while True:  # an application retries with the same id until the server acks
-                try:
-                    ack = await connected[sender].send(
-                        receiver, message_id, client_message_id=message_id
-                    )
-                    break
-                except (RequestError, TimeoutError):
-                    await asyncio.sleep(0.1)
-            acked[sender].append(ack.message_id)
-            number += 1
-            await asyncio.sleep(0.02)
-
-    senders = [asyncio.create_task(chat(sender, receiver)) for sender, receiver in pairs]
+    senders = [
+        asyncio.create_task(
+            chat_until(stop, connected[sender], receiver, acked[sender], pause=0.02)
+        )
+        for sender, receiver in pairs
+    ]
     await asyncio.sleep(0.5)
     await asyncio.to_thread(gateways["gw1"].stop)  # drained
     gateways["gw1"] = await asyncio.to_thread(cluster.gateway, "gw1", tcp_port=str(ports["gw1"]))

@@ -313,11 +313,14 @@ async def test_group_sequence_and_resend(store: Store) -> None:
     again = await send_group(store, "alice", "team", "m1", b"other body")
     assert (first.conversation_id, first.recipient, first.sequence) == ("g:team", "g:team", 1)
     assert second.sequence == 2
-    assert first.new and second.new and not again.new
+    assert first.new
+    assert second.new
+    assert not again.new
     assert (again.message_id, again.sequence, again.body) == (first.message_id, 1, b"x")
     # One client_message_id per sender across direct and group messages.
     direct = await send(store, "alice", "bob", "m1")
-    assert not direct.new and direct.conversation_id == "g:team"
+    assert not direct.new
+    assert direct.conversation_id == "g:team"
     history = await store.history("g:team", 0, 10)
     assert [(m.sender, m.sequence) for m in history] == [("alice", 1), ("bob", 2)]
 

@@ -153,8 +153,8 @@ def _read_key_file(setting: str, path: Path) -> bytes:
     """Return the bytes of a key file; raise KeyFileError if it cannot be read whole.
 
     Only regular files are read: opening a named pipe would block the event loop until a
-    writer came. A file that changes while it is read fails, because one read of a file may
-    take several read calls, and an in-place rewrite between them gives the start of the old
+    writer came. A file that changes while it is read fails. One read of a file may take
+    several read calls, and an in-place rewrite between them yields the start of the old
     version and the end of the new one, which can be a valid file with keys from both.
     """
     try:

@@ -283,7 +283,7 @@ export class TetherClient {
    * Return one page of a conversation's history: {messages, hasMore, lastSequence}.
    *
    * For showing older messages; it does not change what the catch-up hands over. Rejects
-   * with RequestError NOT_FOUND for a conversation that holds no message yet.
+   * with RequestError NOT_FOUND for a conversation that contains no message yet.
    */
   async history(conversationId, { afterSequence = 0, limit = 50 } = {}) {
     const result = await this.conversations.request(

@@ -12,8 +12,8 @@ previous one, and first withdraws the numbers of every gateway whose lease lapse
 gateway that dies drops out of the totals when the next report of any gateway runs after its
 lease expired. A gateway that starts again takes a new run id and withdraws its older runs at
 once. The script also touches the per-run hashes, which it does not declare. The `{gc}` hash
-tag puts every one of these keys in one slot, so on a Redis Cluster they all live on one
-primary, which serves the script; that primary carries all count reports of the cluster.
+tag puts all these keys in one slot, so on a Redis Cluster one primary serves the script.
+That primary therefore receives every count report of the cluster.
 """
 
 from __future__ import annotations
