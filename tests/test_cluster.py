@@ -331,10 +331,16 @@ async def test_same_device_on_two_gateways_one_survives(
     first, second = await asyncio.gather(
         connect(clients, gw1, "alice", "phone"), connect(clients, gw2, "alice", "phone")
     )
-    await asyncio.sleep(1.0)  # both device claims have crossed the bus
-    closed = []
+    closed: list[tuple[Client, int]] = []
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    # Wait for the first close (the device claims cross the bus), then long enough for a second.
+    while not closed and asyncio.get_running_loop().time() < deadline:
+        for client in (first, second):
+            for event in await drain(client, quiet=0.3):
+                if isinstance(event, ev.Disconnected):
+                    closed.append((client, event.code))
     for client in (first, second):
-        for event in await drain(client, quiet=0.3):
+        for event in await drain(client, quiet=1.0):
             if isinstance(event, ev.Disconnected):
                 closed.append((client, event.code))
     assert len(closed) == 1
