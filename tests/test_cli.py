@@ -291,6 +291,32 @@ def test_serve_rejects_bad_setting(tmp_path: Path) -> None:
     assert time.monotonic() - started < TIMEOUT * 4
 
 
+def test_help_defaults_in_option_syntax(tmp_path: Path) -> None:
+    result = run_tether("serve", "--help", data_dir=tmp_path)
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())  # argparse wraps lines anywhere
+    assert "[env TETHER_LOGIC, default true]" in text
+    assert "[env TETHER_WS_ALLOWED_ORIGINS, default *]" in text
+    assert "[env TETHER_TLS_CERT, default none]" in text
+    for python_repr in ("default True", "default False", "default None", "default ("):
+        assert python_repr not in text
+
+
+def test_ready_line_marks_off_listeners(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [*TETHER, "serve", "--data-dir", str(tmp_path), "--tcp-port", "0", "--ws-port", "off"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=TIMEOUT)
+    assert re.match(r"tether ready tcp=127\.0\.0\.1:\d+ ws=off gateway=\S+$", line), line
+    assert process.returncode == 0
+
+
 def test_serve_reads_environment(tmp_path: Path) -> None:
     env = {**os.environ, "TETHER_OFFLINE_TIMEOUT": "not-a-number"}
     result = subprocess.run(

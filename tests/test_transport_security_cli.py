@@ -100,7 +100,7 @@ def served_tls(tmp_path: Path) -> Iterator[tuple[Path, Path, int, int]]:
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
-        found = re.search(r"tcp=[\d.]+:(\d+) ws=[\d.]+:(\d+)/ws", line)
+        found = re.search(r"tcp=[\d.]+:(\d+) ws=[\d.]+:(\d+)/ws tls=true ", line)
         assert found, f"unexpected first line from tether serve: {line!r}"
         yield data_dir, cert, int(found.group(1)), int(found.group(2))
     finally:

@@ -153,10 +153,14 @@ async def _run(config: ServerConfig) -> int:
     http = f" http={config.http_host}:{server.http.port}" if server.http is not None else ""
     if server.gateway is not None:
         gateway = config.gateway
+        tcp = f"{gateway.host}:{server.tcp_port}" if gateway.tcp_port is not None else "off"
+        ws = "off"
+        if gateway.ws_port is not None:
+            ws = f"{gateway.host}:{server.ws_port}{gateway.ws_path}"
+        # Scripts parse the tcp= and ws= keys, so TLS adds tls=true instead of other key names.
+        tls = " tls=true" if gateway.transport_security.tls_enabled else ""
         print(
-            f"tether ready tcp={gateway.host}:{server.tcp_port} "
-            f"ws={gateway.host}:{server.ws_port}{gateway.ws_path} gateway={server.gateway.id}"
-            + http,
+            f"tether ready tcp={tcp} ws={ws}{tls} gateway={server.gateway.id}" + http,
             flush=True,
         )
     else:

@@ -154,7 +154,7 @@ def add_option(
         redact=redact,
     )
     _specs(parser).append(spec)
-    shown = default
+    shown = _help_default(default)
     if secret and default:
         shown = "(set)"
     elif redact is not None and default:
@@ -167,6 +167,17 @@ def add_option(
         default=argparse.SUPPRESS,
         help=f"{help} [env {spec.variable}, default {shown}]",
     )
+
+
+def _help_default(value: Any) -> str:
+    """Return a default as the text the option itself reads, so help never shows Python reprs."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None or value == "" or value == () or value == []:
+        return "none"
+    if isinstance(value, tuple | list):
+        return ",".join(str(item) for item in value)
+    return str(value)
 
 
 def add_config_option(parser: argparse.ArgumentParser, section: str) -> None:
