@@ -352,13 +352,25 @@ def _free_port_pair() -> int:
     raise RuntimeError("no two consecutive free ports found")
 
 
+def test_cluster_missing_config_file(tmp_path: Path) -> None:
+    missing = tmp_path / "absent.toml"
+    result = run_tether("cluster", "--config", str(missing), data_dir=tmp_path)
+    assert result.returncode == 2
+    assert f"invalid setting config: {missing} is not a readable file" in result.stderr
+    assert "redis  " not in result.stdout  # failed before starting anything
+
+
 @pytest.mark.parametrize("redis_cluster", [False, True], ids=["standalone", "cluster"])
 def test_cluster_command_runs_and_stops(tmp_path: Path, redis_cluster: bool) -> None:
     tcp_base, ws_base = _free_port_pair(), _free_port_pair()
+    config = tmp_path / "tether.toml"
+    config.write_text('[serve]\nws_path = "/chat"\n')  # read by every gateway
     process = subprocess.Popen(
         [
             *TETHER,
             "cluster",
+            "--config",
+            str(config),
             "--data-dir",
             str(tmp_path / "data"),
             "--gateways",
@@ -388,6 +400,8 @@ def test_cluster_command_runs_and_stops(tmp_path: Path, redis_cluster: bool) -> 
         output = "".join(lines)
         assert f"tcp=127.0.0.1:{tcp_base} " in output
         assert f"tcp=127.0.0.1:{tcp_base + 1} " in output
+        assert f"ws=127.0.0.1:{ws_base}/chat " in output
+        assert f"ws=127.0.0.1:{ws_base + 1}/chat " in output
         assert "redis  redis://127.0.0.1:" in output
         assert ("Redis Cluster of 3 primaries" in output) == redis_cluster
         pids = [int(pid) for pid in re.findall(r" pid (\d+) ", output)]
@@ -397,7 +411,7 @@ def test_cluster_command_runs_and_stops(tmp_path: Path, redis_cluster: bool) -> 
         assert "(live)" in added.stdout, added.stderr
         env = {**os.environ, "TETHER_DATA_DIR": str(tmp_path / "data")}
         bob = subprocess.Popen(
-            [*TETHER, "client", "bob", "--url", f"ws://127.0.0.1:{ws_base + 1}/ws"],
+            [*TETHER, "client", "bob", "--url", f"ws://127.0.0.1:{ws_base + 1}/chat"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             env=env,
         )  # fmt: skip

@@ -33,6 +33,15 @@ async def cluster(arguments: argparse.Namespace) -> int:
     """Run a local cluster until a stop signal; return the exit status."""
     configure_logging(arguments.log_level, arguments.log_format)
     data_dir: Path = arguments.data_dir
+    # The children inherit this process's environment, so TETHER_* variables reach them as is.
+    child_environment: dict[str, str] = {}
+    if arguments.config is not None:
+        config: Path = arguments.config
+        if not config.is_file():
+            logger.error("invalid setting config: %s is not a readable file", config)
+            return 2
+        child_environment["TETHER_CONFIG"] = str(config.resolve())
+
     load_or_create_secret(data_dir)  # one secret for every process, created before they race
     redis_server: RedisServer | LocalRedisCluster | None = None
     url = arguments.redis
@@ -56,7 +65,7 @@ async def cluster(arguments: argparse.Namespace) -> int:
               "--redis-cluster", str(arguments.redis_cluster).lower()]  # fmt: skip
     # The database goes to the logic workers in the environment, not on the command line,
     # where any user of the machine could read a password in it.
-    logic_environment = {"TETHER_DATABASE": arguments.database}
+    logic_environment = {**child_environment, "TETHER_DATABASE": arguments.database}
     children: list[tuple[str, subprocess.Popen[str]]] = []
     http_base: int | None = arguments.http_port
 
@@ -76,7 +85,7 @@ async def cluster(arguments: argparse.Namespace) -> int:
                 "--ws-port", str(arguments.ws_port + index),
                 "--http-port", http_port(index),
             ]  # fmt: skip
-            children.append((f"gw{index + 1}", _spawn(command)))
+            children.append((f"gw{index + 1}", _spawn(command, child_environment)))
         for name, child in children:
             line = await asyncio.wait_for(asyncio.to_thread(_ready_line, child), _START_TIMEOUT)
             if line is None:

@@ -515,6 +515,14 @@ def _build_parser() -> argparse.ArgumentParser:
         help="use a Redis Cluster: --redis names one of its nodes, or, without --redis, a "
         "private cluster of three primaries is started (true or false)",
     )
+    cluster.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="TOML file that every gateway and logic worker reads, as with `tether serve "
+        "--config`; TETHER_* variables reach them too",
+    )
     _add_log_options(cluster)
 
     token = commands.add_parser("token", help="print a development token for a user")
