@@ -10,9 +10,11 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvloop
+from browser_support import launch_chromium
 from postgres_server import ENABLE_HINT, PostgresUnavailable, TestDatabase
 from redis_server import REDIS_KINDS, RedisUnderTest, new_redis
 
@@ -137,6 +139,13 @@ async def clients() -> AsyncIterator[list[Client]]:
         await client.close()
 
 
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    """Headless Chromium driven by Playwright; the test is skipped without either."""
+    async with launch_chromium() as launched:
+        yield launched
+
+
 ServerFactory = Callable[..., Awaitable[EmbeddedServer]]
 
 
@@ -151,6 +160,8 @@ async def start_server(tmp_path: Path, logic_database: str) -> AsyncIterator[Ser
         token_leeway: float = 5.0,
         http_port: int | None = None,
         api_keys: tuple[str, ...] = (),
+        admin_keys: tuple[str, ...] = (),
+        load_report_interval: float = 2.0,
         **gateway: object,
     ) -> EmbeddedServer:
         config = ServerConfig(
@@ -162,6 +173,8 @@ async def start_server(tmp_path: Path, logic_database: str) -> AsyncIterator[Ser
             database=logic_database,
             http_port=http_port,
             api_keys=api_keys,
+            admin_keys=admin_keys,
+            load_report_interval=load_report_interval,
         )
         server = EmbeddedServer(config)
         await server.start()

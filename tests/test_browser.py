@@ -11,13 +11,12 @@ screenshots; with TETHER_UPDATE_SCREENSHOTS=1 it writes them to docs/images/ for
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from browser_support import needs_chromium, screenshot_folder
 from conftest import TIMEOUT, test_gateway_config
 
 from tether.presence import PresenceConfig
@@ -27,31 +26,12 @@ playwright_api = pytest.importorskip(
     "playwright.async_api", reason="the playwright package is not installed"
 )
 
-IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
 GRACE_PERIOD = 3.0  # seconds, so that a reloaded page reconnects within it
 WAIT_MS = TIMEOUT * 1000
 DESKTOP = {"width": 1000, "height": 640}
 PHONE = {"width": 390, "height": 740}
 
-
-def chromium_path() -> str | None:
-    """Return the Chromium to use: TETHER_CHROMIUM, else chromium on PATH or in /usr/bin."""
-    named = os.environ.get("TETHER_CHROMIUM")
-    if named:
-        return named if os.access(named, os.X_OK) else None
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name) or shutil.which(name, path="/usr/bin")
-        if found:
-            return found
-    return None
-
-
-CHROMIUM = chromium_path()
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="no Chromium found: install Debian's chromium package (apt-get install chromium) "
-    "or set TETHER_CHROMIUM to a Chromium binary",
-)
+pytestmark = needs_chromium
 
 
 @pytest.fixture
@@ -67,14 +47,6 @@ async def demo_server(tmp_path: Path) -> AsyncIterator[EmbeddedServer]:
     await server.start()
     yield server
     await server.close()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
-    async with playwright_api.async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=CHROMIUM)
-        yield launched
-        await launched.close()
 
 
 async def signed_in(
@@ -151,8 +123,7 @@ async def test_demo_presence_and_chat(
     await expect_status(bob, "alice", "away")
     await expect_text(bob, "#chat-presence", "away")
 
-    images = IMAGES if os.environ.get("TETHER_UPDATE_SCREENSHOTS") == "1" else tmp_path
-    images.mkdir(exist_ok=True)
+    images = screenshot_folder(tmp_path)
     await alice.screenshot(path=str(images / "demo-desktop.png"))
     await bob.get_by_role("button", name="Back to contacts").click()
     await bob.screenshot(path=str(images / "demo-phone.png"))

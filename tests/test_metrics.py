@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Mapping
 
 import websockets
 from conftest import SECRET, TIMEOUT, RawClient, ServerFactory, add_contacts
-from ops_helpers import http_get
+from ops_helpers import close_slow_consumer, http_get
 from prometheus_client.parser import text_string_to_metric_families
 
 from tether.auth import issue_token
@@ -195,28 +194,6 @@ async def test_labels_never_carry_ids(start_server: ServerFactory) -> None:
 
 async def test_slow_consumer_counted_by_code(start_server: ServerFactory) -> None:
     server = await start_server(http_port=0, max_outgoing_bytes=64 * 1024)
-    await add_contacts(server, "flooder", "slow")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.tcp_port))
-    slow = RawClient(*await asyncio.open_connection(sock=sock))  # never reads
-    slow.send_connect("slow", "phone")
-    flooder = await RawClient.open(server)
-    flooder.send_connect("flooder", "phone")
-    await flooder.receive_kind("presence_snapshot")
-
-    gateway = server.gateway
-    assert gateway is not None
-    # Bounded: 600 messages of 8 KB are about 5 MB, far more than the buffers hold.
-    for number in range(600):
-        send = pb.Send(client_message_id=f"m{number}", recipient="slow", body=bytes(8000))
-        flooder.send(pb.Frame(send=send))
-        await flooder.receive_kind("send_ack")
-        if "slow" not in gateway.sessions:
-            break
-    assert "slow" not in gateway.sessions, "the slow reader was never closed"
+    await close_slow_consumer(server)
     samples = await scrape(server)
     assert value(samples, "tether_disconnects_total", code="SLOW_CONSUMER") == 1
-    slow.close()
-    flooder.close()

@@ -32,6 +32,8 @@ from tether.hooks import HookConfig
 from tether.keys import KeyConfig, KeyStore
 from tether.logic import LogicConfig, LogicService, default_database
 from tether.loop_lag import LoopLagMonitor
+from tether.ops.gateway_load import LoadReporter, LoadSampler
+from tether.ops.load_board import RedisLoadBoard
 from tether.presence import PresenceConfig, PresenceService
 from tether.presence.cluster import ClusterPresenceConfig, RedisPresence
 from tether.presence.redis_group_counts import RedisGroupCounts, RedisGroupCountsConfig
@@ -100,6 +102,11 @@ class ServerConfig:
     (default None)."""
     api_keys: tuple[str, ...] = ()
     """Keys of the server HTTP API on the HTTP port; empty turns the API off (default)."""
+    admin_keys: tuple[str, ...] = ()
+    """Keys of the admin dashboard at /admin/ on the HTTP port; empty turns it off (default)."""
+    load_report_interval: float = 2.0
+    """Seconds between samples of the gateway's load for the admin dashboard; in a cluster,
+    each sample is written to Redis (default 2)."""
     hooks: HookConfig | None = None
     """Connect and message hooks over HTTP to run as the logic instead of the reference logic
     (default None: the reference logic)."""
@@ -214,6 +221,16 @@ class TetherServer:
         elif config.run_logic:
             database = config.database or default_database(config.data_dir)
             self.logic = LogicService(LogicConfig(database=database), self.bus)
+        self.load_reporter: LoadReporter | None = None
+        if self.gateway is not None:
+            board = None
+            if config.redis_url:
+                board = RedisLoadBoard(config.redis_url, cluster=config.redis_cluster)
+            self.load_reporter = LoadReporter(
+                LoadSampler(self.gateway, self.loop_lag),
+                interval=config.load_report_interval,
+                board=board,
+            )
         self._admin = AsyncRequester(self.bus, f"admin-{os.getpid()}-{os.urandom(3).hex()}")
         self._servers: list[asyncio.Server] = []
         self.state = ServerState.STARTING
@@ -300,6 +317,8 @@ class TetherServer:
                 gateway_config.ws_path,
                 ", PROXY protocol on" if gateway_config.transport_security.proxy_protocol else "",
             )
+        if self.load_reporter is not None:
+            await self.load_reporter.start()
         if self.logic is not None and config.control_socket:
             await self._start_control_socket()
         logger.info(
@@ -320,6 +339,8 @@ class TetherServer:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
+        if self.load_reporter is not None:
+            await self.load_reporter.close()
         if self.cluster_presence is not None:
             await self.cluster_presence.release()
             await self.cluster_presence.close()

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -216,20 +216,25 @@ def _add_http_options(parser: argparse.ArgumentParser, *, host: bool) -> None:
     _add_api_options(parser)
 
 
-def _api_keys(text: str) -> tuple[str, ...]:
-    from tether.ops.api_keys import parse_api_keys
+def _key_list(kind: str) -> Callable[[str], tuple[str, ...]]:
+    """Return the conversion of a comma-separated list of kind ("API" or "admin") keys."""
 
-    try:
-        return parse_api_keys(text)
-    except ValueError as error:  # argparse would print the value, a secret, for a ValueError
-        raise argparse.ArgumentTypeError(str(error)) from error
+    def keys(text: str) -> tuple[str, ...]:
+        from tether.ops.api_keys import parse_api_keys
+
+        try:
+            return parse_api_keys(text, kind)
+        except ValueError as error:  # argparse would print the value, a secret, for a ValueError
+            raise argparse.ArgumentTypeError(str(error)) from error
+
+    return keys
 
 
 def _add_api_options(parser: argparse.ArgumentParser) -> None:
     add_option(
         parser,
         "--api-keys",
-        convert=_api_keys,
+        convert=_key_list("API"),
         default="",
         secret=True,
         help="keys of the server HTTP API on the HTTP port, comma-separated, each at least 16 "
@@ -241,6 +246,22 @@ def _add_api_options(parser: argparse.ArgumentParser) -> None:
         convert=_optional_path,
         default="",
         help="file of server HTTP API keys, one per line ('#' starts a comment), read at start",
+    )
+    add_option(
+        parser,
+        "--admin-keys",
+        convert=_key_list("admin"),
+        default="",
+        secret=True,
+        help="keys of the admin dashboard at /admin/ on the HTTP port, comma-separated, each "
+        "at least 16 characters; with neither this nor --admin-keys-file the dashboard is off",
+    )
+    add_option(
+        parser,
+        "--admin-keys-file",
+        convert=_optional_path,
+        default="",
+        help="file of admin dashboard keys, one per line ('#' starts a comment), read at start",
     )
 
 
@@ -420,6 +441,14 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
         help="Deliver frames of group messages one connection may get at once after a quiet period",
     )
     _add_http_options(serve, host=False)
+    add_option(
+        serve,
+        "--load-report-interval",
+        convert=_positive,
+        default=2.0,
+        help="seconds between samples of this gateway's load for the admin dashboard; with "
+        "--redis each sample is written to Redis and expires after three intervals",
+    )
     add_option(
         serve,
         "--demo",

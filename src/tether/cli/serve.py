@@ -100,6 +100,8 @@ def serve_config(arguments: argparse.Namespace) -> ServerConfig:
         http_host=arguments.host,
         http_port=_http_port(arguments),
         api_keys=load_api_keys(arguments.api_keys, arguments.api_keys_file),
+        admin_keys=load_api_keys(arguments.admin_keys, arguments.admin_keys_file, "admin"),
+        load_report_interval=arguments.load_report_interval,
         hooks=hook_config(arguments),
         demo=arguments.demo,
     )
@@ -129,6 +131,7 @@ def logic_config(arguments: argparse.Namespace) -> ServerConfig:
         http_host=arguments.host,
         http_port=arguments.http_port,
         api_keys=load_api_keys(arguments.api_keys, arguments.api_keys_file),
+        admin_keys=load_api_keys(arguments.admin_keys, arguments.admin_keys_file, "admin"),
         hooks=hook_config(arguments),
     )
 

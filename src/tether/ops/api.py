@@ -29,14 +29,11 @@ from aiohttp import web
 
 from tether.bus import channels
 from tether.bus import envelope_pb2 as env
-from tether.ops.api_errors import ApiErrorCode, ApiFailure
+from tether.ops.api_errors import ApiErrorCode, ApiFailure, respond_with_api_errors
 from tether.ops.api_input import MAX_ID_CHARACTERS, RequestBody, read_json_object
-from tether.ops.api_keys import ApiKeys
-from tether.presence.reader import (
-    EmbeddedPresenceReader,
-    PresenceReader,
-    RedisPresenceReader,
-)
+from tether.ops.api_keys import ApiKeys, presented_key
+from tether.ops.presence_view import presence_json, presence_reader, sessions_json
+from tether.presence.reader import PresenceReader
 from tether.protocol import tether_pb2 as pb
 from tether.protocol.codes import RECONNECT_RANGE_START, Code
 from tether.protocol.errors import BusError
@@ -68,14 +65,6 @@ DISCONNECT_CODES = frozenset(code for code in Code if code >= RECONNECT_RANGE_ST
 """Codes a backend may close connections with: every disconnect code of the protocol."""
 DEFAULT_DISCONNECT_CODE = Code.FORBIDDEN
 
-_STATUS_NAMES = {
-    pb.STATUS_OFFLINE: "offline",
-    pb.STATUS_ONLINE: "online",
-    pb.STATUS_AWAY: "away",
-    pb.STATUS_BUSY: "busy",
-}
-_ACTIVITY_NAMES = {pb.ACTIVITY_ACTIVE: "active", pb.ACTIVITY_IDLE: "idle"}
-
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -93,14 +82,7 @@ class BackendApi:
         """Prepare the API of server; it is off when keys is empty."""
         self._server = server
         self.keys = keys
-        self.reader: PresenceReader | None = None
-        if keys.enabled:
-            if server.presence is not None and server.gateway is not None:
-                self.reader = EmbeddedPresenceReader(server.presence, server.gateway)
-            else:
-                self.reader = RedisPresenceReader(
-                    server.config.redis_url, cluster=server.config.redis_cluster
-                )
+        self.reader: PresenceReader | None = presence_reader(server) if keys.enabled else None
         self._document = json.dumps(load_openapi_document()).encode()
 
     def install(self, app: web.Application) -> None:
@@ -138,7 +120,8 @@ class BackendApi:
         path = request.path
         if path != API_PREFIX and not path.startswith(API_PREFIX + "/"):
             return await handler(request)
-        try:
+
+        async def checked(request: web.Request) -> web.StreamResponse:
             if not self.keys.enabled:
                 raise ApiFailure(
                     ApiErrorCode.API_DISABLED,
@@ -147,29 +130,12 @@ class BackendApi:
             if path != OPENAPI_PATH:
                 self._authenticate(request)
             return await handler(request)
-        except ApiFailure as failure:
-            return failure.response()
-        except web.HTTPNotFound:
-            return ApiFailure(ApiErrorCode.NOT_FOUND, f"no API route {path}").response()
-        except web.HTTPMethodNotAllowed as error:
-            allowed = ", ".join(sorted(error.allowed_methods))
-            response = ApiFailure(
-                ApiErrorCode.METHOD_NOT_ALLOWED,
-                f"{request.method} is not allowed on {path}; use {allowed}",
-            ).response()
-            response.headers["Allow"] = allowed
-            return response
-        except Exception:
-            logger.exception("server API request %s %s failed", request.method, path)
-            return ApiFailure(ApiErrorCode.INTERNAL, "the server failed; see its log").response()
+
+        return await respond_with_api_errors(request, checked, "API", logger)
 
     def _authenticate(self, request: web.Request) -> None:
         """Raise ApiFailure unless the request carries a configured API key."""
-        presented = request.headers.get("X-API-Key")
-        if presented is None:
-            scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
-            if scheme.lower() == "bearer":
-                presented = credentials.strip()
+        presented = presented_key(request.headers, "X-API-Key")
         if not presented:
             raise ApiFailure(
                 ApiErrorCode.UNAUTHORIZED,
@@ -243,7 +209,7 @@ class BackendApi:
             users = await self.reader.presence(user_ids)
         except BusError as error:
             raise ApiFailure(ApiErrorCode.UNAVAILABLE, str(error)) from error
-        return web.json_response({"users": [_presence_json(user) for user in users]})
+        return web.json_response({"users": [presence_json(user) for user in users]})
 
     async def _sessions(self, request: web.Request) -> web.Response:
         body = await read_json_object(request, frozenset({"user_id"}))
@@ -254,17 +220,7 @@ class BackendApi:
             sessions = await self.reader.sessions(user_id)
         except BusError as error:
             raise ApiFailure(ApiErrorCode.UNAVAILABLE, str(error)) from error
-        answer = _presence_json(sessions.presence)
-        answer["devices"] = [
-            {
-                "device_id": device.device_id,
-                "gateway_id": device.gateway_id,
-                "connection_id": device.connection_id,
-                "activity": _ACTIVITY_NAMES.get(device.activity, "active"),  # type: ignore[call-overload]
-            }
-            for device in sessions.devices
-        ]
-        return web.json_response(answer)
+        return web.json_response(sessions_json(sessions))
 
     async def _disconnect(self, request: web.Request) -> web.Response:
         fields = frozenset({"user_id", "device_id", "code", "reason"})
@@ -349,15 +305,6 @@ def _message_body(body: RequestBody) -> bytes:
     if body.has("body"):
         return body.string("body").encode()
     return body.base64("body_base64")
-
-
-def _presence_json(presence: pb.UserPresence) -> dict[str, object]:
-    return {
-        "user_id": presence.user_id,
-        "status": _STATUS_NAMES.get(presence.status, "offline"),
-        "last_seen_ms": presence.last_seen_ms,
-        "version": presence.version,
-    }
 
 
 def _logic_failure(code: int, message: str) -> ApiFailure:

@@ -10,11 +10,20 @@ docs/http-api.md prints this table; tests/test_http_api.py keeps the two in step
 from __future__ import annotations
 
 import enum
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
-__all__ = ["ApiErrorCode", "ApiErrorInfo", "ApiFailure", "error_body", "error_table"]
+__all__ = [
+    "ApiErrorCode",
+    "ApiErrorInfo",
+    "ApiFailure",
+    "error_body",
+    "error_table",
+    "respond_with_api_errors",
+]
 
 
 class ApiErrorCode(enum.StrEnum):
@@ -127,3 +136,39 @@ class ApiFailure(Exception):
         return web.json_response(
             error_body(self.code, self.message, self.field), status=self.status, headers=headers
         )
+
+
+async def respond_with_api_errors(
+    request: web.Request,
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    routes: str,
+    logger: logging.Logger,
+) -> web.StreamResponse:
+    """Return handler's response, or the JSON error response for what it raised.
+
+    ApiFailure becomes its own response; aiohttp's unknown route and wrong method become
+    `not_found` and `method_not_allowed` (with an Allow header). Other HTTP exceptions, such
+    as a redirect, pass through to aiohttp. Any other exception is logged with its traceback
+    on logger and becomes `internal`. routes names the set of routes in messages ("API",
+    "admin dashboard").
+    """
+    path = request.path
+    try:
+        return await handler(request)
+    except ApiFailure as failure:
+        return failure.response()
+    except web.HTTPNotFound:
+        return ApiFailure(ApiErrorCode.NOT_FOUND, f"no {routes} route {path}").response()
+    except web.HTTPMethodNotAllowed as error:
+        allowed = ", ".join(sorted(error.allowed_methods))
+        response = ApiFailure(
+            ApiErrorCode.METHOD_NOT_ALLOWED,
+            f"{request.method} is not allowed on {path}; use {allowed}",
+        ).response()
+        response.headers["Allow"] = allowed
+        return response
+    except web.HTTPException:
+        raise
+    except Exception:
+        logger.exception("%s request %s %s failed", routes, request.method, path)
+        return ApiFailure(ApiErrorCode.INTERNAL, "the server failed; see its log").response()

@@ -8,13 +8,15 @@ Routes:
   connected), else 503 with the reason as JSON.
 - `GET /metrics`: Prometheus text format, from `tether.ops.metrics`.
 - `/api/v1/...`: the server HTTP API for backends, behind API keys (`tether.ops.api`).
+- `/admin/...`: the admin dashboard, behind admin keys (`tether.ops.dashboard`).
 - `/demo/...`: the demo messenger, only when the server runs with `demo` on (`tether.demo`).
 
 The HTTP port runs on the process's one event loop, next to the TCP and WebSocket servers, and
 shares nothing with them: a client connection costs the HTTP port nothing, and a request here
 only reads counters the gateway already keeps. Routes must be added before `start`, because
 aiohttp freezes the router then. The server API's middleware acts only on paths under
-`/api/v1`, so the probes and metrics keep working without a key.
+`/api/v1`, and the dashboard's only on paths under `/admin`, so the probes and metrics keep
+working without a key.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from aiohttp import web
 
 from tether.ops.api import BackendApi
 from tether.ops.api_keys import ApiKeys
+from tether.ops.dashboard import AdminDashboard
 from tether.ops.metrics import MetricsEndpoint
 
 if TYPE_CHECKING:
@@ -44,8 +47,13 @@ _SHUTDOWN_TIMEOUT = 1.0
 MAX_REQUEST_BYTES = 256 * 1024
 
 
-def create_app(server: TetherServer, api: BackendApi | None = None) -> web.Application:
-    """Return the application with the health and metrics routes of server, and api's."""
+def create_app(
+    server: TetherServer,
+    api: BackendApi | None = None,
+    dashboard: AdminDashboard | None = None,
+) -> web.Application:
+    """Return the application with the health and metrics routes of server, api's and
+    dashboard's."""
     app = web.Application(client_max_size=MAX_REQUEST_BYTES)
     metrics = MetricsEndpoint(server)
 
@@ -68,6 +76,8 @@ def create_app(server: TetherServer, api: BackendApi | None = None) -> web.Appli
     app.router.add_get("/metrics", scrape)
     if api is not None:
         api.install(app)
+    if dashboard is not None:
+        dashboard.install(app)
     if server.config.demo:
         from tether.demo import install_demo  # only a demo server loads it
 
@@ -87,7 +97,8 @@ class HttpPort:
         self.port: int | None = None
         """Bound port once started (useful when 0 was requested)."""
         self.api = BackendApi(server, ApiKeys(api_keys))
-        self.app = create_app(server, self.api)
+        self.dashboard = AdminDashboard(server, ApiKeys(server.config.admin_keys))
+        self.app = create_app(server, self.api, self.dashboard)
         # No access log: Kubernetes probes every few seconds would fill it.
         self._runner = web.AppRunner(
             self.app, access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT
@@ -110,6 +121,7 @@ class HttpPort:
         site = web.SockSite(self._runner, sock)
         await site.start()
         await self.api.start()
+        await self.dashboard.start()
         self.port = sock.getsockname()[1]
         logger.info("http port serving health and metrics on %s:%s", self.host, self.port)
 
@@ -117,3 +129,4 @@ class HttpPort:
         """Stop listening and end the open HTTP connections."""
         await self._runner.cleanup()
         await self.api.close()
+        await self.dashboard.close()

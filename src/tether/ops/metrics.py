@@ -29,6 +29,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from tether.bus import envelope_pb2 as env
+from tether.ops.process_stats import cpu_seconds, resident_bytes
 from tether.protocol.codes import Code
 from tether.stats import Histogram
 
@@ -291,13 +292,12 @@ class ProcessMetrics(Collector):
             import resource
         except ImportError:  # not on Unix
             return
-        usage = resource.getrusage(resource.RUSAGE_SELF)
         yield CounterMetricFamily(
             "process_cpu_seconds",
             "User and system CPU time of this process, in seconds.",
-            value=usage.ru_utime + usage.ru_stime,
+            value=cpu_seconds() or 0.0,
         )
-        resident = _resident_bytes()
+        resident = resident_bytes()
         if resident is not None:
             yield GaugeMetricFamily(
                 "process_resident_memory_bytes", "Resident memory, in bytes.", value=resident
@@ -311,14 +311,6 @@ class ProcessMetrics(Collector):
             "Start time of this process, in seconds since the Unix epoch.",
             value=self._start_time,
         )
-
-
-def _resident_bytes() -> int | None:
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
 def _process_start_time() -> float:
