@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from conftest import SECRET, TIMEOUT, next_of, test_gateway_config
 
-from tether.api_client import ApiClient
+from tether.api_client import ApiClient, ApiError
 from tether.auth import issue_token
 from tether.client import Client
 from tether.client import events as ev
@@ -214,6 +214,30 @@ async def test_server_api_publish_goes_to_hook(
     request = backend.calls_to("message")[-1]
     assert request["from_api"] is True
     assert request["sender"] == "system"
+
+
+async def test_server_api_groups_with_hooks(
+    start_hook_server: ServerStarter, backend: Backend
+) -> None:
+    backend.answers["message"] = reply({"accept": True, "message_id": 6, "sequence": 2})
+    server = await start_hook_server()
+    assert server.http is not None
+    async with ApiClient(f"http://127.0.0.1:{server.http.port}", API_KEY) as api:
+        result = await api.publish_to_group("team", "to the group", client_message_id="g-1")
+        assert (result.message_id, result.sequence) == (6, 2)
+        request = backend.calls_to("message")[-1]
+        assert (request["recipient"], request["from_api"]) == ("g:team", True)
+
+        # Groups live in the backend: the logic answers at once instead of timing out.
+        for call in (
+            lambda: api.create_group("team", "alice"),
+            lambda: api.group_members("team"),
+            lambda: api.group_online(["team"]),
+        ):
+            with pytest.raises(ApiError) as raised:
+                await call()
+            assert (raised.value.status, raised.value.code) == (400, "bad_request")
+            assert "HTTP hooks" in raised.value.message
 
 
 async def test_stalled_hook_retried_then_unavailable(

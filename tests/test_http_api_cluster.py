@@ -1,7 +1,8 @@
 """The server HTTP API in a cluster: gateways and a logic worker as processes on a test's Redis.
 
-Presence and sessions come from Redis, so any process reports users on every gateway, and
-a disconnect published on the user's channel closes a device held by another gateway.
+Presence, sessions and group online counts come from Redis, so any process reports users on
+every gateway. A disconnect published on the user's channel closes a device held by another
+gateway, and group changes made through the logic stream reach members on any gateway.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pytest
 from conftest import TIMEOUT, drain, next_of
 from redis_server import RedisUnderTest
 from test_cluster import Cluster, Process, connect, on_both
+from test_http_api_groups import online_until
 
 from tether.api_client import ApiClient, ApiError, UserSessionsInfo
 from tether.client import Client
@@ -139,3 +141,77 @@ async def test_presence_unavailable_without_redis(
     assert (raised.value.status, raised.value.code) == (503, "unavailable")
     assert raised.value.retryable
     redis_server.start()  # the fixture stops it again
+
+
+async def test_group_routes_through_logic_stream(cluster: Cluster, clients: list[Client]) -> None:
+    logic = cluster.logic("logic", "", *API)
+    gw1 = cluster.gateway("gw1", http_port="0", api_keys=KEY)
+    gw2 = cluster.gateway("gw2")
+    bob = await connect(clients, gw2, "bob")
+    carol = await connect(clients, gw1, "carol")
+
+    async with api_of(gw1) as api:
+        created = await api.create_group("team", "alice", ["bob", "carol"])
+        assert (created.created, created.group.member_count) == (True, 3)
+        for member in (bob, carol):
+            joined = await next_of(member, ev.GroupsChanged)
+            assert isinstance(joined, ev.GroupsChanged)
+            assert [group.group_id for group in joined.joined] == ["team"]
+
+        result = await api.publish_to_group("team", "from the backend", client_message_id="t1")
+        assert (result.conversation_id, result.sequence) == ("g:team", 1)
+        for member in (bob, carol):
+            message = await next_of(member, ev.Message)
+            assert isinstance(message, ev.Message)
+            assert (message.message_id, message.sequence) == (result.message_id, 1)
+
+        removed = await api.remove_group_members("team", ["carol"])
+        assert removed.changed == ["carol"]
+        left = await next_of(carol, ev.GroupsChanged)
+        assert isinstance(left, ev.GroupsChanged)
+        assert left.left == ["team"]
+        second = await api.publish_to_group("team", "carol is gone")
+        message = await next_of(bob, ev.Message)
+        assert isinstance(message, ev.Message)
+        assert (message.message_id, message.sequence) == (second.message_id, 2)
+        assert not [e for e in await drain(carol) if isinstance(e, ev.Message)]
+        with pytest.raises(ApiError) as raised:
+            await api.publish_to_group("team", "let me in", sender="carol")
+        assert (raised.value.status, raised.value.code) == (403, "not_a_member")
+
+    # A logic worker without a gateway lists members and counts a small group from Redis.
+    async with api_of(logic) as api:
+        assert (await api.group_members("team")).members == ["alice", "bob"]
+        await online_until(api, "team", 1)
+        with pytest.raises(ApiError) as raised:
+            await api.add_group_members("nope", ["bob"])
+        assert (raised.value.status, raised.value.code) == (404, "group_not_found")
+
+
+@on_both
+async def test_group_online_counts_span_gateways(cluster: Cluster, clients: list[Client]) -> None:
+    counting = {"group_count_threshold": "2", "group_count_interval": "0.3"}
+    logic = cluster.logic("logic", "", *API, "--group-count-threshold", "2")
+    gw1 = cluster.gateway("gw1", http_port="0", api_keys=KEY, **counting)
+    gw2 = cluster.gateway("gw2", **counting)
+
+    async with api_of(logic) as api:
+        await api.create_group("big", "owner", [f"m{index}" for index in range(5)])
+        await api.create_group("small", "m0", ["m1"])
+        await connect(clients, gw1, "m0")
+        leaving = await connect(clients, gw2, "m1")
+        await connect(clients, gw2, "m2")
+        await connect(clients, gw2, "m3", status="invisible")
+        await online_until(api, "big", 3)
+        await online_until(api, "small", 2)
+        counts = await api.group_online(["big", "small"])
+        assert (counts["big"].member_count, counts["small"].member_count) == (6, 2)
+
+        await leaving.close()
+        await online_until(api, "big", 2)
+        await online_until(api, "small", 1)
+
+    # A gateway's API reads the same totals from Redis.
+    async with api_of(gw1) as api:
+        counts = await api.group_online(["big", "small", "nope"])
+    assert {group: info.online for group, info in counts.items()} == {"big": 2, "small": 1}

@@ -63,5 +63,5 @@ async def test_server_api_keeps_its_openapi_document(
     )
     report = result.stdout + result.stderr
     assert result.returncode == 0, report
-    assert "6 selected / 6 total" in report
+    assert "12 selected / 12 total" in report
     assert "No issues found" in report

@@ -278,6 +278,19 @@ async def test_group_members_removed(store: Store) -> None:
     assert not await store.is_participant("carol", "g:team")
 
 
+async def test_group_members_in_pages(store: Store) -> None:
+    await store.create_group("team", "alice")
+    # "Z" sorts before "a" in byte order, and "bob" before "bob-2".
+    await store.add_group_members("team", ["bob-2", "Zed", "bob", "carol"])
+    assert await store.group_members("team") == ["Zed", "alice", "bob", "bob-2", "carol"]
+    assert await store.group_members("team", limit=2) == ["Zed", "alice"]
+    assert await store.group_members("team", after="alice", limit=2) == ["bob", "bob-2"]
+    assert await store.group_members("team", after="bob-2", limit=2) == ["carol"]
+    assert await store.group_members("team", after="carol") == []
+    assert await store.group_members("team", after="b") == ["bob", "bob-2", "carol"]
+    assert await store.group_members("nothing", limit=5) == []
+
+
 async def test_many_members_in_chunks(store: Store) -> None:
     await store.create_group("big", "alice")
     users = [f"user{index:04d}" for index in range(1000)]

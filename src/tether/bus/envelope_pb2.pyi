@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Envelope(_message.Message):
-    __slots__ = ("reply_to", "request_id", "connect_request", "connect_result", "send_request", "send_result", "user_delivery", "transitions", "presence_change", "snapshot_request", "snapshot_result", "contacts_update", "deliver_ack", "admin_request", "admin_result", "device_claim", "sync_request", "sync_reply", "group_command", "group_reply", "groups_update", "group_delivery", "group_size", "user_disconnect")
+    __slots__ = ("reply_to", "request_id", "connect_request", "connect_result", "send_request", "send_result", "user_delivery", "transitions", "presence_change", "snapshot_request", "snapshot_result", "contacts_update", "deliver_ack", "admin_request", "admin_result", "device_claim", "sync_request", "sync_reply", "group_command", "group_reply", "groups_update", "group_delivery", "group_size", "user_disconnect", "group_query", "group_query_result")
     REPLY_TO_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CONNECT_REQUEST_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,8 @@ class Envelope(_message.Message):
     GROUP_DELIVERY_FIELD_NUMBER: _ClassVar[int]
     GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
     USER_DISCONNECT_FIELD_NUMBER: _ClassVar[int]
+    GROUP_QUERY_FIELD_NUMBER: _ClassVar[int]
+    GROUP_QUERY_RESULT_FIELD_NUMBER: _ClassVar[int]
     reply_to: str
     request_id: int
     connect_request: ConnectRequest
@@ -58,7 +60,9 @@ class Envelope(_message.Message):
     group_delivery: GroupDelivery
     group_size: GroupSize
     user_disconnect: UserDisconnect
-    def __init__(self, reply_to: _Optional[str] = ..., request_id: _Optional[int] = ..., connect_request: _Optional[_Union[ConnectRequest, _Mapping]] = ..., connect_result: _Optional[_Union[ConnectResult, _Mapping]] = ..., send_request: _Optional[_Union[SendRequest, _Mapping]] = ..., send_result: _Optional[_Union[SendResult, _Mapping]] = ..., user_delivery: _Optional[_Union[UserDelivery, _Mapping]] = ..., transitions: _Optional[_Union[TransitionBatch, _Mapping]] = ..., presence_change: _Optional[_Union[PresenceChange, _Mapping]] = ..., snapshot_request: _Optional[_Union[SnapshotRequest, _Mapping]] = ..., snapshot_result: _Optional[_Union[SnapshotResult, _Mapping]] = ..., contacts_update: _Optional[_Union[ContactsUpdate, _Mapping]] = ..., deliver_ack: _Optional[_Union[DeliverAckRequest, _Mapping]] = ..., admin_request: _Optional[_Union[AdminRequest, _Mapping]] = ..., admin_result: _Optional[_Union[AdminResult, _Mapping]] = ..., device_claim: _Optional[_Union[DeviceClaim, _Mapping]] = ..., sync_request: _Optional[_Union[SyncRequest, _Mapping]] = ..., sync_reply: _Optional[_Union[SyncReply, _Mapping]] = ..., group_command: _Optional[_Union[GroupCommand, _Mapping]] = ..., group_reply: _Optional[_Union[GroupReply, _Mapping]] = ..., groups_update: _Optional[_Union[GroupsUpdate, _Mapping]] = ..., group_delivery: _Optional[_Union[GroupDelivery, _Mapping]] = ..., group_size: _Optional[_Union[GroupSize, _Mapping]] = ..., user_disconnect: _Optional[_Union[UserDisconnect, _Mapping]] = ...) -> None: ...
+    group_query: GroupQuery
+    group_query_result: GroupQueryResult
+    def __init__(self, reply_to: _Optional[str] = ..., request_id: _Optional[int] = ..., connect_request: _Optional[_Union[ConnectRequest, _Mapping]] = ..., connect_result: _Optional[_Union[ConnectResult, _Mapping]] = ..., send_request: _Optional[_Union[SendRequest, _Mapping]] = ..., send_result: _Optional[_Union[SendResult, _Mapping]] = ..., user_delivery: _Optional[_Union[UserDelivery, _Mapping]] = ..., transitions: _Optional[_Union[TransitionBatch, _Mapping]] = ..., presence_change: _Optional[_Union[PresenceChange, _Mapping]] = ..., snapshot_request: _Optional[_Union[SnapshotRequest, _Mapping]] = ..., snapshot_result: _Optional[_Union[SnapshotResult, _Mapping]] = ..., contacts_update: _Optional[_Union[ContactsUpdate, _Mapping]] = ..., deliver_ack: _Optional[_Union[DeliverAckRequest, _Mapping]] = ..., admin_request: _Optional[_Union[AdminRequest, _Mapping]] = ..., admin_result: _Optional[_Union[AdminResult, _Mapping]] = ..., device_claim: _Optional[_Union[DeviceClaim, _Mapping]] = ..., sync_request: _Optional[_Union[SyncRequest, _Mapping]] = ..., sync_reply: _Optional[_Union[SyncReply, _Mapping]] = ..., group_command: _Optional[_Union[GroupCommand, _Mapping]] = ..., group_reply: _Optional[_Union[GroupReply, _Mapping]] = ..., groups_update: _Optional[_Union[GroupsUpdate, _Mapping]] = ..., group_delivery: _Optional[_Union[GroupDelivery, _Mapping]] = ..., group_size: _Optional[_Union[GroupSize, _Mapping]] = ..., user_disconnect: _Optional[_Union[UserDisconnect, _Mapping]] = ..., group_query: _Optional[_Union[GroupQuery, _Mapping]] = ..., group_query_result: _Optional[_Union[GroupQueryResult, _Mapping]] = ...) -> None: ...
 
 class ConnectRequest(_message.Message):
     __slots__ = ("user_id", "device_id", "platform")
@@ -235,12 +239,14 @@ class AdminRequest(_message.Message):
     def __init__(self, operation: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AdminResult(_message.Message):
-    __slots__ = ("error_code", "error_message")
+    __slots__ = ("error_code", "error_message", "group_result")
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    GROUP_RESULT_FIELD_NUMBER: _ClassVar[int]
     error_code: int
     error_message: str
-    def __init__(self, error_code: _Optional[int] = ..., error_message: _Optional[str] = ...) -> None: ...
+    group_result: _tether_pb2.GroupResult
+    def __init__(self, error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., group_result: _Optional[_Union[_tether_pb2.GroupResult, _Mapping]] = ...) -> None: ...
 
 class GroupCommand(_message.Message):
     __slots__ = ("user_id", "request")
@@ -283,3 +289,35 @@ class GroupSize(_message.Message):
     MEMBER_COUNT_FIELD_NUMBER: _ClassVar[int]
     member_count: int
     def __init__(self, member_count: _Optional[int] = ...) -> None: ...
+
+class GroupQuery(_message.Message):
+    __slots__ = ("group_ids", "list_members_up_to", "members_after", "members_limit")
+    GROUP_IDS_FIELD_NUMBER: _ClassVar[int]
+    LIST_MEMBERS_UP_TO_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_AFTER_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    group_ids: _containers.RepeatedScalarFieldContainer[str]
+    list_members_up_to: int
+    members_after: str
+    members_limit: int
+    def __init__(self, group_ids: _Optional[_Iterable[str]] = ..., list_members_up_to: _Optional[int] = ..., members_after: _Optional[str] = ..., members_limit: _Optional[int] = ...) -> None: ...
+
+class GroupQueryResult(_message.Message):
+    __slots__ = ("error_code", "error_message", "groups")
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    error_code: int
+    error_message: str
+    groups: _containers.RepeatedCompositeFieldContainer[GroupMembers]
+    def __init__(self, error_code: _Optional[int] = ..., error_message: _Optional[str] = ..., groups: _Optional[_Iterable[_Union[GroupMembers, _Mapping]]] = ...) -> None: ...
+
+class GroupMembers(_message.Message):
+    __slots__ = ("group", "members", "more_members")
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    MORE_MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    group: _tether_pb2.Group
+    members: _containers.RepeatedScalarFieldContainer[str]
+    more_members: bool
+    def __init__(self, group: _Optional[_Union[_tether_pb2.Group, _Mapping]] = ..., members: _Optional[_Iterable[str]] = ..., more_members: _Optional[bool] = ...) -> None: ...

@@ -409,14 +409,7 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
         default=10,
         help="concurrent devices of one user on this gateway",
     )
-    add_option(
-        serve,
-        "--group-count-threshold",
-        convert=_not_negative_int,
-        default=100,
-        help="groups with more members than this get online counts; use the same value on "
-        "every gateway of a cluster",
-    )
+    _add_group_count_threshold(serve)
     add_option(
         serve,
         "--group-count-interval",
@@ -462,6 +455,17 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
     _add_process_options(serve)
 
 
+def _add_group_count_threshold(parser: argparse.ArgumentParser) -> None:
+    add_option(
+        parser,
+        "--group-count-threshold",
+        convert=_not_negative_int,
+        default=100,
+        help="groups with more members than this get online counts; use the same value on "
+        "every gateway and logic worker of a cluster",
+    )
+
+
 def _add_logic_options(logic: argparse.ArgumentParser) -> None:
     """Add the options of `tether logic` (also read by `tether config show logic`)."""
     add_config_option(logic, "logic")
@@ -469,6 +473,8 @@ def _add_logic_options(logic: argparse.ArgumentParser) -> None:
     _add_database_option(logic)
     _add_cluster_options(logic, required=True)
     _add_http_options(logic, host=True)
+    # The server API's online counts of a logic worker must know which groups gateways count.
+    _add_group_count_threshold(logic)
     add_hook_options(logic)
     _add_process_options(logic)
 

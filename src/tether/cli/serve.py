@@ -126,6 +126,7 @@ def logic_config(arguments: argparse.Namespace) -> ServerConfig:
         database=arguments.database,
         redis_cluster=arguments.redis_cluster,
         run_gateway=False,
+        gateway=GatewayConfig(groups=GroupConfig(count_threshold=arguments.group_count_threshold)),
         lease_timeout=arguments.lease_timeout,
         loop_lag_threshold=arguments.loop_lag_warning,
         http_host=arguments.host,

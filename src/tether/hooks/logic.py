@@ -11,7 +11,8 @@ and keep knowing no business rules:
   and to the sender's other devices, as the reference logic does after storing one.
 
 There is no store here: Sync gets NOT_FOUND, delivery acks are dropped, and admin requests
-(contact changes) get BAD_REQUEST, because history and contacts live in the backend.
+and group queries (contacts and groups) get BAD_REQUEST, because history, contacts and groups
+live in the backend.
 Requests run concurrently, at most `max_in_flight` at once; the stream waits beyond that.
 """
 
@@ -42,6 +43,7 @@ MAX_HOOK_CONTACTS = 10_000
 _MAX_UINT64 = 2**64 - 1
 _REQUEST_ERROR_CODES = frozenset(code for code in Code if code < RECONNECT_RANGE_START)
 _DISCONNECT_CODES = frozenset(code for code in Code if code >= RECONNECT_RANGE_START)
+_NO_STORE_MESSAGE = "contacts and groups live in the backend: this server's logic is HTTP hooks"
 
 
 class _InvalidResponse(ValueError):
@@ -100,9 +102,13 @@ class HookLogic:
             elif kind == "admin_request":
                 reply = env.Envelope(
                     admin_result=env.AdminResult(
-                        error_code=Code.BAD_REQUEST,
-                        error_message="contacts live in the backend: this server's logic is "
-                        "HTTP hooks",
+                        error_code=Code.BAD_REQUEST, error_message=_NO_STORE_MESSAGE
+                    )
+                )
+            elif kind == "group_query":
+                reply = env.Envelope(
+                    group_query_result=env.GroupQueryResult(
+                        error_code=Code.BAD_REQUEST, error_message=_NO_STORE_MESSAGE
                     )
                 )
             else:

@@ -10,7 +10,9 @@ Rules:
 - A request changes at most MAX_GROUP_CHANGE users. A group has at most `max_group_members`
   members and a user belongs to at most `max_groups_per_user` groups (LIMIT_REACHED).
 - Only members send to a group (NOT_FOUND otherwise, which does not reveal whether the group
-  exists).
+  exists). A backend publishing through the server HTTP API learns more: NOT_FOUND when the
+  group does not exist, NOT_ALLOWED when the named sender is not a member. The server's own
+  sender `SYSTEM_SENDER` publishes to any group without being a member.
 
 A stored group message is published once, on the group's channel; each gateway with online
 members delivers it to them. Membership changes go to the channels of the users they
@@ -41,12 +43,28 @@ from tether.protocol.codes import Code
 if TYPE_CHECKING:
     from tether.logic.service import LogicConfig
 
-__all__ = ["MAX_GROUP_CHANGE", "GroupError", "GroupLogic", "group_info", "send_ack"]
+__all__ = [
+    "MAX_GROUP_CHANGE",
+    "MAX_MEMBERS_PAGE",
+    "MAX_QUERIED_GROUPS",
+    "SYSTEM_SENDER",
+    "GroupError",
+    "GroupLogic",
+    "group_info",
+    "send_ack",
+    "send_result",
+]
 
 logger = logging.getLogger("tether.logic")
 
 # Users one request may add or remove; more must be split over several requests.
 MAX_GROUP_CHANGE = 1000
+MAX_QUERIED_GROUPS = 100
+"""Groups one GroupQuery may name."""
+MAX_MEMBERS_PAGE = 1000
+"""Members of one group that one GroupQuery lists at most."""
+SYSTEM_SENDER = "system"
+"""User id of messages the server HTTP API publishes without a sender. Keep it for the server."""
 
 
 class GroupError(Exception):
@@ -79,6 +97,24 @@ def send_ack(stored: StoredMessage) -> pb.SendAck:
     )
 
 
+def send_result(send_request: env.SendRequest, stored: StoredMessage) -> env.SendResult:
+    """Return the SendResult of a Send whose message the store returned.
+
+    A resend gets the first message's ack. A server API publish whose client_message_id
+    the sender used for a message to another recipient gets ALREADY_EXISTS instead: the
+    backend reused an id, and an ack of the other message would hide that nothing was sent.
+    """
+    recipient = send_request.send.recipient
+    if send_request.from_api and not stored.new and stored.recipient != recipient:
+        return env.SendResult(
+            error_code=Code.ALREADY_EXISTS,
+            error_message=f"{stored.sender!r} used client_message_id "
+            f"{stored.client_message_id!r} already, for a message to {stored.recipient!r}; "
+            "choose a new id",
+        )
+    return env.SendResult(ack=send_ack(stored))
+
+
 class GroupLogic:
     """Group requests and group messages of `LogicService`, which inherits this mixin."""
 
@@ -102,8 +138,12 @@ class GroupLogic:
 
     async def admin_command(
         self, store: Store, operation: str, args: Sequence[str], outbox: Outbox
-    ) -> None:
-        """Apply a `tether groups` command with the owner's rights; raise GroupError."""
+    ) -> pb.GroupResult:
+        """Apply a `tether groups` command or a server API request with the owner's rights.
+
+        Returns the group after the change and the users it added or removed. Raises
+        GroupError.
+        """
         if not args:
             raise GroupError(Code.BAD_REQUEST, f"{operation} needs a group id")
         group_id, *users = args
@@ -112,14 +152,15 @@ class GroupLogic:
                 raise GroupError(Code.BAD_REQUEST, "groups.create needs a group id and an owner")
             owner, *members = users
             _check_user_ids([owner])
-            await self._create(store, owner, group_id, members, outbox)
+            record, changed = await self._create(store, owner, group_id, members, outbox)
         elif operation == "groups.add":
-            await self._add(store, None, group_id, users, outbox)
+            record, changed = await self._add(store, None, group_id, users, outbox)
         elif operation == "groups.remove":
-            await self._remove(store, None, group_id, users, outbox)
+            record, changed = await self._remove(store, None, group_id, users, outbox)
         else:
             raise GroupError(Code.BAD_REQUEST, f"unknown operation {operation!r}")
         logger.info("%s %s: %d users", operation, group_id, len(users))
+        return pb.GroupResult(groups=[group_info(record)], changed=changed)
 
     async def _apply_group_request(
         self, store: Store, actor: str, request: pb.GroupRequest, outbox: Outbox
@@ -222,6 +263,8 @@ class GroupLogic:
     async def _group_of(self, store: Store, actor: str | None, group_id: str) -> GroupRecord:
         """Return the group; raise NOT_FOUND if it is missing or actor is not a member."""
         record = await store.group(group_id)
+        if record is None and actor is None:
+            raise GroupError(Code.NOT_FOUND, f"no group {group_id!r}")
         member = record is not None and (
             actor is None or await store.is_participant(actor, record.conversation_id)
         )
@@ -245,6 +288,39 @@ class GroupLogic:
                 f"{len(full)} users, such as {full[0]!r}, belong to {limit} groups already",
             )
 
+    async def _group_query(self, store: Store, request: env.Envelope, outbox: Outbox) -> None:
+        """Reply to a server API GroupQuery with the groups that exist and their members."""
+        query = request.group_query
+        try:
+            if len(query.group_ids) > MAX_QUERIED_GROUPS:
+                raise GroupError(
+                    Code.BAD_REQUEST,
+                    f"a query names at most {MAX_QUERIED_GROUPS} groups, "
+                    f"{len(query.group_ids)} were given",
+                )
+            for group_id in query.group_ids:
+                _check_group_id(group_id)
+        except GroupError as error:
+            failure = env.GroupQueryResult(error_code=error.code, error_message=error.message)
+            reply(outbox, request, env.Envelope(group_query_result=failure))
+            return
+
+        limit = min(query.members_limit or MAX_MEMBERS_PAGE, MAX_MEMBERS_PAGE)
+        result = env.GroupQueryResult()
+        for group_id in dict.fromkeys(query.group_ids):
+            record = await store.group(group_id)
+            if record is None:
+                continue
+            found = result.groups.add(group=group_info(record))
+            if record.member_count <= query.list_members_up_to:
+                # One more than the page, to tell whether another page follows.
+                members = await store.group_members(
+                    group_id, after=query.members_after, limit=limit + 1
+                )
+                found.members.extend(members[:limit])
+                found.more_members = len(members) > limit
+        reply(outbox, request, env.Envelope(group_query_result=result))
+
     # Messages.
 
     async def _send_group(self, store: Store, request: env.Envelope, outbox: Outbox) -> None:
@@ -255,12 +331,10 @@ class GroupLogic:
         group_id = group_of_conversation(send.recipient)
         assert group_id is not None
         if not await store.is_participant(sender, send.recipient):
-            result = env.SendResult(
-                error_code=Code.NOT_FOUND,
-                error_message=f"no group {group_id!r} with {sender!r} as a member",
-            )
-            reply(outbox, request, env.Envelope(send_result=result))
-            return
+            failure = await _non_member_failure(store, send_request, group_id)
+            if failure is not None:
+                reply(outbox, request, env.Envelope(send_result=failure))
+                return
 
         stored = await store.store_group(
             sender=sender,
@@ -276,8 +350,32 @@ class GroupLogic:
                 sender_device=stored.sender_device,
             )
             outbox.add(channels.group_channel(group_id), env.Envelope(group_delivery=delivery))
-        ack = send_ack(stored)
-        reply(outbox, request, env.Envelope(send_result=env.SendResult(ack=ack)))
+        reply(outbox, request, env.Envelope(send_result=send_result(send_request, stored)))
+
+
+async def _non_member_failure(
+    store: Store, send_request: env.SendRequest, group_id: str
+) -> env.SendResult | None:
+    """Return why a sender that is not a member may not send to the group, or None if it may.
+
+    A client learns only NOT_FOUND, which does not reveal whether the group exists. The
+    server API's backend may know, and may publish as the server's own sender.
+    """
+    sender = send_request.sender
+    if not send_request.from_api:
+        return env.SendResult(
+            error_code=Code.NOT_FOUND,
+            error_message=f"no group {group_id!r} with {sender!r} as a member",
+        )
+    if await store.group(group_id) is None:
+        return env.SendResult(error_code=Code.NOT_FOUND, error_message=f"no group {group_id!r}")
+    if sender != SYSTEM_SENDER:
+        return env.SendResult(
+            error_code=Code.NOT_ALLOWED,
+            error_message=f"{sender!r} is not a member of group {group_id!r}; add the user "
+            f"first, or leave sender out to publish as {SYSTEM_SENDER!r}",
+        )
+    return None
 
 
 def _check_group_id(group_id: str) -> None:

@@ -15,7 +15,7 @@ from tether.auth import validate_user_id
 from tether.bus import channels
 from tether.bus import envelope_pb2 as env
 from tether.bus.base import Bus
-from tether.logic.groups import GroupError, GroupLogic, group_info, send_ack
+from tether.logic.groups import GroupError, GroupLogic, group_info, send_result
 from tether.logic.outbox import Outbox, reply, to_message
 from tether.logic.store import (
     MAX_STORED_INTEGER,
@@ -156,6 +156,8 @@ class LogicService(GroupLogic):
             await self._admin(store, request, outbox)
         elif kind == "group_command":
             await self._group_command(store, request, outbox)
+        elif kind == "group_query":
+            await self._group_query(store, request, outbox)
         else:
             logger.warning("ignored logic request of kind %s", kind)
 
@@ -242,20 +244,20 @@ class LogicService(GroupLogic):
                 )
             )
             outbox.add(channels.user_channel(sender), to_sender)
-        ack = send_ack(stored)
-        reply(outbox, request, env.Envelope(send_result=env.SendResult(ack=ack)))
+        reply(outbox, request, env.Envelope(send_result=send_result(send_request, stored)))
 
     async def _admin(self, store: Store, request: env.Envelope, outbox: Outbox) -> None:
         admin = request.admin_request
         operation = admin.operation
         if operation.startswith("groups."):
             try:
-                await self.admin_command(store, operation, admin.args, outbox)
+                group_result = await self.admin_command(store, operation, admin.args, outbox)
             except GroupError as error:
                 result = env.AdminResult(error_code=error.code, error_message=error.message)
                 reply(outbox, request, env.Envelope(admin_result=result))
                 return
-            reply(outbox, request, env.Envelope(admin_result=env.AdminResult()))
+            result = env.AdminResult(group_result=group_result)
+            reply(outbox, request, env.Envelope(admin_result=result))
             return
         if operation not in ("contacts.add", "contacts.remove") or len(admin.args) != 2:
             result = env.AdminResult(
@@ -317,6 +319,12 @@ class LogicService(GroupLogic):
             elif kind == "group_command":
                 answer = env.Envelope(
                     group_reply=env.GroupReply(error_code=Code.UNAVAILABLE, error_message=message)
+                )
+            elif kind == "group_query":
+                answer = env.Envelope(
+                    group_query_result=env.GroupQueryResult(
+                        error_code=Code.UNAVAILABLE, error_message=message
+                    )
                 )
             else:
                 continue

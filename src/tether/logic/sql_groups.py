@@ -110,11 +110,19 @@ class SqlGroups:
                 )
         return [user for user in dict.fromkeys(user_ids) if user in removed]
 
-    async def group_members(self, group_id: str) -> list[str]:
-        rows = await self._fetch(
-            "SELECT user_id FROM conversation_members WHERE conversation_id = ? ORDER BY user_id",
-            group_conversation_id(group_id),
+    async def group_members(
+        self, group_id: str, *, after: str = "", limit: int | None = None
+    ) -> list[str]:
+        # A range scan of the index on (conversation_id, user_id), so a page costs its size.
+        sql = (
+            "SELECT user_id FROM conversation_members WHERE conversation_id = ? AND user_id > ? "
+            "ORDER BY user_id"
         )
+        parameters: list[object] = [group_conversation_id(group_id), after]
+        if limit is not None:
+            sql += " LIMIT ?"
+            parameters.append(limit)
+        rows = await self._fetch(sql, *parameters)
         return [str(row[0]) for row in rows]
 
     async def user_groups(self, user_id: str) -> list[GroupRecord]:

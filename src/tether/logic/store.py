@@ -287,8 +287,13 @@ class Store(ABC):
         """Remove users from a group; return those who were members, in input order."""
 
     @abstractmethod
-    async def group_members(self, group_id: str) -> list[str]:
-        """Return the members of a group in id order (byte order of the UTF-8 ids)."""
+    async def group_members(
+        self, group_id: str, *, after: str = "", limit: int | None = None
+    ) -> list[str]:
+        """Return the members of a group in id order (byte order of the UTF-8 ids).
+
+        With after, only members whose id sorts after it; with limit, at most that many.
+        """
 
     @abstractmethod
     async def user_groups(self, user_id: str) -> list[GroupRecord]:

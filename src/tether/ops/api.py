@@ -9,6 +9,7 @@ APIs of Centrifugo and Pusher, so user ids never need escaping in a path):
 - `sessions`: a user's presence and connected devices, on every gateway.
 - `disconnect`: close one device or every device of a user, with a disconnect code.
 - `contacts/add`, `contacts/remove`: change mutual contacts, as `tether contacts` does.
+- `groups/...`: publish to a group, online counts, and group membership (`tether.ops.api_groups`).
 - `GET /api/v1/openapi.json`: the OpenAPI 3 document of these routes, served without a key.
 
 Every route except the document needs an API key, as `Authorization: Bearer KEY` or
@@ -29,8 +30,21 @@ from aiohttp import web
 
 from tether.bus import channels
 from tether.bus import envelope_pb2 as env
-from tether.ops.api_errors import ApiErrorCode, ApiFailure, respond_with_api_errors
-from tether.ops.api_input import MAX_ID_CHARACTERS, RequestBody, read_json_object
+from tether.logic.groups import SYSTEM_SENDER
+from tether.ops.api_errors import (
+    ApiErrorCode,
+    ApiFailure,
+    RouteCodes,
+    logic_failure,
+    respond_with_api_errors,
+)
+from tether.ops.api_groups import GroupRoutes
+from tether.ops.api_input import (
+    MAX_ID_CHARACTERS,
+    PUBLISH_FIELDS,
+    RequestBody,
+    read_json_object,
+)
 from tether.ops.api_keys import ApiKeys, presented_key
 from tether.ops.presence_view import presence_json, presence_reader, sessions_json
 from tether.presence.reader import PresenceReader
@@ -55,8 +69,6 @@ API_PREFIX = "/api/v1"
 OPENAPI_PATH = API_PREFIX + "/openapi.json"
 MAX_PRESENCE_USERS = 1000
 """Maximum number of user ids in one presence query, all read in one Redis round trip."""
-SYSTEM_SENDER = "system"
-"""Sender of a published message that names none. Keep this user id for the server."""
 API_DEVICE = "api"
 """Sender device of published messages: the sender's devices other than this one get a copy."""
 MAX_REASON_CHARACTERS = 200
@@ -64,6 +76,10 @@ MAX_REASON_CHARACTERS = 200
 DISCONNECT_CODES = frozenset(code for code in Code if code >= RECONNECT_RANGE_START)
 """Codes a backend may close connections with: every disconnect code of the protocol."""
 DEFAULT_DISCONNECT_CODE = Code.FORBIDDEN
+
+_PUBLISH_CODES: RouteCodes = {
+    Code.ALREADY_EXISTS: (ApiErrorCode.MESSAGE_ID_CONFLICT, "client_message_id"),
+}
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -75,7 +91,7 @@ def load_openapi_document() -> dict[str, object]:
     return document
 
 
-class BackendApi:
+class BackendApi(GroupRoutes):
     """Routes and middleware of the server HTTP API of one process."""
 
     def __init__(self, server: TetherServer, keys: ApiKeys) -> None:
@@ -95,6 +111,7 @@ class BackendApi:
             "disconnect": self._disconnect,
             "contacts/add": self._add_contact,
             "contacts/remove": self._remove_contact,
+            **self._group_routes(),
         }
         for path, handler in routes.items():
             app.router.add_post(f"{API_PREFIX}/{path}", handler)
@@ -156,12 +173,20 @@ class BackendApi:
         return web.Response(body=self._document, content_type="application/json")
 
     async def _publish(self, request: web.Request) -> web.Response:
-        fields = frozenset({"user_id", "sender", "body", "body_base64", "client_message_id"})
-        body = await read_json_object(request, fields)
+        body = await read_json_object(request, PUBLISH_FIELDS | {"user_id"})
         recipient = body.user_id("user_id")
         sender = body.user_id("sender", default=SYSTEM_SENDER)
         if sender == recipient:
             raise ApiFailure(ApiErrorCode.BAD_REQUEST, "sender must differ from user_id", "sender")
+        return await self._publish_message(body, sender, recipient, _PUBLISH_CODES)
+
+    async def _publish_message(
+        self, body: RequestBody, sender: str, recipient: str, route_codes: RouteCodes
+    ) -> web.Response:
+        """Store a message to recipient (a user id or a group's conversation id) and deliver it.
+
+        Reads the message fields of body; the caller has read and checked the others.
+        """
         payload = _message_body(body)
         limit = self._server.config.gateway.max_body_bytes
         if len(payload) > limit:
@@ -186,7 +211,7 @@ class BackendApi:
         reply = await self._request_logic(request_envelope)
         result = reply.send_result
         if result.error_code:
-            raise _logic_failure(result.error_code, result.error_message)
+            raise logic_failure(result.error_code, result.error_message, route_codes)
         ack = result.ack
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("published message %d from %s to %s", ack.message_id, sender, recipient)
@@ -279,7 +304,7 @@ class BackendApi:
         )
         result = reply.admin_result
         if result.error_code:
-            raise _logic_failure(result.error_code, result.error_message)
+            raise logic_failure(result.error_code, result.error_message)
         return web.Response(status=204)
 
     async def _request_logic(self, request: env.Envelope) -> env.Envelope:
@@ -305,14 +330,3 @@ def _message_body(body: RequestBody) -> bytes:
     if body.has("body"):
         return body.string("body").encode()
     return body.base64("body_base64")
-
-
-def _logic_failure(code: int, message: str) -> ApiFailure:
-    """Translate an error code from the logic layer into an API failure."""
-    if code in (Code.UNAVAILABLE, Code.INTERNAL, Code.BACKEND_UNAVAILABLE):
-        return ApiFailure(ApiErrorCode.UNAVAILABLE, f"logic layer: {message}")
-    if code == Code.BODY_TOO_LARGE:
-        return ApiFailure(ApiErrorCode.BODY_TOO_LARGE, message, "body")
-    if code in (Code.BAD_REQUEST, Code.NOT_A_CONTACT, Code.NOT_FOUND):
-        return ApiFailure(ApiErrorCode.BAD_REQUEST, message)
-    return ApiFailure(ApiErrorCode.INTERNAL, f"logic layer failed with code {code}: {message}")

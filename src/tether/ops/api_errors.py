@@ -1,4 +1,5 @@
-"""Error codes of the server HTTP API, and the exception that carries one to the response.
+"""Error codes of the server HTTP API, the exception that carries one to the response, and
+the translation of the logic layer's error codes.
 
 Every error response has the same JSON body, with `field` only when one input is at fault:
 
@@ -11,17 +12,21 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
+
+from tether.protocol.codes import Code
 
 __all__ = [
     "ApiErrorCode",
     "ApiErrorInfo",
     "ApiFailure",
+    "RouteCodes",
     "error_body",
     "error_table",
+    "logic_failure",
     "respond_with_api_errors",
 ]
 
@@ -31,9 +36,15 @@ class ApiErrorCode(enum.StrEnum):
 
     BAD_REQUEST = "bad_request"
     UNAUTHORIZED = "unauthorized"
+    NOT_A_MEMBER = "not_a_member"
     API_DISABLED = "api_disabled"
     NOT_FOUND = "not_found"
+    GROUP_NOT_FOUND = "group_not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    GROUP_EXISTS = "group_exists"
+    OWNER_NOT_REMOVABLE = "owner_not_removable"
+    LIMIT_REACHED = "limit_reached"
+    MESSAGE_ID_CONFLICT = "message_id_conflict"
     BODY_TOO_LARGE = "body_too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     UNAVAILABLE = "unavailable"
@@ -67,14 +78,47 @@ _TABLE: dict[ApiErrorCode, ApiErrorInfo] = {
             "The request has no API key, or the key is not one of the configured keys.",
         ),
         ApiErrorInfo(
+            ApiErrorCode.NOT_A_MEMBER,
+            403,
+            False,
+            "The sender of a group publish is not a member of the group.",
+        ),
+        ApiErrorInfo(
             ApiErrorCode.API_DISABLED,
             404,
             False,
             "The server runs without API keys, so the API is off.",
         ),
         ApiErrorInfo(ApiErrorCode.NOT_FOUND, 404, False, "No API route has this path."),
+        ApiErrorInfo(ApiErrorCode.GROUP_NOT_FOUND, 404, False, "No group has this id."),
         ApiErrorInfo(
             ApiErrorCode.METHOD_NOT_ALLOWED, 405, False, "The route exists for another method."
+        ),
+        ApiErrorInfo(
+            ApiErrorCode.GROUP_EXISTS,
+            409,
+            False,
+            "A group with this id exists and has another owner.",
+        ),
+        ApiErrorInfo(
+            ApiErrorCode.OWNER_NOT_REMOVABLE,
+            409,
+            False,
+            "The request would remove a group's owner, who stays a member while the group exists.",
+        ),
+        ApiErrorInfo(
+            ApiErrorCode.LIMIT_REACHED,
+            409,
+            False,
+            "The group would have more members than the server allows, or a user would belong "
+            "to more groups than allowed.",
+        ),
+        ApiErrorInfo(
+            ApiErrorCode.MESSAGE_ID_CONFLICT,
+            409,
+            False,
+            "The sender used this `client_message_id` already, for a message to another user or "
+            "group. The id is unique per sender across direct and group messages.",
         ),
         ApiErrorInfo(
             ApiErrorCode.BODY_TOO_LARGE,
@@ -172,3 +216,24 @@ async def respond_with_api_errors(
     except Exception:
         logger.exception("%s request %s %s failed", routes, request.method, path)
         return ApiFailure(ApiErrorCode.INTERNAL, "the server failed; see its log").response()
+
+
+RouteCodes = Mapping[int, tuple[ApiErrorCode, str | None]]
+"""A route's own meaning of logic error codes: the API code and the request field at fault."""
+
+
+def logic_failure(code: int, message: str, route_codes: RouteCodes | None = None) -> ApiFailure:
+    """Translate an error code from the logic layer into an API failure.
+
+    route_codes comes first: a code such as NOT_FOUND names a group on the group routes.
+    """
+    if route_codes is not None and code in route_codes:
+        api_code, field = route_codes[code]
+        return ApiFailure(api_code, message, field)
+    if code in (Code.UNAVAILABLE, Code.INTERNAL, Code.BACKEND_UNAVAILABLE):
+        return ApiFailure(ApiErrorCode.UNAVAILABLE, f"logic layer: {message}")
+    if code == Code.BODY_TOO_LARGE:
+        return ApiFailure(ApiErrorCode.BODY_TOO_LARGE, message, "body")
+    if code in (Code.BAD_REQUEST, Code.NOT_A_CONTACT, Code.NOT_FOUND):
+        return ApiFailure(ApiErrorCode.BAD_REQUEST, message)
+    return ApiFailure(ApiErrorCode.INTERNAL, f"logic layer failed with code {code}: {message}")

@@ -10,17 +10,21 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from tether.auth import validate_user_id
+from tether.logic.store import validate_group_id
 from tether.ops.api_errors import ApiErrorCode, ApiFailure
 
-__all__ = ["RequestBody", "read_json_object"]
+__all__ = ["MAX_ID_CHARACTERS", "PUBLISH_FIELDS", "RequestBody", "read_json_object"]
 
 MAX_ID_CHARACTERS = 64
 """Maximum length of a device id or client_message_id, in characters."""
+PUBLISH_FIELDS = frozenset({"sender", "body", "body_base64", "client_message_id"})
+"""Fields of a publish body besides the recipient, the same for users and groups."""
 
 
 async def read_json_object(request: web.Request, fields: frozenset[str]) -> RequestBody:
@@ -79,7 +83,11 @@ class RequestBody:
         value = self._data.get(name)
         if value is None and default is not None:
             return default
-        return _check_user_id(self._string(name, value), name)
+        return _check_id(validate_user_id, self._string(name, value), name)
+
+    def group_id(self, name: str) -> str:
+        """Return a required group id field."""
+        return _check_id(validate_group_id, self._string(name, self._data.get(name)), name)
 
     def string(self, name: str) -> str:
         """Return a required string field, which may be empty."""
@@ -113,8 +121,10 @@ class RequestBody:
             )
         return text
 
-    def integer(self, name: str, default: int) -> int:
-        """Return an integer field, or default when absent."""
+    def integer(
+        self, name: str, default: int, *, minimum: int | None = None, maximum: int | None = None
+    ) -> int:
+        """Return an integer field, or default when absent; minimum and maximum are inclusive."""
         value = self._data.get(name)
         if value is None:
             return default
@@ -123,6 +133,14 @@ class RequestBody:
                 ApiErrorCode.BAD_REQUEST,
                 f"{name} must be an integer, not {_json_type(value)}",
                 name,
+            )
+        if minimum is not None and value < minimum:
+            raise ApiFailure(
+                ApiErrorCode.BAD_REQUEST, f"{name} must be at least {minimum}, got {value}", name
+            )
+        if maximum is not None and value > maximum:
+            raise ApiFailure(
+                ApiErrorCode.BAD_REQUEST, f"{name} must be at most {maximum}, got {value}", name
             )
         return value
 
@@ -136,25 +154,39 @@ class RequestBody:
                 ApiErrorCode.BAD_REQUEST, f"{name} is not valid base64: {error}", name
             ) from error
 
-    def user_ids(self, name: str, *, max_items: int) -> list[str]:
-        """Return a non-empty array of user ids, at most max_items long, duplicates removed."""
+    def user_ids(self, name: str, *, max_items: int, min_items: int = 1) -> list[str]:
+        """Return an array of min_items to max_items user ids, duplicates removed."""
+        return self._ids(name, "user ids", validate_user_id, min_items, max_items)
+
+    def group_ids(self, name: str, *, max_items: int) -> list[str]:
+        """Return an array of 1 to max_items group ids, duplicates removed."""
+        return self._ids(name, "group ids", validate_group_id, 1, max_items)
+
+    def _ids(
+        self,
+        name: str,
+        kind: str,
+        validate: Callable[[str], str],
+        min_items: int,
+        max_items: int,
+    ) -> list[str]:
         value = self._data.get(name)
         if not isinstance(value, list):
             raise ApiFailure(
                 ApiErrorCode.BAD_REQUEST,
-                f"{name} must be an array of user ids, not {_json_type(value)}",
+                f"{name} must be an array of {kind}, not {_json_type(value)}",
                 name,
             )
-        if not 0 < len(value) <= max_items:
+        if not min_items <= len(value) <= max_items:
             raise ApiFailure(
                 ApiErrorCode.BAD_REQUEST,
-                f"{name} must have 1 to {max_items} entries, got {len(value)}",
+                f"{name} must have {min_items} to {max_items} entries, got {len(value)}",
                 name,
             )
         checked = []
         for index, item in enumerate(value):
             where = f"{name}[{index}]"
-            checked.append(_check_user_id(self._string(where, item), where))
+            checked.append(_check_id(validate, self._string(where, item), where))
         return list(dict.fromkeys(checked))
 
     @staticmethod
@@ -174,9 +206,10 @@ class RequestBody:
         return value
 
 
-def _check_user_id(value: str, where: str) -> str:
+def _check_id(validate: Callable[[str], str], value: str, where: str) -> str:
+    """Return value if validate accepts it; else raise bad_request naming the field."""
     try:
-        return validate_user_id(value)
+        return validate(value)
     except ValueError as error:
         raise ApiFailure(ApiErrorCode.BAD_REQUEST, f"{where}: {error}", where) from error
 

@@ -1,10 +1,11 @@
-"""Read-only views of presence for the server HTTP API: users' status and their devices.
+"""Read-only views of presence for the server HTTP API: users' status, devices, group counts.
 
-Embedded, both come from the process itself: the presence service for the visible status
-and the gateway's session table for the devices. In a cluster, both come from the presence
-hashes in Redis that gateways write (layout in scripts.lua). A bulk query is one pipelined
-round trip. A user's devices are the `dev:` fields of one hash, each naming the gateway and
-connection that own it.
+Embedded, all come from the process itself: the presence service for the visible status, the
+gateway's session table for the devices and its count store for the online counts of large
+groups. In a cluster, they come from what gateways write to Redis: the presence hashes
+(layout in scripts.lua) and the hash of group totals (redis_group_counts.py). A bulk query is
+one pipelined round trip. A user's devices are the `dev:` fields of one hash, each naming the
+gateway and connection that own it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from tether.presence.cluster import user_key
+from tether.presence.redis_group_counts import read_totals
 from tether.protocol import tether_pb2 as pb
 from tether.protocol.errors import BusUnavailable
 
@@ -71,6 +73,14 @@ class PresenceReader(abc.ABC):
     async def sessions(self, user_id: str) -> UserSessions:
         """Return a user's presence and devices; raise BusUnavailable on failure."""
 
+    @abc.abstractmethod
+    async def group_totals(self, group_ids: Sequence[str]) -> dict[str, int]:
+        """Return the online members of large groups as gateways count them (0 if unknown).
+
+        Only groups above the gateways' count threshold are counted. Raises BusUnavailable
+        on failure.
+        """
+
 
 class EmbeddedPresenceReader(PresenceReader):
     """Presence of an embedded server, read from its own presence service and gateway."""
@@ -91,6 +101,9 @@ class EmbeddedPresenceReader(PresenceReader):
                 for device_id, connection in sorted(devices.items())
             ],
         )
+
+    async def group_totals(self, group_ids: Sequence[str]) -> dict[str, int]:
+        return await self._gateway.group_counts.totals(list(group_ids))
 
 
 class RedisPresenceReader(PresenceReader):
@@ -159,6 +172,9 @@ class RedisPresenceReader(PresenceReader):
             user_id, fields.get(b"status"), fields.get(b"seen"), fields.get(b"ver")
         )
         return UserSessions(presence=presence, devices=devices)
+
+    async def group_totals(self, group_ids: Sequence[str]) -> dict[str, int]:
+        return await read_totals(self._redis, self._prefix, list(group_ids))
 
 
 def _user_presence(

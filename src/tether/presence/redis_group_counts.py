@@ -28,9 +28,9 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from tether.presence.group_counts import GroupCountStore
-from tether.protocol.errors import BusError
+from tether.protocol.errors import BusError, BusUnavailable
 
-__all__ = ["RedisGroupCounts", "RedisGroupCountsConfig"]
+__all__ = ["RedisGroupCounts", "RedisGroupCountsConfig", "read_totals"]
 
 logger = logging.getLogger("tether.presence.group_counts")
 
@@ -94,6 +94,28 @@ return 1
 """
 
 
+def _totals_key(prefix: str) -> str:
+    """Return the key of the hash of cluster totals: group -> online members."""
+    return prefix + "{gc}"
+
+
+async def read_totals(client: Any, prefix: str, group_ids: list[str]) -> dict[str, int]:
+    """Return the cluster's online members of each group (0 if none is counted), in one HMGET.
+
+    client is a redis-py asyncio client. Raises BusUnavailable when Redis fails.
+    """
+    if not group_ids:
+        return {}
+    try:
+        values = await client.hmget(_totals_key(prefix), group_ids)
+    except RedisError as error:
+        raise BusUnavailable(f"online counts cannot be read: {error}") from error
+    return {
+        group_id: int(value) if value is not None else 0
+        for group_id, value in zip(group_ids, values, strict=True)
+    }
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RedisGroupCountsConfig:
     """Settings of the online counts in Redis."""
@@ -120,7 +142,7 @@ class RedisGroupCounts(GroupCountStore):
         self._redis: Any = None
         self._script: Any = None
         prefix = config.key_prefix
-        self._keys = [prefix + "{gc}", prefix + "{gc}-leases"]
+        self._keys = [_totals_key(prefix), prefix + "{gc}-leases"]
 
     async def start(self) -> None:
         if self.config.cluster:
@@ -145,16 +167,7 @@ class RedisGroupCounts(GroupCountStore):
         return await self._run("fresh" if fresh else "update", counts)
 
     async def totals(self, group_ids: list[str]) -> dict[str, int]:
-        if not group_ids:
-            return {}
-        try:
-            values = await self._redis.hmget(self._keys[0], group_ids)
-        except RedisError as error:
-            raise BusError(f"online counts cannot be read: {error}") from error
-        return {
-            group_id: int(value) if value is not None else 0
-            for group_id, value in zip(group_ids, values, strict=True)
-        }
+        return await read_totals(self._redis, self.config.key_prefix, group_ids)
 
     async def _run(self, mode: str, counts: dict[str, int]) -> bool:
         now = int(time.time() * 1000)
