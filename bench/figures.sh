@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Run every `tether bench` figure of docs/benchmarks.md, in the order the page lists them.
-# Run from the repository's root after `.venv/bin/tether bench setup`. About 45 minutes on
-# 2 cores. Results: bench/results/figures/*.json, one file per command.
+# Run from the repository's root after `.venv/bin/pip install -e '.[bench]'` and
+# `.venv/bin/tether bench setup`, on a quiet machine. About 2 hours on 2 cores. Results:
+# bench/results/figures/*.json, one file per command, with the runner's plots beside them; the
+# last command draws them again into docs/images/bench/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=bench/results/figures
@@ -27,3 +29,17 @@ $bench presence --mode cluster --repeat 3 --transport ws --targets "$peers" \
     --output "$out/presence-cluster-ws.json"
 $bench storm --connections 2000 --repeat 3 --output "$out/storm.json"
 $bench crash --repeat 3 --transport ws --targets "$peers" --output "$out/crash.json"
+$bench group --members 10000 --messages 100 --rate 1 --repeat 3 --transport ws \
+    --targets "$peers" --output "$out/group-ws.json"
+$bench group --mode cluster --gateways 3 --members 10000 --messages 100 --rate 1 --repeat 3 \
+    --transport ws --targets "$peers" --output "$out/group-cluster-ws.json"
+$bench group --mode cluster --gateways 3 --members 10000 --messages 100 --rate 1 --repeat 3 \
+    --output "$out/group-cluster-tcp.json"
+$bench group --mode cluster --gateways 3 --member-gateways 2 --members 10000 --messages 30 \
+    --rate 1 --transport ws --targets "$peers" --output "$out/group-cluster-2-of-3.json"
+$bench idle --mode cluster --gateways 6 --connections 100000 --duration 20 \
+    --output "$out/idle-cluster-100000.json"
+$bench direct --pairs 100 --rate 1000 --duration 10 --profile --output "$out/direct-profile.json"
+$bench direct --mode cluster --pairs 100 --rate 1000 --duration 10 --profile \
+    --output "$out/direct-cluster-profile.json"
+.venv/bin/tether bench plot "$out"/*.json --output-dir docs/images/bench

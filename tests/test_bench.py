@@ -1,4 +1,5 @@
-"""`tether bench`: its statistics, its Socket.IO client framing and tiny runs of real scenarios.
+"""`tether bench`: its statistics, its Socket.IO client framing, its plots and tiny runs of real
+scenarios.
 
 The smoke runs start real servers and load processes on free ports of 127.0.0.1 and check that
 the results file is complete and sane. They assert counts, never speed: a benchmark is not a
@@ -8,6 +9,7 @@ timed test. The Socket.IO peers need npm and a setup step, so they are not run h
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +21,15 @@ from tether.bench import load as load_module
 from tether.bench.cli import _check
 from tether.bench.clients import SocketIoClient
 from tether.bench.faults import watch_graph
+from tether.bench.group import _deliveries, net_cpu
+from tether.bench.plots import plot_file
+from tether.bench.procfs import peer_addresses
+from tether.bench.profile import summarize
+from tether.bench.redis_traffic import net_per_unit
 from tether.bench.report import markdown_table
 from tether.bench.runner import split
 from tether.bench.stats import (
+    CDF_FRACTIONS,
     compare_runs,
     kill_summary,
     match_latencies,
@@ -56,6 +64,17 @@ def test_summarize_ms_units_and_empty() -> None:
     assert summary == {"count": 3, "p50_ms": 2.0, "p99_ms": 3.0, "max_ms": 3.0}
     assert summarize_ms([])["count"] == 0
     assert summarize_ms([])["p99_ms"] is None
+
+
+def test_summarize_ms_cdf_points() -> None:
+    summary = summarize_ms([n / 1000 for n in range(1, 201)], cdf=True)
+    points = summary["cdf_ms"]
+    assert len(points) == len(CDF_FRACTIONS)
+    assert points[0] == [0.0, 1.0]
+    assert points[50] == [0.5, 100.0]
+    assert points[-1] == [1.0, 200.0]
+    assert [ms for _, ms in points] == sorted(ms for _, ms in points)
+    assert summarize_ms([], cdf=True)["cdf_ms"] == []
 
 
 def test_compare_runs_medians_and_ratios() -> None:
@@ -133,6 +152,94 @@ def test_markdown_table_rows_and_ratios() -> None:
     assert len(lines) == 3
 
 
+def test_group_deliveries_merge_processes() -> None:
+    received = [
+        {"deliveries": 5, "messages": {"0": [2, 0.004], "1": [2, 0.010], "2": [1, 0.002]},
+         "delays": [0.001, 0.004, 0.003, 0.010, 0.002]},
+        {"deliveries": 4, "messages": {"0": [2, 0.006], "1": [2, 0.003]},
+         "delays": [0.002, 0.006, 0.003, 0.001]},
+    ]  # fmt: skip
+    merged = _deliveries(received, members=4, sent=3)
+    assert merged["deliveries"] == 9
+    assert merged["expected_deliveries"] == 12
+    # Message 2 reached one member of four, so only messages 0 and 1 count for the last member.
+    assert merged["complete_messages"] == 2
+    assert merged["excess_deliveries"] == 0
+    assert merged["last_member_latency"]["count"] == 2
+    assert merged["last_member_latency"]["p50_ms"] == 6.0
+    assert merged["last_member_latency"]["max_ms"] == 10.0
+    assert merged["delivery_latency"]["count"] == 9
+
+
+def test_net_cpu_subtracts_baseline_rate() -> None:
+    cpu = {"gw1": 1.0, "redis": 0.1, "machine": 3.0, "wall": 10.0}
+    baseline = {"gw1": 0.2, "redis": 0.05, "machine": 1.0, "wall": 5.0}
+    assert net_cpu(cpu, baseline) == {"gw1": 0.6, "redis": 0.0}
+
+
+def test_net_per_unit_of_redis_windows() -> None:
+    window = {
+        "seconds": 10.0,
+        "commands": {"publish": 42, "ping": 10},
+        "published": {"tether.group.big": 20, "tether.reply.gw1": 20, "other": 2},
+        "messages_out": 82,
+    }
+    baseline = {
+        "seconds": 5.0,
+        "commands": {"ping": 5},
+        "published": {"other": 1},
+        "messages_out": 1,
+    }
+    per_message = net_per_unit(window, baseline, 20)
+    assert per_message["commands"] == {"publish": 2.1}
+    assert per_message["published"] == {"tether.group.big": 1.0, "tether.reply.gw1": 1.0}
+    assert per_message["messages_out"] == 4.0
+    with pytest.raises(ValueError, match="positive"):
+        net_per_unit(window, baseline, 0)
+
+
+def test_peer_addresses_read_kernel_table(tmp_path: Path) -> None:
+    table = tmp_path / "tcp"
+    table.write_text(
+        "  sl  local_address rem_address   st tx_queue rx_queue\n"
+        # Port 0x1F90 (8080) listening, then two established from 127.0.0.2 and one from
+        # 127.0.0.3, one established on another port and one in TIME_WAIT (06).
+        "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000\n"
+        "   1: 0100007F:1F90 0200007F:9C40 01 00000000:00000000\n"
+        "   2: 0100007F:1F90 0200007F:9C41 01 00000000:00000000\n"
+        "   3: 0100007F:1F90 0300007F:9C40 01 00000000:00000000\n"
+        "   4: 0100007F:0050 0400007F:9C40 01 00000000:00000000\n"
+        "   5: 0100007F:1F90 0500007F:9C40 06 00000000:00000000\n"
+    )
+    assert peer_addresses([8080], path=str(table)) == {"127.0.0.2": 2, "127.0.0.3": 1}
+
+
+def test_profile_summary_self_and_inclusive(tmp_path: Path) -> None:
+    stacks = tmp_path / "stacks.txt"
+    stacks.write_text(
+        "main (a.py:1);loop (a.py:5);commit (db.py:9) 6\n"
+        "main (a.py:1);loop (a.py:5);write (net.py:3) 3\n"
+        "main (a.py:1);loop (a.py:5) 1\n"
+        "not a stack line\n"
+    )
+    summary = summarize(stacks, top=2)
+    assert summary["samples"] == 10
+    assert summary["self"] == [["commit (db.py:9)", 60.0], ["write (net.py:3)", 30.0]]
+    assert summary["inclusive"][0][1] == 100.0
+    assert len(summary["inclusive"]) == 2
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert summarize(empty) == {"samples": 0, "self": [], "inclusive": []}
+
+
+def test_loopback_sources_range() -> None:
+    assert load_module.loopback_sources(3) == ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+    with pytest.raises(ValueError, match="1 to 254"):
+        load_module.loopback_sources(0)
+    with pytest.raises(ValueError, match="1 to 254"):
+        load_module.loopback_sources(255)
+
+
 def test_floor_needs_embedded_tcp() -> None:
     from tether.cli.main import _build_parser
 
@@ -144,6 +251,18 @@ def test_floor_needs_embedded_tcp() -> None:
     assert "--mode cluster" in _check(parsed)
     parsed = _build_parser().parse_args(["bench", "idle", "--targets", "tether,floor"])
     assert _check(parsed) == ""
+
+
+def test_member_gateways_checked() -> None:
+    from tether.cli.main import _build_parser
+
+    def problem(*options: str) -> str:
+        return _check(_build_parser().parse_args(["bench", "group", *options]))
+
+    assert "--member-gateways" in problem("--member-gateways", "2")
+    assert "--member-gateways" in problem("--mode", "cluster", "--member-gateways", "4")
+    assert problem("--mode", "cluster", "--member-gateways", "3") == ""
+    assert problem() == ""
 
 
 # --- the Socket.IO client's framing ----------------------------------------------------------
@@ -189,6 +308,81 @@ async def test_socketio_client_engineio_framing() -> None:
     client.set_status("online")
     assert transport.sent[-1] == '42["status", "online"]'
 
+    client.send_group("big", "0:123.5", 8)
+    assert transport.sent[-1] == '428["gm", {"group": "big", "body": "0:123.5"}]'
+    client.on_message(b'42["gm",{"group":"big","from":"bob","body":"3:1.0"}]')
+    assert load.group_arrivals[3][0] == 1
+    assert len(load.group_delays) == 1
+
+
+# --- plots -----------------------------------------------------------------------------------
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    """Return (width, height) from a PNG file's IHDR chunk, after checking its signature."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG file"
+    assert data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def _results_file(tmp_path: Path, scenario: str, runs: dict[str, list[dict[str, Any]]]) -> Path:
+    path = tmp_path / f"{scenario}-small.json"
+    path.write_text(json.dumps({"scenario": scenario, "command": f"tether bench {scenario}",
+                                "runs": runs}))  # fmt: skip
+    return path
+
+
+def test_plot_group_latency_and_cpu(tmp_path: Path) -> None:
+    def run(scale: float) -> dict[str, Any]:
+        return {
+            "last_member_latency": summarize_ms([scale * n / 1000 for n in range(1, 21)], cdf=True),
+            "delivery_latency": summarize_ms([scale * n / 10000 for n in range(1, 201)], cdf=True),
+            "server_cpu_us_per_delivery": 3.0 * scale,
+            "gateway_cpu_us_per_delivery": 2.0 * scale,
+        }
+
+    path = _results_file(tmp_path, "group", {"tether": [run(1.0), run(1.2)],
+                                             "node-socketio": [run(2.0)]})  # fmt: skip
+    written = plot_file(path, tmp_path / "plots")
+    assert [p.name for p in written] == ["group-small-latency.png", "group-small-cpu.png"]
+    for png in written:
+        width, height = _png_size(png)
+        assert width > 600
+        assert height > 300
+
+
+def test_plot_idle_memory_and_cpu(tmp_path: Path) -> None:
+    runs = {
+        "tether": [{"rss_series": [[0, 50_000_000], [100, 50_400_000], [200, 50_700_000]],
+                    "server_cpu_us_per_heartbeat": 21.5}],
+        "floor": [{"rss_series": [[0, 20_000_000], [200, 20_300_000]],
+                   "server_cpu_us_per_heartbeat": 15.0}],
+    }  # fmt: skip
+    written = plot_file(_results_file(tmp_path, "idle", runs), tmp_path)
+    assert [p.name for p in written] == ["idle-small-memory.png", "idle-small-cpu.png"]
+    for png in written:
+        assert _png_size(png)[0] > 0
+
+
+def test_plot_nothing_for_crash(tmp_path: Path) -> None:
+    runs = {"tether": [{"users_all_watchers_notified": 3, "user_max_s": 5.1}]}
+    assert plot_file(_results_file(tmp_path, "crash", runs), tmp_path) == []
+
+
+def test_plot_command_rejects_non_results_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    result = subprocess.run(
+        [sys.executable, "-m", "tether", "bench", "plot", str(bad)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert f"cannot plot {bad}" in result.stderr
+
 
 # --- smoke runs ------------------------------------------------------------------------------
 
@@ -211,7 +405,7 @@ def test_bench_help_lists_scenarios() -> None:
         [sys.executable, "-m", "tether", "bench", "--help"],
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
-    for scenario in ("setup", "idle", "direct", "storm", "crash", "presence"):
+    for scenario in ("setup", "idle", "direct", "storm", "crash", "presence", "group", "plot"):
         assert scenario in result.stdout
 
 
@@ -232,6 +426,20 @@ def test_idle_smoke(tmp_path: Path) -> None:
         "rss_bytes_per_connection",
         "server_cpu_us_per_heartbeat",
     }
+    assert run["client_addresses"] == {"127.0.0.1": 50}
+    assert run["rss_series"][-1][0] == 50
+    # The runner drew the plots beside the results file.
+    for suffix in ("memory", "cpu"):
+        assert _png_size(tmp_path / f"results-{suffix}.png")[0] > 0
+
+
+def test_idle_smoke_from_several_source_addresses(tmp_path: Path) -> None:
+    data = _bench(tmp_path, "idle", "--connections", "12", "--duration", "1",
+                  "--source-addresses", "3")  # fmt: skip
+    (run,) = data["runs"]["tether"]
+    assert run["connections"] == 12
+    # Counted by the kernel on the server's port: each source address took a third.
+    assert run["client_addresses"] == {"127.0.0.1": 4, "127.0.0.2": 4, "127.0.0.3": 4}
 
 
 def test_direct_smoke(tmp_path: Path) -> None:
@@ -280,3 +488,41 @@ def test_crash_smoke(tmp_path: Path) -> None:
     assert run["users_all_watchers_notified"] >= 1
     assert run["notifications"] == run["expected"]
     assert run["user_max_s"] > 0
+
+
+def test_group_smoke_cluster(tmp_path: Path) -> None:
+    data = _bench(tmp_path, "group", "--mode", "cluster", "--gateways", "3",
+                  "--member-gateways", "2", "--members", "300", "--messages", "10",
+                  "--rate", "10", "--baseline", "1", "--drain", "10")  # fmt: skip
+    (run,) = data["runs"]["tether"]
+    assert run["sent"] == 10
+    assert run["acked"] == 10
+    assert run["members_per_gateway"] == [150, 150, 0]
+    assert run["gateways_with_members"] == 2
+    assert run["deliveries"] == run["expected_deliveries"] == 3000
+    assert run["complete_messages"] == 10
+    assert run["excess_deliveries"] == 0
+    last = run["last_member_latency"]
+    assert last["count"] == 10
+    assert 0 < last["p50_ms"] <= last["p99_ms"] <= last["max_ms"]
+    assert run["delivery_latency"]["count"] == 3000
+    assert run["delivery_latency"]["max_ms"] <= last["max_ms"]
+    assert run["deliveries_per_server_cpu_second_gross"] > 0
+    redis = run["redis"]
+    # One publish per message on the group's channel, received by each gateway with members
+    # and by no other.
+    assert redis["publishes_per_group_message"]["tether.group.big"] == 1.0
+    assert redis["group_channel_receivers"] == 2
+    assert redis["group_channel_messages_per_group_message"] == 2.0
+    assert (tmp_path / "results-latency.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_group_smoke_embedded(tmp_path: Path) -> None:
+    data = _bench(tmp_path, "group", "--members", "100", "--messages", "5", "--rate", "10",
+                  "--baseline", "1", "--drain", "10", "--deliver-acks")  # fmt: skip
+    (run,) = data["runs"]["tether"]
+    assert run["deliver_acks"] is True
+    assert run["deliveries"] == 500
+    assert run["complete_messages"] == 5
+    assert run["gateways_with_members"] == 1
+    assert "redis" not in run

@@ -1,7 +1,8 @@
 """python-socketio peer for `tether bench`: the same job as tether, the way its docs suggest.
 
     bench/results/peers/python/bin/python bench/peers/socketio_server.py --port 0 \\
-        --contacts contacts.json --ping-interval 4 [--redis redis://127.0.0.1:PORT/0]
+        --contacts contacts.json --ping-interval 4 [--groups groups.json] \\
+        [--redis redis://127.0.0.1:PORT/0]
 
 An `AsyncServer` on aiohttp and uvloop, WebSocket transport only, pinging every
 `--ping-interval` seconds (Engine.IO's heartbeat). With `--redis`, an `AsyncRedisManager`
@@ -28,7 +29,12 @@ import uvloop
 from aiohttp import web
 
 
-def build_server(contacts: dict[str, list[str]], ping_interval: float, redis_url: str) -> Any:
+def build_server(
+    contacts: dict[str, list[str]],
+    groups: dict[str, list[str]],
+    ping_interval: float,
+    redis_url: str,
+) -> Any:
     manager = socketio.AsyncRedisManager(redis_url) if redis_url else None
     server = socketio.AsyncServer(
         async_mode="aiohttp",
@@ -40,6 +46,10 @@ def build_server(contacts: dict[str, list[str]], ping_interval: float, redis_url
         engineio_logger=False,
     )
     users: dict[str, str] = {}
+    groups_of: dict[str, list[str]] = {}
+    for group, members in groups.items():
+        for member in members:
+            groups_of.setdefault(member, []).append(group)
 
     @server.event
     async def connect(sid: str, environ: dict[str, Any], auth: dict[str, Any] | None) -> bool:
@@ -48,6 +58,8 @@ def build_server(contacts: dict[str, list[str]], ping_interval: float, redis_url
             return False
         users[sid] = user
         await server.enter_room(sid, user)
+        for group in groups_of.get(user, ()):
+            await server.enter_room(sid, f"g:{group}")
         if contacts.get(user):
             await server.emit("presence", {"user": user, "status": "online"}, to=contacts[user])
         return True
@@ -55,6 +67,12 @@ def build_server(contacts: dict[str, list[str]], ping_interval: float, redis_url
     @server.event
     async def dm(sid: str, data: dict[str, Any]) -> bool:
         await server.emit("dm", {"from": users[sid], "body": data["body"]}, to=data["to"])
+        return True
+
+    @server.event
+    async def gm(sid: str, data: dict[str, Any]) -> bool:
+        message = {"group": data["group"], "from": users[sid], "body": data["body"]}
+        await server.emit("gm", message, room=f"g:{data['group']}", skip_sid=sid)
         return True
 
     @server.event
@@ -75,7 +93,11 @@ def build_server(contacts: dict[str, list[str]], ping_interval: float, redis_url
 async def main(arguments: argparse.Namespace) -> None:
     with open(arguments.contacts) as file:
         contacts = json.load(file)
-    server = build_server(contacts, arguments.ping_interval, arguments.redis)
+    groups = {}
+    if arguments.groups:
+        with open(arguments.groups) as file:
+            groups = json.load(file)
+    server = build_server(contacts, groups, arguments.ping_interval, arguments.redis)
     app = web.Application()
     server.attach(app)
     runner = web.AppRunner(app, access_log=None)
@@ -96,6 +118,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one")
     parser.add_argument("--contacts", required=True, help="JSON file: user -> list of contacts")
+    parser.add_argument("--groups", default="", help="JSON file: group -> list of members")
     parser.add_argument("--ping-interval", type=float, default=4.0, help="seconds between pings")
     parser.add_argument("--redis", default="", help="Redis URL; empty runs one process alone")
     uvloop.run(main(parser.parse_args()))

@@ -4,12 +4,15 @@
     tether bench report bench/results/idle-*.json
     tether bench idle --connections 5000 --targets tether,floor,python-socketio,node-socketio
     tether bench direct --mode cluster --rate 2000 --targets tether,node-socketio --repeat 3
+    tether bench group --mode cluster --members 10000 --messages 100 --rate 1
+    tether bench plot bench/results/group-*.json --output-dir docs/images/bench
 
 Each run starts the target's server processes, the load processes and the measurement from
 scratch. With `--repeat 3` and two targets the order is tether, peer, tether, peer, tether,
 peer, so both see the same machine state on average. The results file (JSON) contains every run,
 the median of each compared figure per target and the ratios tether / target; a summary table
-goes to stdout and a progress line to stderr.
+goes to stdout and a progress line to stderr. When matplotlib is installed (the `bench` extra),
+the runner also draws the results' plots as PNG files beside the results file.
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tether.bench.servers import Target
 
 __all__ = ["add_bench_parser", "bench"]
 
@@ -36,6 +42,7 @@ _SCENARIO_HELP = {
     "storm": "SIGKILL a gateway holding N connections: time until all are back, peak CPU, flaps",
     "crash": "SIGKILL a gateway: time until contacts see its users offline",
     "presence": "status changes under background chat: change to contact notified",
+    "group": "messages to one large group across gateways: time to last member, CPU per delivery",
 }
 _CLUSTER_ONLY = ("storm", "crash")
 
@@ -51,6 +58,13 @@ def _positive(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _source_addresses(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 254:
+        raise argparse.ArgumentTypeError(f"must be 1 to 254, got {text}")
     return value
 
 
@@ -82,7 +96,10 @@ def _add_common(parser: argparse.ArgumentParser, scenario: str) -> None:
         "(tether: plus a logic worker)",
     )
     parser.add_argument(
-        "--gateways", type=_positive_int, default=2, help="gateway processes in cluster mode"
+        "--gateways",
+        type=_positive_int,
+        default=3 if scenario == "group" else 2,
+        help="gateway processes in cluster mode",
     )
     parser.add_argument(
         "--transport",
@@ -122,6 +139,30 @@ def _add_common(parser: argparse.ArgumentParser, scenario: str) -> None:
         default=1800.0,
         help="seconds after which the load processes exit, whatever happens",
     )
+    parser.add_argument(
+        "--source-addresses",
+        type=_source_addresses,
+        default=1,
+        metavar="N",
+        help="bind the load clients to 127.0.0.1 to 127.0.0.N in turn, so that one server port "
+        "can take N times the about 28,000 connections one source address allows (default 1: "
+        "the kernel picks 127.0.0.1)",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample every Python server process with py-spy from start to stop; the top "
+        "functions go into the results file and the collapsed stacks beside it",
+    )
+
+
+def _add_drain(parser: argparse.ArgumentParser, *, default: float) -> None:
+    parser.add_argument(
+        "--drain",
+        type=_positive,
+        default=default,
+        help=f"seconds to wait for the last deliveries after sending (default {default:g})",
+    )
 
 
 def add_bench_parser(commands: Any) -> None:
@@ -144,6 +185,19 @@ def add_bench_parser(commands: Any) -> None:
     )
     report.add_argument("files", nargs="+", type=Path, metavar="FILE", help="JSON results file")
 
+    plot = scenarios.add_parser(
+        "plot",
+        help="draw PNG plots of results files: latency distributions, memory against "
+        "connections, CPU per message or delivery (needs matplotlib: the bench extra)",
+    )
+    plot.add_argument("files", nargs="+", type=Path, metavar="FILE", help="JSON results file")
+    plot.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="folder of the PNG files (default: the folder of each results file)",
+    )
+
     idle = scenarios.add_parser("idle", help=_SCENARIO_HELP["idle"])
     _add_common(idle, "idle")
     idle.add_argument("--connections", type=_positive_int, default=5000, help="connections")
@@ -158,12 +212,7 @@ def add_bench_parser(commands: Any) -> None:
         "--rate", type=_positive, default=1000.0, help="messages offered per second, in total"
     )
     direct.add_argument("--duration", type=_positive, default=10.0, help="seconds of sending")
-    direct.add_argument(
-        "--drain",
-        type=_positive,
-        default=10.0,
-        help="seconds to wait for the last deliveries after sending",
-    )
+    _add_drain(direct, default=10.0)
 
     storm = scenarios.add_parser("storm", help=_SCENARIO_HELP["storm"])
     _add_common(storm, "storm")
@@ -233,6 +282,42 @@ def add_bench_parser(commands: Any) -> None:
         "--chat-rate", type=_positive, default=50.0, help="background messages per second"
     )
 
+    group = scenarios.add_parser("group", help=_SCENARIO_HELP["group"])
+    _add_common(group, "group")
+    group.add_argument(
+        "--members", type=_positive_int, default=10_000, help="group members, besides the sender"
+    )
+    group.add_argument(
+        "--messages", type=_positive_int, default=100, help="messages the sender sends"
+    )
+    group.add_argument("--rate", type=_positive, default=1.0, help="group messages sent per second")
+    group.add_argument(
+        "--member-gateways",
+        type=_positive_int,
+        default=None,
+        help="put the members on the first N gateways only (default: all); tether publishes "
+        "a group message to the gateways with members only",
+    )
+    group.add_argument(
+        "--member-processes",
+        type=_positive_int,
+        default=2,
+        help="load processes that hold the members (more when one would hold over 15,000)",
+    )
+    group.add_argument(
+        "--baseline",
+        type=_positive,
+        default=5.0,
+        help="seconds of the quiet window whose CPU (heartbeats, timers) is subtracted",
+    )
+    _add_drain(group, default=30.0)
+    group.add_argument(
+        "--deliver-acks",
+        action="store_true",
+        help="tether: members acknowledge every message, as the SDK does; by default they "
+        "do not, as the Socket.IO clients never do",
+    )
+
 
 def bench(arguments: argparse.Namespace) -> int:
     """Run `tether bench SCENARIO` from parsed options; return the exit status."""
@@ -244,6 +329,10 @@ def bench(arguments: argparse.Namespace) -> int:
         from tether.bench.report import report
 
         return report(arguments.files)
+    if arguments.scenario == "plot":
+        from tether.bench.plots import plot_command
+
+        return plot_command(arguments.files, arguments.output_dir)
     problem = _check(arguments)
     if problem:
         print(f"tether bench {arguments.scenario}: {problem}", file=sys.stderr)
@@ -260,12 +349,23 @@ def _check(arguments: argparse.Namespace) -> str:
         or arguments.scenario not in ("idle", "direct")
     ):  # fmt: skip
         return "the floor runs only the idle and direct scenarios, embedded, over TCP"
+    if arguments.profile:
+        from tether.bench.profile import find_py_spy
+
+        if find_py_spy() is None:
+            return "--profile needs py-spy; install it with `pip install -e '.[bench]'`"
     if arguments.scenario in _CLUSTER_ONLY and arguments.mode != "cluster":
         return f"{arguments.scenario} needs --mode cluster: it kills one of several gateways"
     if arguments.scenario in _CLUSTER_ONLY and arguments.gateways < 2:
         return f"{arguments.scenario} needs at least 2 gateways"
     if arguments.scenario == "storm" and arguments.targets != ["tether"]:
         return "storm runs on tether only so far: its swarm speaks tether's protocol"
+    if (
+        arguments.scenario == "group"
+        and arguments.member_gateways is not None
+        and (arguments.mode != "cluster" or arguments.member_gateways > arguments.gateways)
+    ):
+        return "--member-gateways needs --mode cluster and at most --gateways gateways"
     if arguments.scenario in ("storm", "crash", "presence") and arguments.contacts > (
         arguments.connections if arguments.scenario == "storm"
         else arguments.users if arguments.scenario == "crash"
@@ -292,6 +392,7 @@ async def _bench(arguments: argparse.Namespace) -> int:
         connections_per_second=getattr(arguments, "connect_rate", 1_000_000.0),
         grace_period=getattr(arguments, "grace_period", 5.0),
         results_dir=arguments.results_dir,
+        profile=arguments.profile,
     )
     workroot = Path(tempfile.mkdtemp(prefix=f"tether-bench-{scenario}-"))
     progress = Progress()
@@ -299,6 +400,9 @@ async def _bench(arguments: argparse.Namespace) -> int:
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in arguments.targets}
     load_before = os.getloadavg()
     started = time.time()
+    output: Path = arguments.output or arguments.results_dir / (
+        f"{scenario}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(started))}.json"
+    )
     try:
         for repeat in range(arguments.repeat):
             for name in arguments.targets:
@@ -309,6 +413,8 @@ async def _bench(arguments: argparse.Namespace) -> int:
                     result = await SCENARIOS[scenario](Run(target, workdir, arguments, progress))
                 finally:
                     await asyncio.to_thread(target.stop)
+                if target.profilers:
+                    result["profile"] = _keep_profiles(target, output, f"{name}-{repeat + 1}")
                 runs[name].append(result)
     except BaseException:
         await progress.stop()
@@ -336,14 +442,42 @@ async def _bench(arguments: argparse.Namespace) -> int:
         **summary,
         "runs": runs,
     }
-    output = arguments.output or arguments.results_dir / (
-        f"{scenario}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(started))}.json"
-    )
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n")
     _print_summary(results)
     print(f"results written to {output}")
+    _plot(output)
     return 0
+
+
+def _keep_profiles(target: Target, output: Path, run_name: str) -> dict[str, Any]:
+    """Copy a run's py-spy files beside the results file; return their summaries by process."""
+    from tether.bench.profile import summarize
+
+    summaries: dict[str, Any] = {}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    for process, profiler in target.profilers.items():
+        if not profiler.output.exists():
+            message = f"py-spy wrote nothing; its output is in {profiler.log_path} (--keep-logs)"
+            summaries[process] = {"error": message}
+            continue
+        kept = output.with_name(f"{output.stem}-{run_name}-{process}.pyspy.txt")
+        shutil.copyfile(profiler.output, kept)
+        summaries[process] = {"file": str(kept), **summarize(kept)}
+    return summaries
+
+
+def _plot(output: Path) -> None:
+    """Draw the plots of a results file beside it, when matplotlib is installed."""
+    from tether.bench.plots import PlotsUnavailable, plot_file
+
+    try:
+        written = plot_file(output, output.parent)
+    except PlotsUnavailable as error:
+        print(f"no plots: {error}", file=sys.stderr)
+        return
+    for path in written:
+        print(f"plot written to {path}")
 
 
 def _print_summary(results: dict[str, Any]) -> None:

@@ -45,16 +45,21 @@ _ACTIVITY = {"online": pb.ACTIVITY_ACTIVE, "away": pb.ACTIVITY_IDLE}
 class BenchClient:
     """One user's connection, whatever its protocol; subclasses encode the frames."""
 
-    __slots__ = ("load", "open", "ready", "user")
+    __slots__ = ("deliver_acks", "load", "open", "ready", "user")
 
-    def __init__(self, load: Load, user: str) -> None:
+    def __init__(self, load: Load, user: str, *, deliver_acks: bool = True) -> None:
         self.load = load
         self.user = user
         self.open = False
+        self.deliver_acks = deliver_acks
+        """Whether a tether client acknowledges every Deliver frame, as the SDK does."""
         self.ready: asyncio.Future[None] = load.loop.create_future()
         """Done once the session is usable: tether's snapshot or Socket.IO's CONNECT ack."""
 
     def send_message(self, recipient: str, body: str, message_id: int) -> None:
+        raise NotImplementedError
+
+    def send_group(self, group_id: str, body: str, message_id: int) -> None:
         raise NotImplementedError
 
     def set_status(self, status: str) -> None:
@@ -87,8 +92,8 @@ class TetherClient(BenchClient):
 
     __slots__ = ("nonce",)
 
-    def __init__(self, load: Load, user: str) -> None:
-        super().__init__(load, user)
+    def __init__(self, load: Load, user: str, *, deliver_acks: bool = True) -> None:
+        super().__init__(load, user, deliver_acks=deliver_acks)
         self.nonce = 0
 
     def write(self, payload: bytes) -> None:
@@ -111,10 +116,14 @@ class TetherClient(BenchClient):
             now = time.time()
             messages = frame.deliver.messages
             for message in messages:
-                load.on_delivered(now, message.body.decode())
-            last = messages[-1]
-            ack = pb.DeliverAck(conversation_id=last.conversation_id, sequence=last.sequence)
-            self.write(pb.Frame(deliver_ack=ack).SerializeToString())
+                if message.conversation_id.startswith("g:"):
+                    load.on_group_delivered(now, message.body.decode())
+                else:
+                    load.on_delivered(now, message.body.decode())
+            if self.deliver_acks:
+                last = messages[-1]
+                ack = pb.DeliverAck(conversation_id=last.conversation_id, sequence=last.sequence)
+                self.write(pb.Frame(deliver_ack=ack).SerializeToString())
         elif kind == "send_ack":
             load.on_acked(frame.send_ack.client_message_id)
         elif kind == "presence_update":
@@ -136,6 +145,9 @@ class TetherClient(BenchClient):
         send = pb.Send(client_message_id=str(message_id), recipient=recipient, body=body.encode())
         self.write(pb.Frame(send=send).SerializeToString())
 
+    def send_group(self, group_id: str, body: str, message_id: int) -> None:
+        self.send_message(f"g:{group_id}", body, message_id)
+
     def set_status(self, status: str) -> None:
         change = pb.SetStatus(activity=_ACTIVITY[status], mode=pb.MODE_AVAILABLE)
         self.write(pb.Frame(set_status=change).SerializeToString())
@@ -150,8 +162,8 @@ class TetherTcpClient(TetherClient, asyncio.Protocol):
 
     __slots__ = ("decoder", "transport")
 
-    def __init__(self, load: Load, user: str) -> None:
-        super().__init__(load, user)
+    def __init__(self, load: Load, user: str, *, deliver_acks: bool = True) -> None:
+        super().__init__(load, user, deliver_acks=deliver_acks)
         self.decoder = StreamDecoder(MAX_FRAME)
         self.transport: asyncio.Transport | None = None
 
@@ -206,8 +218,8 @@ class TetherWsClient(TetherClient):
 
     __slots__ = ("transport",)
 
-    def __init__(self, load: Load, user: str) -> None:
-        super().__init__(load, user)
+    def __init__(self, load: Load, user: str, *, deliver_acks: bool = True) -> None:
+        super().__init__(load, user, deliver_acks=deliver_acks)
         self.transport: Any = None
 
     def on_message(self, payload: bytes) -> None:
@@ -230,13 +242,16 @@ class SocketIoClient(BenchClient):
     """A Socket.IO 5 client on Engine.IO 4 over WebSocket, main namespace only.
 
     The server's peer scripts read the user id from the CONNECT packet's auth object,
-    `40{"user": "..."}`, and put the socket in a room named after the user.
+    `40{"user": "..."}`, and put the socket in a room named after the user and in a room
+    `g:<group id>` for each of the user's groups. A group message is a "gm" event
+    `{"group", "body"}`, emitted by the server to the group's room without its sender.
     """
 
     __slots__ = ("transport",)
 
-    def __init__(self, load: Load, user: str) -> None:
-        super().__init__(load, user)
+    def __init__(self, load: Load, user: str, *, deliver_acks: bool = True) -> None:
+        # Socket.IO has no delivery acknowledgement, so deliver_acks changes nothing here.
+        super().__init__(load, user, deliver_acks=deliver_acks)
         self.transport: Any = None
 
     def on_message(self, payload: bytes) -> None:
@@ -264,6 +279,8 @@ class SocketIoClient(BenchClient):
         name, data = packet[0], packet[1] if len(packet) > 1 else None
         if name == "dm" and isinstance(data, dict):
             self.load.on_delivered(time.time(), str(data.get("body")))
+        elif name == "gm" and isinstance(data, dict):
+            self.load.on_group_delivered(time.time(), str(data.get("body")))
         elif name == "presence" and isinstance(data, dict):
             self.load.on_presence(self.user, str(data.get("user")), str(data.get("status")))
 
@@ -273,6 +290,9 @@ class SocketIoClient(BenchClient):
 
     def send_message(self, recipient: str, body: str, message_id: int) -> None:
         self.write(f"42{message_id}" + json.dumps(["dm", {"to": recipient, "body": body}]))
+
+    def send_group(self, group_id: str, body: str, message_id: int) -> None:
+        self.write(f"42{message_id}" + json.dumps(["gm", {"group": group_id, "body": body}]))
 
     def set_status(self, status: str) -> None:
         self.write("42" + json.dumps(["status", status]))

@@ -116,8 +116,8 @@ async def storm(run: Run) -> dict[str, Any]:
     graph, watchers_of = watch_graph(watchers, swarm_users, arguments.contacts)
     await target.start(graph)
     urls = target.urls
-    loads = LoadGroup(1, run.workdir, run.progress)
-    await loads.start(arguments.deadline)
+    loads = LoadGroup(1, run)
+    await loads.start()
     swarm = _Swarm()
     sampler: asyncio.Task[None] | None = None
     try:
@@ -197,8 +197,8 @@ async def crash(run: Run) -> dict[str, Any]:
     graph, watchers_of = watch_graph(watchers, users, arguments.contacts)
     await target.start(graph)
     urls = target.urls
-    loads = LoadGroup(2, run.workdir, run.progress)
-    await loads.start(arguments.deadline)
+    loads = LoadGroup(2, run)
+    await loads.start()
     victims, watching = loads.processes
     try:
         run.phase(f"opening {len(watchers)} watchers and {len(users)} users")

@@ -1,9 +1,15 @@
 """A load process of `tether bench`: many light clients, driven by JSON commands on stdin.
 
-    python -m tether.bench.load --deadline 600
+    python -m tether.bench.load --deadline 600 [--source-addresses 4]
 
 The runner starts several of these, so client CPU is never charged to a server and no process
-passes its open-file limit. Each reads one JSON command per line on stdin, such as
+passes its open-file limit. With `--source-addresses N` the clients bind their sockets to the
+loopback addresses 127.0.0.1 to 127.0.0.N in turn (all of 127.0.0.0/8 is loopback on Linux).
+Connections to one server address and port can then use N times the 28,232 ephemeral ports of
+the default `net.ipv4.ip_local_port_range`, because the kernel picks the source port per
+source address (`IP_BIND_ADDRESS_NO_PORT` defers that choice to connect()).
+
+Each process reads one JSON command per line on stdin, such as
 `{"id": 3, "command": "open", "url": "tcp://127.0.0.1:7400", "users": ["u0", "u1"], ...}`,
 and replies to it with one line `{"reply": 3, ...}` on stdout. Between replies it prints a line
 `{"progress": {...}}` every half second. Commands run one at a time, in order.
@@ -19,7 +25,9 @@ Clients speak one of two protocols:
 
 The clients share one heartbeat timer, which spreads each interval's heartbeats over 20 ticks.
 Message bodies carry their send time (`time.time()`), so a recipient in any process of the
-machine measures send-to-delivery latency against the same clock.
+machine measures send-to-delivery latency against the same clock. A group message's body is
+`<n>:<send time>`, n counting the sender's messages from 0, so the delay of each delivery is
+recorded per message.
 """
 
 from __future__ import annotations
@@ -30,8 +38,10 @@ import contextlib
 import json
 import math
 import signal
+import socket
 import sys
 import time
+from array import array
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -55,6 +65,32 @@ __all__ = ["Load", "main"]
 _PROGRESS_INTERVAL = 0.5
 _TICKS_PER_INTERVAL = 20
 _SEND_TICK = 0.005  # seconds between the paced sender's wake-ups
+_MAX_SOURCE_ADDRESSES = 254  # 127.0.0.1 to 127.0.0.254
+# Socket option 24 of linux/in.h: bind() keeps the address and leaves the port to connect(),
+# which can then reuse a port for another destination. Some Python builds lack the name.
+_IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+_MAX_GROUP_DELAYS = 50_000  # delivery delays of group messages returned, evenly sampled
+
+
+def loopback_sources(count: int) -> list[str]:
+    """Return the source addresses 127.0.0.1 to 127.0.0.<count>."""
+    if not 1 <= count <= _MAX_SOURCE_ADDRESSES:
+        raise ValueError(f"source addresses must be 1 to {_MAX_SOURCE_ADDRESSES}, got {count}")
+    return [f"127.0.0.{n}" for n in range(1, count + 1)]
+
+
+def bound_socket(source: str) -> socket.socket:
+    """Return a non-blocking TCP socket bound to `source`, its port left to connect()."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        if sys.platform == "linux":
+            sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.bind((source, 0))
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 # --- the process -----------------------------------------------------------------------------
@@ -63,8 +99,11 @@ _SEND_TICK = 0.005  # seconds between the paced sender's wake-ups
 class Load:
     """All clients of one load process, their counters and the measurements they take."""
 
-    def __init__(self) -> None:
+    def __init__(self, source_addresses: int = 1) -> None:
         self.loop = asyncio.get_running_loop()
+        # One source address needs no bind: the kernel picks 127.0.0.1 and a port.
+        self.sources = loopback_sources(source_addresses) if source_addresses > 1 else []
+        self._next_source = 0
         self.clients: dict[str, BenchClient] = {}
         self.counters: Counter[str] = Counter()
         self.heartbeat_interval = 0.0
@@ -78,6 +117,10 @@ class Load:
         self.delivery_seconds: list[float] = []
         self.receipts: list[tuple[float, str, str, str]] = []
         """(time, watcher, watched user, status) of every presence notification."""
+        self.group_arrivals: dict[int, list[float]] = {}
+        """Group message number -> [deliveries in this process, latest delay in seconds]."""
+        self.group_delays = array("d")
+        """Delay of every group message delivered, in seconds, in arrival order."""
         self._next_message_id = 0
 
     # Callbacks of the clients.
@@ -96,6 +139,23 @@ class Load:
             self.counters["bad_bodies"] += 1
             return
         self.delivery_seconds.append(now - sent_at)
+
+    def on_group_delivered(self, now: float, body: str) -> None:
+        number, _, sent = body.partition(":")
+        try:
+            delay = now - float(sent)
+            key = int(number)
+        except ValueError:
+            self.counters["bad_bodies"] += 1
+            return
+        self.group_delays.append(delay)
+        arrival = self.group_arrivals.get(key)
+        if arrival is None:
+            self.group_arrivals[key] = [1.0, delay]
+        else:
+            arrival[0] += 1.0
+            if delay > arrival[1]:
+                arrival[1] = delay
 
     def on_acked(self, message_id: str) -> None:
         sent_at = self.pending.pop(message_id, None)
@@ -146,11 +206,13 @@ class Load:
         timeout: float = 60.0,
         concurrency: int = 100,
         rate: float = 0.0,
+        deliver_acks: bool = True,
     ) -> dict[str, Any]:
         """Connect one client per user to `url` and wait until each session is usable.
 
         With a `rate` (connections per second) the connects start on a fixed schedule, and
-        the reply has the time each one started in `started_at`.
+        the reply has the time each one started in `started_at`. Without `deliver_acks`,
+        tether clients acknowledge no Deliver frame.
         """
         limit = asyncio.Semaphore(concurrency)
         failures: Counter[str] = Counter()
@@ -163,7 +225,7 @@ class Load:
             async with limit:
                 started_at[user] = time.time()
                 try:
-                    client = await self._connect(url, protocol, user, secret)
+                    client = await self._connect(url, protocol, user, secret, deliver_acks)
                     self.clients[user] = client
                     await asyncio.wait_for(asyncio.shield(client.ready), timeout)
                 except (OSError, TimeoutError, picows.WSError) as error:
@@ -177,29 +239,53 @@ class Load:
             "started_at": started_at if rate > 0 else {},
         }
 
-    async def _connect(self, url: str, protocol: str, user: str, secret: str) -> BenchClient:
+    async def _connect(
+        self, url: str, protocol: str, user: str, secret: str, deliver_acks: bool
+    ) -> BenchClient:
         parts = urlsplit(url)
+        source = self._source()
         if protocol == "tether" and parts.scheme == "tcp":
-            tcp = TetherTcpClient(self, user)
-            await self.loop.create_connection(lambda: tcp, parts.hostname or "", parts.port or 0)
+            tcp = TetherTcpClient(self, user, deliver_acks=deliver_acks)
+            host, port = parts.hostname or "", parts.port or 0
+            if source:
+                sock = bound_socket(source)
+                try:
+                    await self.loop.sock_connect(sock, (host, port))
+                except OSError:
+                    sock.close()
+                    raise
+                await self.loop.create_connection(lambda: tcp, sock=sock)
+            else:
+                await self.loop.create_connection(lambda: tcp, host, port)
             tcp.hello(secret)
             return tcp
+        # picows connects a socket that socket_factory returns unconnected.
+        factory = (lambda _url: bound_socket(source)) if source else None
         if protocol == "tether" and parts.scheme == "ws":
-            ws = TetherWsClient(self, user)
+            ws = TetherWsClient(self, user, deliver_acks=deliver_acks)
             await picows.ws_connect(
                 lambda: WsListener(ws),
                 url,
                 extra_headers={"Sec-WebSocket-Protocol": "tether.v1"},
                 max_frame_size=MAX_FRAME,
+                socket_factory=factory,
             )
             ws.hello(secret)
             return ws
         if protocol == "socketio" and parts.scheme == "ws":
             socketio = SocketIoClient(self, user)
             address = f"ws://{parts.netloc}/socket.io/?EIO=4&transport=websocket"
-            await picows.ws_connect(lambda: WsListener(socketio), address)
+            await picows.ws_connect(lambda: WsListener(socketio), address, socket_factory=factory)
             return socketio
         raise ValueError(f"cannot open {protocol} clients on {url!r}")
+
+    def _source(self) -> str:
+        """Return the next source address in turn, or "" to let the kernel pick 127.0.0.1."""
+        if not self.sources:
+            return ""
+        source = self.sources[self._next_source % len(self.sources)]
+        self._next_source += 1
+        return source
 
     async def counters_now(self) -> dict[str, Any]:
         """Return the counters and the number of open clients."""
@@ -243,6 +329,59 @@ class Load:
             "send_seconds": round(seconds, 3),
             "ack_seconds": self.ack_seconds,
             "delivery_seconds": self.delivery_seconds,
+        }
+
+    async def send_group(
+        self, user: str, group_id: str, count: int, rate: float, drain: float = 10.0
+    ) -> dict[str, Any]:
+        """Let `user` send `count` messages to a group, `rate` per second, bodies `<n>:<time>`.
+
+        Waits up to `drain` seconds for the last acknowledgements, then returns the counts,
+        the send time of each message and every acknowledgement latency in seconds.
+        """
+        client = self.clients.get(user)
+        if client is None or not client.open:
+            raise RuntimeError(f"no open client of {user!r} in this process")
+        self.ack_seconds, self.pending = [], {}
+        sent_at: list[float] = []
+        started = self.loop.time()
+        for number in range(count):
+            await asyncio.sleep(max(0.0, started + number / rate - self.loop.time()))
+            if not client.open:
+                break
+            self._next_message_id += 1
+            now = time.time()
+            self.pending[str(self._next_message_id)] = now
+            sent_at.append(now)
+            client.send_group(group_id, f"{number}:{now!r}", self._next_message_id)
+        seconds = self.loop.time() - started
+        deadline = self.loop.time() + drain
+        while self.pending and self.loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        return {
+            "sent": len(sent_at),
+            "acked": len(self.ack_seconds),
+            "send_seconds": round(seconds, 3),
+            "sent_at": sent_at,
+            "ack_seconds": self.ack_seconds,
+        }
+
+    async def group_receipts(self, expected: int, timeout: float) -> dict[str, Any]:
+        """Wait until `expected` group messages were delivered in this process, or `timeout`.
+
+        Returns and clears, per message number, the deliveries and the latest delay in
+        seconds, and at most _MAX_GROUP_DELAYS delivery delays sampled evenly over arrival.
+        """
+        deadline = self.loop.time() + timeout
+        while len(self.group_delays) < expected and self.loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        delays, self.group_delays = self.group_delays, array("d")
+        arrivals, self.group_arrivals = self.group_arrivals, {}
+        step = max(1, math.ceil(len(delays) / _MAX_GROUP_DELAYS))
+        return {
+            "deliveries": len(delays),
+            "messages": {str(n): [int(count), latest] for n, (count, latest) in arrivals.items()},
+            "delays": delays[::step].tolist(),
         }
 
     async def status(self, users: list[str], count: int, rate: float) -> dict[str, Any]:
@@ -312,8 +451,8 @@ def _write(line: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-async def _serve_commands() -> int:
-    load = Load()
+async def _serve_commands(source_addresses: int) -> int:
+    load = Load(source_addresses)
     reader = asyncio.StreamReader(limit=1 << 26)
     await load.loop.connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer
@@ -322,6 +461,8 @@ async def _serve_commands() -> int:
         "open": load.open,
         "counters": load.counters_now,
         "send": load.send,
+        "send_group": load.send_group,
+        "group_receipts": load.group_receipts,
         "status": load.status,
         "receipts": load.receipts_now,
         "close": load.close_users,
@@ -362,9 +503,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--deadline", type=float, default=900.0, help="seconds after which the process exits"
     )
+    parser.add_argument(
+        "--source-addresses",
+        type=int,
+        default=1,
+        help=f"bind clients to 127.0.0.1 to 127.0.0.N in turn (1 to {_MAX_SOURCE_ADDRESSES}); "
+        "1 leaves the choice to the kernel",
+    )
     arguments = parser.parse_args(argv)
+    if not 1 <= arguments.source_addresses <= _MAX_SOURCE_ADDRESSES:
+        parser.error(f"--source-addresses must be 1 to {_MAX_SOURCE_ADDRESSES}")
     signal.alarm(max(1, int(arguments.deadline)))  # the default SIGALRM action ends the process
-    sys.exit(run(_serve_commands()))
+    sys.exit(run(_serve_commands(arguments.source_addresses)))
 
 
 if __name__ == "__main__":

@@ -47,8 +47,8 @@ async def presence(run: Run) -> dict[str, Any]:
         graph[recipient] = [sender]
     await target.start(graph)
     urls = target.urls
-    loads = LoadGroup(3, run.workdir, run.progress)
-    await loads.start(arguments.deadline)
+    loads = LoadGroup(3, run)
+    await loads.start()
     changing, watching, chatting = loads.processes
     results: dict[str, Any] = {
         "changers": len(changers),

@@ -25,6 +25,7 @@ __all__ = [
     "SOCKET_SLAB_CACHES",
     "cpu_seconds",
     "machine_busy_seconds",
+    "peer_addresses",
     "rss_bytes",
     "socket_buffer_bytes",
     "socket_slab_bytes",
@@ -95,6 +96,31 @@ def sockstat_tcp() -> dict[str, int]:
                 fields = line.split()[1:]
                 return {fields[i]: int(fields[i + 1]) for i in range(0, len(fields) - 1, 2)}
     return {}
+
+
+def peer_addresses(ports: Iterable[int], path: str = "/proc/net/tcp") -> dict[str, int]:
+    """Return the established IPv4 connections to local `ports`, counted by remote address.
+
+    Reads the kernel's socket table (`/proc/net/tcp`), where addresses are hexadecimal and in
+    host byte order (little-endian here) and state 01 is ESTABLISHED.
+    """
+    wanted = set(ports)
+    counts: dict[str, int] = {}
+    with open(path) as table:
+        next(table)  # the header line
+        for line in table:
+            fields = line.split()
+            local, remote, state = fields[1], fields[2], fields[3]
+            if state != "01" or int(local.rsplit(":", 1)[1], 16) not in wanted:
+                continue
+            address = _ipv4(remote.rsplit(":", 1)[0])
+            counts[address] = counts.get(address, 0) + 1
+    return counts
+
+
+def _ipv4(little_endian_hex: str) -> str:
+    value = int(little_endian_hex, 16).to_bytes(4, "little")
+    return ".".join(str(part) for part in value)
 
 
 def socket_buffer_bytes(ports: Iterable[int]) -> tuple[int, int] | None:

@@ -117,10 +117,12 @@ class LoadProcess:
         assert self._process is not None
         return self._process.pid
 
-    async def start(self, deadline: float) -> None:
+    async def start(self, deadline: float, source_addresses: int = 1) -> None:
+        """Start the process; its own SIGALRM ends it `deadline` seconds later."""
         with open(self.log_path, "w") as log:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "tether.bench.load", "--deadline", str(int(deadline)),
+                "--source-addresses", str(source_addresses),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log,
                 limit=1 << 28, start_new_session=True,
             )  # fmt: skip
@@ -187,22 +189,28 @@ class LoadProcess:
 
 
 class LoadGroup:
-    """Several load processes started together."""
+    """Several load processes of one run, started together."""
 
-    def __init__(self, count: int, workdir: Path, progress: Progress) -> None:
+    def __init__(self, count: int, run: Run) -> None:
         self.processes = [
-            LoadProcess(f"load{index + 1}", workdir / f"load{index + 1}.log")
+            LoadProcess(f"load{index + 1}", run.workdir / f"load{index + 1}.log")
             for index in range(count)
         ]
-        self.progress = progress
+        self.run = run
+        self.progress = run.progress
 
     @staticmethod
     def count_for(clients: int) -> int:
         """Return how many load processes `clients` connections need."""
         return max(1, math.ceil(clients / MAX_CLIENTS_PER_PROCESS))
 
-    async def start(self, deadline: float) -> None:
-        await asyncio.gather(*(process.start(deadline) for process in self.processes))
+    async def start(self) -> None:
+        """Start every process with the run's --deadline and --source-addresses."""
+        arguments = self.run.arguments
+        sources = getattr(arguments, "source_addresses", 1)
+        await asyncio.gather(
+            *(process.start(arguments.deadline, sources) for process in self.processes)
+        )
         self.progress.loads = self.processes
 
     def pids(self) -> dict[str, int]:

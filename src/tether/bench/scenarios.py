@@ -17,6 +17,7 @@ from typing import Any
 
 from tether.bench import procfs
 from tether.bench.faults import crash, storm
+from tether.bench.group import group
 from tether.bench.presence import presence
 from tether.bench.runner import LoadGroup, Run, split
 from tether.bench.servers import SECRET
@@ -36,8 +37,8 @@ async def idle(run: Run) -> dict[str, Any]:
     arguments, target = run.arguments, run.target
     users = [f"i{n}" for n in range(arguments.connections)]
     await target.start({})
-    loads = LoadGroup(LoadGroup.count_for(len(users)), run.workdir, run.progress)
-    await loads.start(arguments.deadline)
+    loads = LoadGroup(LoadGroup.count_for(len(users)), run)
+    await loads.start()
     try:
         await asyncio.sleep(1.0)
         gateway_pids = [gateway.pid for gateway in target.gateways]
@@ -46,7 +47,14 @@ async def idle(run: Run) -> dict[str, Any]:
         sockstat_before = procfs.sockstat_tcp()
 
         run.phase(f"opening {len(users)} connections")
-        opened = await _open_spread(run, loads, users, target.urls)
+        rss_series: list[list[int]] = [[0, rss_before]]
+        sampler = asyncio.get_running_loop().create_task(
+            _sample_rss(loads, gateway_pids, rss_series)
+        )
+        try:
+            opened = await _open_spread(run, loads, users, target.urls)
+        finally:
+            sampler.cancel()
         count = opened["opened"]
         if count == 0:
             raise RuntimeError(f"no connection opened: {opened['failures']}")
@@ -54,9 +62,11 @@ async def idle(run: Run) -> dict[str, Any]:
         run.phase("settling")
         await asyncio.sleep(_SETTLE_SECONDS + arguments.heartbeat_interval)
         rss_after = sum(procfs.rss_bytes(pid) for pid in gateway_pids)
+        rss_series.append([count, rss_after])
         slab_after = procfs.socket_slab_bytes()
         sockstat_after = procfs.sockstat_tcp()
         buffers = procfs.socket_buffer_bytes(target.ports)
+        sources = procfs.peer_addresses(target.ports)
 
         run.phase(f"measuring {arguments.duration} s of heartbeats")
         counters_before = await loads.counters()
@@ -87,6 +97,10 @@ async def idle(run: Run) -> dict[str, Any]:
         "still_open": counters_after.get("open", 0),
         "disconnects": counters_after.get("disconnects", 0),
         "rss_bytes_per_connection": round((rss_after - rss_before) / count),
+        # [connections open, RSS of the gateways in bytes] while opening, then after settling.
+        "rss_series": rss_series,
+        # Established connections to the gateways' ports by client address, from the kernel.
+        "client_addresses": sources,
         "kernel": kernel,
         "heartbeats": heartbeats,
         "heartbeats_per_second": round(heartbeats / cpu["wall"], 1),
@@ -96,6 +110,18 @@ async def idle(run: Run) -> dict[str, Any]:
         else None,
         "server_cpu_percent": round(server_cpu / cpu["wall"] * 100, 2),
     }
+
+
+async def _sample_rss(loads: LoadGroup, pids: Sequence[int], series: list[list[int]]) -> None:
+    """Append [connections open, RSS of `pids`] every half second until cancelled.
+
+    The open count comes from the load processes' progress lines, which are up to half a second
+    old, so each point's count may lag its RSS a little.
+    """
+    while True:
+        await asyncio.sleep(0.5)
+        count = sum(int(process.progress.get("open", 0)) for process in loads.processes)
+        series.append([count, sum(procfs.rss_bytes(pid) for pid in pids)])
 
 
 async def _open_spread(
@@ -144,8 +170,8 @@ async def direct(run: Run) -> dict[str, Any]:
         contacts[sender] = [recipient]
         contacts[recipient] = [sender]
     await target.start(contacts)
-    loads = LoadGroup(LoadGroup.count_for(2 * len(pairs)), run.workdir, run.progress)
-    await loads.start(arguments.deadline)
+    loads = LoadGroup(LoadGroup.count_for(2 * len(pairs)), run)
+    await loads.start()
     urls = target.urls
     try:
         run.phase(f"opening {len(pairs)} pairs")
@@ -207,7 +233,9 @@ async def direct(run: Run) -> dict[str, Any]:
         "acked": sum(reply["acked"] for reply in replies),
         "delivered": delivered,
         "achieved_rate": round(sent / send_seconds, 1),
-        "delivery_latency": summarize_ms(s for reply in replies for s in reply["delivery_seconds"]),
+        "delivery_latency": summarize_ms(
+            (s for reply in replies for s in reply["delivery_seconds"]), cdf=True
+        ),
         "ack_latency": summarize_ms(s for reply in replies for s in reply["ack_seconds"]),
         "cpu_seconds": cpu,
         "server_cpu_us_per_message": round(server_cpu / delivered * 1e6, 2) if delivered else None,
@@ -228,6 +256,7 @@ SCENARIOS: Mapping[str, Scenario] = {
     "storm": storm,
     "crash": crash,
     "presence": presence,
+    "group": group,
 }
 
 COMPARED: Mapping[str, Sequence[str]] = {
@@ -260,5 +289,14 @@ COMPARED: Mapping[str, Sequence[str]] = {
         "join.latency.p99_ms",
         "leave.latency.p50_ms",
         "leave.latency.p99_ms",
+    ),
+    "group": (
+        "last_member_latency.p50_ms",
+        "last_member_latency.p99_ms",
+        "delivery_latency.p50_ms",
+        "delivery_latency.p99_ms",
+        "deliveries_per_server_cpu_second",
+        "gateway_cpu_us_per_delivery",
+        "redis.pubsub_messages_out_per_group_message",
     ),
 }

@@ -13,7 +13,8 @@ too (`tether.local_redis`).
   replies to Connect and Heartbeat and pushes a Send straight to the recipient's connection, with no
   store, bus, presence or limits. Embedded only.
 - python-socketio and node-socketio: bench/peers/socketio_server.py and .js, installed by
-  `tether bench setup`. In cluster mode each process uses the Redis manager or adapter.
+  `tether bench setup`. In cluster mode each process uses the Redis manager or adapter. A
+  group is a Socket.IO room that its members' sockets join.
 """
 
 from __future__ import annotations
@@ -30,11 +31,24 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tether.local_redis import RedisServer
 from tether.logic import default_database, open_store
 
-__all__ = ["PEERS", "TARGETS", "Target", "TargetOptions", "find_bench_dir", "make_target"]
+if TYPE_CHECKING:
+    # profile.py imports stop_child from here, so Profiler is imported where it is used.
+    from tether.bench.profile import Profiler
+
+__all__ = [
+    "PEERS",
+    "TARGETS",
+    "Target",
+    "TargetOptions",
+    "find_bench_dir",
+    "make_target",
+    "stop_child",
+]
 
 SECRET = "tether-bench-secret-of-at-least-32-bytes"
 PEERS = ("python-socketio", "node-socketio")
@@ -73,6 +87,8 @@ class TargetOptions:
     """tether: new connections a gateway accepts per second."""
     results_dir: Path = Path("bench/results")
     """Folder of the results, with the peers installed under peers/."""
+    profile: bool = False
+    """Record every Python server process with py-spy into the work folder (`profile.py`)."""
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -127,16 +143,21 @@ class ServerProcess:
 
     def stop(self) -> None:
         """Send SIGTERM, then SIGKILL after 15 s, and close the pipes."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(15)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(10)
+        stop_child(self.popen, signal.SIGTERM, 15.0)
         if self.popen.stdout is not None:
             self.popen.stdout.close()
         self._log.close()
+
+
+def stop_child(popen: subprocess.Popen[Any], signal_number: int, timeout: float) -> None:
+    """Send `signal_number` to a running child, SIGKILL it after `timeout` s, and reap it."""
+    if popen.poll() is None:
+        popen.send_signal(signal_number)
+        try:
+            popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            popen.wait(10)
 
 
 def _terminate_with_parent() -> None:
@@ -160,6 +181,8 @@ class Target:
         self.gateways: list[ServerProcess] = []
         self.others: list[ServerProcess] = []
         """Server processes that hold no client connections (tether's logic worker)."""
+        self.profilers: dict[str, Profiler] = {}
+        """py-spy recorders by server process name, with `options.profile`."""
 
     @property
     def urls(self) -> list[str]:
@@ -179,15 +202,24 @@ class Target:
             pids["redis"] = self.redis.process.pid
         return pids
 
-    async def start(self, contacts: Mapping[str, Sequence[str]]) -> None:
-        """Start every process, with `contacts` (mutual) known to the server."""
+    async def start(
+        self,
+        contacts: Mapping[str, Sequence[str]],
+        groups: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        """Start every process, with `contacts` (mutual) and `groups` known to the server.
+
+        `groups` maps a group id to its members, the first of them its owner.
+        """
         raise NotImplementedError
 
     def kill_gateway(self, index: int) -> None:
         self.gateways[index].kill()
 
     def stop(self) -> None:
-        """Stop gateways, then the other processes, then Redis, each by its PID."""
+        """Stop the profilers, gateways, the other processes, then Redis, each by its PID."""
+        for profiler in self.profilers.values():
+            profiler.stop()
         for process in [*reversed(self.gateways), *self.others]:
             process.stop()
         if self.redis is not None:
@@ -203,15 +235,24 @@ class Target:
     ) -> ServerProcess:
         process = ServerProcess(name, command, self.workdir / f"{name}.log", env or {})
         await asyncio.to_thread(process.wait_ready)
+        if self.options.profile and Path(command[0]).name.startswith("python"):
+            from tether.bench.profile import Profiler
+
+            output = self.workdir / f"{name}.pyspy.txt"
+            self.profilers[name] = Profiler(process.pid, output)
         return process
 
 
 class TetherTarget(Target):
-    async def start(self, contacts: Mapping[str, Sequence[str]]) -> None:
+    async def start(
+        self,
+        contacts: Mapping[str, Sequence[str]],
+        groups: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         options = self.options
         data_dir = self.workdir / "data"
         data_dir.mkdir(parents=True, exist_ok=True)
-        await _write_contacts(data_dir, contacts)
+        await _write_store(data_dir, contacts, groups or {})
         tether = [sys.executable, "-m", "tether"]
         common = ["--data-dir", str(data_dir), "--secret", SECRET, "--log-level", "warning"]
         gateway_options = [
@@ -237,9 +278,15 @@ class TetherTarget(Target):
 
 
 class FloorTarget(Target):
-    async def start(self, contacts: Mapping[str, Sequence[str]]) -> None:
+    async def start(
+        self,
+        contacts: Mapping[str, Sequence[str]],
+        groups: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         if self.options.mode != "embedded" or self.options.transport != "tcp":
             raise ValueError("the floor runs only embedded, over TCP")
+        if groups:
+            raise ValueError("the floor has no groups")
         script = find_bench_dir() / "floor_server.py"
         command = [sys.executable, str(script), "--heartbeat-interval",
                    str(self.options.heartbeat_interval)]  # fmt: skip
@@ -252,11 +299,19 @@ class SocketIoTarget(Target):
     def command(self, port_args: list[str]) -> tuple[list[str], dict[str, str]]:
         raise NotImplementedError
 
-    async def start(self, contacts: Mapping[str, Sequence[str]]) -> None:
+    async def start(
+        self,
+        contacts: Mapping[str, Sequence[str]],
+        groups: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         contacts_file = self.workdir / "contacts.json"
         contacts_file.write_text(json.dumps({user: list(c) for user, c in contacts.items()}))
         arguments = ["--port", "0", "--contacts", str(contacts_file),
                      "--ping-interval", str(self.options.heartbeat_interval)]  # fmt: skip
+        if groups:
+            groups_file = self.workdir / "groups.json"
+            groups_file.write_text(json.dumps({group: list(m) for group, m in groups.items()}))
+            arguments += ["--groups", str(groups_file)]
         count = 1
         if self.options.mode == "cluster":
             url = await asyncio.to_thread(self._start_redis)
@@ -299,8 +354,12 @@ def make_target(name: str, workdir: Path, options: TargetOptions) -> Target:
     return classes[name](name, workdir, options)
 
 
-async def _write_contacts(data_dir: Path, contacts: Mapping[str, Sequence[str]]) -> None:
-    """Store mutual contacts in the logic's SQLite file before any server process starts."""
+async def _write_store(
+    data_dir: Path,
+    contacts: Mapping[str, Sequence[str]],
+    groups: Mapping[str, Sequence[str]],
+) -> None:
+    """Store mutual contacts and groups in the logic's SQLite file before the servers start."""
     store = await open_store(default_database(data_dir))
     try:
         async with store.transaction():
@@ -308,5 +367,8 @@ async def _write_contacts(data_dir: Path, contacts: Mapping[str, Sequence[str]])
                 for other in others:
                     if user < other or user not in contacts.get(other, ()):
                         await store.add_contacts(user, other)
+            for group_id, (owner, *members) in groups.items():
+                await store.create_group(group_id, owner)
+                await store.add_group_members(group_id, members)
     finally:
         await store.close()

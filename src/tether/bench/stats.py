@@ -12,8 +12,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "CDF_FRACTIONS",
     "compare_runs",
     "kill_summary",
+    "lookup",
     "match_latencies",
     "median_of",
     "percentile",
@@ -32,17 +34,34 @@ def percentile(sorted_values: Sequence[float], fraction: float) -> float:
     return sorted_values[index]
 
 
-def summarize_ms(seconds: Iterable[float]) -> dict[str, Any]:
-    """Return count, p50, p99 and max of durations given in seconds, in milliseconds."""
+CDF_FRACTIONS = (*(n / 100 for n in range(100)), 0.995, 0.999, 1.0)
+"""Fractions at which `summarize_ms(..., cdf=True)` records the distribution: enough points
+to draw it, tail included, without keeping every value."""
+
+
+def summarize_ms(seconds: Iterable[float], *, cdf: bool = False) -> dict[str, Any]:
+    """Return count, p50, p99 and max of durations given in seconds, in milliseconds.
+
+    With `cdf`, also `cdf_ms`: [fraction, nearest-rank percentile in ms] at CDF_FRACTIONS,
+    fraction 0 being the minimum, for plotting the distribution.
+    """
     ordered = sorted(seconds)
     if not ordered:
-        return {"count": 0, "p50_ms": None, "p99_ms": None, "max_ms": None}
-    return {
+        empty: dict[str, Any] = {"count": 0, "p50_ms": None, "p99_ms": None, "max_ms": None}
+        if cdf:
+            empty["cdf_ms"] = []
+        return empty
+    summary: dict[str, Any] = {
         "count": len(ordered),
         "p50_ms": round(percentile(ordered, 0.50) * 1e3, 3),
         "p99_ms": round(percentile(ordered, 0.99) * 1e3, 3),
         "max_ms": round(ordered[-1] * 1e3, 3),
     }
+    if cdf:
+        summary["cdf_ms"] = [
+            [fraction, round(percentile(ordered, fraction) * 1e3, 3)] for fraction in CDF_FRACTIONS
+        ]
+    return summary
 
 
 def lookup(result: Mapping[str, Any], key: str) -> float | None:
@@ -119,7 +138,7 @@ def match_latencies(
         sent_at = changes[position - 1][0]
         latencies.append(received_at - sent_at)
         per_change.setdefault((user, sent_at), []).append(received_at - sent_at)
-    summary = summarize_ms(latencies)
+    summary = summarize_ms(latencies, cdf=True)
     summary.update(changes=len(sends), expected_notifications=expected, unmatched=unmatched)
     summary["first_watcher"] = summarize_ms([min(times) for times in per_change.values()])
     summary["last_watcher"] = summarize_ms([max(times) for times in per_change.values()])
