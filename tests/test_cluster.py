@@ -487,3 +487,32 @@ async def test_logic_workers_share_postgres(
     from_alice = [*acks[:20], later]
     assert sorted(m.message_id for m in received) == sorted(a.message_id for a in from_alice)
     assert not (cluster.directory / "tether.db").exists()  # nothing went to SQLite
+
+
+async def test_reuse_port_shares_port(cluster: Cluster, clients: list[Client]) -> None:
+    """Two gateways listening on one port with SO_REUSEPORT both take connections."""
+    cluster.logic()
+    port = str(free_port())
+    gw1 = cluster.gateway("gw1", tcp_port=port, reuse_port="true")
+    cluster.gateway("gw2", tcp_port=port, reuse_port="true")
+    await befriend(cluster, "user0", "user1")
+    users = [await connect(clients, gw1, f"user{index}") for index in range(24)]
+
+    # Session ids start with a prefix each gateway picks at start; the kernel spread the
+    # connections, so both prefixes appear (all 24 on one gateway has odds of about 1e-7).
+    prefixes = {client.session.session_id.split("-")[0] for client in users if client.session}
+    assert len(prefixes) == 2
+    await asyncio.wait_for(_until_online(users[1], "user0"), TIMEOUT)  # across gateways
+    ack = await users[0].send("user1", b"one port, two gateways")
+    assert ack.sequence == 1
+
+
+def test_reuse_port_needs_redis(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*TETHER, "serve", "--data-dir", str(tmp_path), "--reuse-port", "true"],
+        capture_output=True, text=True, timeout=TIMEOUT * 4, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "reuse_port shares a port between gateways of one cluster: set redis_url" in (
+        result.stderr
+    )

@@ -155,6 +155,12 @@ class TetherServer:
             raise ValueError("embedded tether runs gateway and logic together; set redis_url")
         if not (config.run_gateway or config.run_logic):
             raise ValueError("nothing to run: enable the gateway, the logic or both")
+        if config.gateway.reuse_port and not config.redis_url:
+            # Embedded processes share no presence or logic: a user would land in one of
+            # several disconnected worlds, chosen by the kernel per connection.
+            raise ValueError(
+                "reuse_port shares a port between gateways of one cluster: set redis_url"
+            )
         self.config = config
         secrets = (*config.keys.secrets, config.secret) if config.secret else config.keys.secrets
         self.development_secret: str | None = None

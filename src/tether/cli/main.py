@@ -303,6 +303,14 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
         help="WebSocket port (0 picks a free port, 'off' disables)",
     )
     add_option(serve, "--ws-path", convert=str, default="/ws", help="WebSocket URL path")
+    add_option(
+        serve,
+        "--reuse-port",
+        convert=boolean_value,
+        default=False,
+        help="listen with SO_REUSEPORT so several gateway processes of one cluster (--redis) "
+        "share the TCP and WebSocket ports; the kernel spreads new connections (true or false)",
+    )
     add_transport_security_options(serve)
     add_option(
         serve,

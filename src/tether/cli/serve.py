@@ -55,6 +55,7 @@ def serve_config(arguments: argparse.Namespace) -> ServerConfig:
         tcp_port=arguments.tcp_port,
         ws_port=arguments.ws_port,
         ws_path=arguments.ws_path,
+        reuse_port=arguments.reuse_port,
         transport_security=transport_security_config(arguments),
         heartbeat_interval=arguments.heartbeat_interval,
         offline_timeout=arguments.offline_timeout,

@@ -29,6 +29,9 @@ class GatewayConfig:
     """WebSocket port; 0 picks a free one, None disables WebSocket (default 7401)."""
     ws_path: str = "/ws"
     """HTTP path of the WebSocket endpoint (default /ws)."""
+    reuse_port: bool = False
+    """Listen with SO_REUSEPORT, so several gateway processes of one cluster share the TCP and
+    WebSocket ports and the kernel spreads new connections over them (default false)."""
     transport_security: TransportSecurityConfig = field(default_factory=TransportSecurityConfig)
     """TLS, WebSocket Origin checks and proxies that report client addresses (default:
     plaintext, every origin, no proxies)."""

@@ -274,13 +274,19 @@ async def create_preamble_server(
 
     if security.proxy_protocol:
         return await loop.create_server(
-            create_protocol, host, port, reuse_address=True, backlog=LISTEN_BACKLOG
+            create_protocol,
+            host,
+            port,
+            reuse_address=True,
+            reuse_port=gateway.config.reuse_port,
+            backlog=LISTEN_BACKLOG,
         )
     return await loop.create_server(
         create_protocol,
         host,
         port,
         reuse_address=True,
+        reuse_port=gateway.config.reuse_port,
         backlog=LISTEN_BACKLOG,
         ssl=security.ssl_context,
         ssl_handshake_timeout=gateway.config.connect_timeout,

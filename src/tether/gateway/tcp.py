@@ -34,6 +34,7 @@ async def start_tcp_server(
             host,
             port,
             reuse_address=True,
+            reuse_port=gateway.config.reuse_port,
             backlog=LISTEN_BACKLOG,
         )
 

@@ -303,6 +303,7 @@ async def start_websocket_server(
             websocket_handshake_timeout=config.connect_timeout,
             logger_name=_picows_logger(),
             backlog=LISTEN_BACKLOG,
+            reuse_port=config.reuse_port,
         )
 
     def hand_over(transport: asyncio.BaseTransport, peer: ClientPeer) -> asyncio.BaseProtocol:
