@@ -393,8 +393,8 @@ def _add_serve_options(serve: argparse.ArgumentParser) -> None:
         "--group-count-threshold",
         convert=_not_negative_int,
         default=100,
-        help="groups with more members than this get online counts; use the same value on "
-        "every gateway of a cluster",
+        help="groups with more members than this get online counts (0 with --demo true unless "
+        "set); use the same value on every gateway of a cluster",
     )
     add_option(
         serve,
@@ -577,6 +577,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "wss://host:port/ws",
     )
     add_client_tls_options(client)
+    add_option(
+        client,
+        "--json",
+        convert=boolean_value,
+        default=False,
+        help="speak the tether.v1.json subprotocol, frames as JSON text (ws:// and wss:// URLs "
+        "only; true or false)",
+    )
     add_option(client, "--device", convert=str, default="cli", help="device id")
     add_option(
         client,
@@ -603,6 +611,10 @@ def main(argv: list[str] | None = None) -> int:
     except SettingError as error:
         print(f"tether {arguments.command}: error: {error}", file=sys.stderr)
         return 2
+    if arguments.command in ("serve", "config"):
+        from tether.cli.serve import apply_demo_defaults
+
+        apply_demo_defaults(arguments, settings)
     if arguments.command == "config":
         from tether.cli.config import show_config
 
