@@ -5,8 +5,9 @@ names), because Playwright's own browser downloads are not used here. Without a 
 binary, or without the `playwright` package, every test here is skipped with the reason.
 Install one with `apt-get install chromium` (root) or point TETHER_CHROMIUM at another.
 
-The server runs in the test's process on free ports with the demo on. The test takes two
-screenshots; with TETHER_UPDATE_SCREENSHOTS=1 it writes them to docs/images/ for the README.
+The server runs in the test's process on free ports with the demo on, and every group gets
+online counts every COUNT_INTERVAL. The test takes two screenshots; with
+TETHER_UPDATE_SCREENSHOTS=1 it writes them to docs/images/ for the README.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import pytest
 from browser_support import needs_chromium, screenshot_folder
 from conftest import TIMEOUT, test_gateway_config
 
+from tether.demo import DEMO_GROUP, DEMO_USERS
+from tether.gateway.groups import GroupConfig
 from tether.presence import PresenceConfig
 from tether.server import EmbeddedServer, ServerConfig
 
@@ -27,6 +30,7 @@ playwright_api = pytest.importorskip(
 )
 
 GRACE_PERIOD = 3.0  # seconds, so that a reloaded page reconnects within it
+COUNT_INTERVAL = 0.3  # seconds between group count updates
 WAIT_MS = TIMEOUT * 1000
 DESKTOP = {"width": 1000, "height": 640}
 PHONE = {"width": 390, "height": 740}
@@ -38,7 +42,9 @@ pytestmark = needs_chromium
 async def demo_server(tmp_path: Path) -> AsyncIterator[EmbeddedServer]:
     config = ServerConfig(
         data_dir=tmp_path,
-        gateway=test_gateway_config(),
+        gateway=test_gateway_config(
+            groups=GroupConfig(count_threshold=0, count_interval=COUNT_INTERVAL)
+        ),
         presence=PresenceConfig(grace_period=GRACE_PERIOD),
         http_port=0,
         demo=True,
@@ -75,6 +81,17 @@ async def expect_status(page: Any, contact: str, status: str) -> None:
     await playwright_api.expect(button).to_have_attribute("data-status", status, timeout=WAIT_MS)
 
 
+async def expect_group_online(page: Any, online: int) -> None:
+    """Wait until page shows the demo group with online members of all the demo users."""
+    button = page.locator(f'.group[data-group="{DEMO_GROUP}"]')
+    await playwright_api.expect(button).to_have_attribute(
+        "data-online", str(online), timeout=WAIT_MS
+    )
+    await playwright_api.expect(button.locator(".count")).to_have_text(
+        f"{online} of {len(DEMO_USERS)} online", timeout=WAIT_MS
+    )
+
+
 async def presence_log(page: Any, contact: str) -> list[dict[str, Any]]:
     """Return every presence change of contact that page received, snapshots included."""
     entries: list[dict[str, Any]] = await page.evaluate(
@@ -94,10 +111,13 @@ async def test_demo_presence_and_chat(
     bob = await signed_in(browser, demo_server, "bob", PHONE)
     await expect_status(bob, "alice", "offline")
     await expect_text(bob, '.contact[data-user="alice"] .seen', "offline, not seen yet")
+    await expect_group_online(bob, 1)  # bob himself
 
     alice = await signed_in(browser, demo_server, "alice", DESKTOP)
     await expect_status(bob, "alice", "online")
     await expect_status(alice, "bob", "online")
+    await expect_group_online(bob, 2)
+    await expect_group_online(alice, 2)
 
     # Messages both ways. A closed chat shows a count of new messages.
     await alice.locator('.contact[data-user="bob"]').click()
@@ -114,14 +134,38 @@ async def test_demo_presence_and_chat(
         ["Hi Bob, are you there?", "Yes! Typing on my phone."], timeout=WAIT_MS
     )
 
-    # Her own status, as bob sees it.
+    # The group chat, both ways. Its header shows the online count.
+    group = f'.group[data-group="{DEMO_GROUP}"]'
+    await alice.locator(group).click()
+    await expect_text(alice, "#chat-title", f"Group {DEMO_GROUP}")
+    await expect_text(alice, "#chat-presence", f"2 of {len(DEMO_USERS)} online")
+    await send(alice, "Hello, group!")
+    await bob.get_by_role("button", name="Back to contacts").click()
+    await playwright_api.expect(bob.locator(f"{group} .unread")).to_have_text(
+        " · 1 new", timeout=WAIT_MS
+    )
+    await bob.locator(group).click()
+    await playwright_api.expect(bob.locator(".message .text")).to_have_text(
+        ["Hello, group!"], timeout=WAIT_MS
+    )
+    await send(bob, "Hi all, from the bus.")
+    await playwright_api.expect(alice.locator(".message .text")).to_have_text(
+        ["Hello, group!", "Hi all, from the bus."], timeout=WAIT_MS
+    )
+    await playwright_api.expect(alice.locator(".message .meta").nth(1)).to_contain_text("bob · ")
+    await bob.get_by_role("button", name="Back to contacts").click()
+    await bob.locator('.contact[data-user="alice"]').click()
+
+    # Her own status, as bob sees it. An invisible user is not counted online in the group.
     await alice.get_by_label("Your status").select_option("busy")
     await expect_status(bob, "alice", "busy")
     await alice.get_by_label("Your status").select_option("invisible")
     await expect_status(bob, "alice", "offline")
+    await expect_group_online(bob, 1)
     await alice.get_by_label("Your status").select_option("away")
     await expect_status(bob, "alice", "away")
     await expect_text(bob, "#chat-presence", "away")
+    await expect_group_online(bob, 2)
 
     images = screenshot_folder(tmp_path)
     await alice.screenshot(path=str(images / "demo-desktop.png"))
@@ -142,6 +186,10 @@ async def test_demo_presence_and_chat(
     await alice.context.close()
     await expect_status(bob, "alice", "offline")
     await expect_text(bob, '.contact[data-user="alice"] .seen', "offline, last seen just now")
+    await expect_group_online(bob, 1)
+    counts: list[int] = await bob.evaluate("window.tetherDemo.countLog.map((c) => c.online)")
+    assert counts[:2] == [1, 2], counts  # up when alice's page opened
+    assert counts[-1] == 1, counts  # down after it closed
     last = (await presence_log(bob, "alice"))[-1]
     assert last["status"] == "offline"
     assert last["lastSeenMs"] > 0

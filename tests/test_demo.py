@@ -16,10 +16,10 @@ import jwt
 import pytest
 from conftest import SECRET, TIMEOUT, test_gateway_config
 
-from tether.cli.main import _build_parser
-from tether.cli.serve import DEMO_HTTP_PORT, serve_config
+from tether.cli.main import _build_parser, main
+from tether.cli.serve import DEMO_HTTP_PORT, apply_demo_defaults, serve_config
 from tether.cli.settings import resolve
-from tether.demo import DEMO_USERS, TOKEN_TTL
+from tether.demo import DEMO_GROUP, DEMO_USERS, TOKEN_TTL
 from tether.keys import KeyConfig
 from tether.logic import default_database, open_store
 from tether.server import EmbeddedServer, ServerConfig, load_or_create_secret
@@ -77,7 +77,7 @@ def test_demo_refused_outside_development(
 def serve_arguments(*flags: str) -> argparse.Namespace:
     """Parse `tether serve` flags as the command does, defaults filled in."""
     arguments = _build_parser().parse_args(["serve", *flags])
-    resolve(arguments)
+    apply_demo_defaults(arguments, resolve(arguments))
     return arguments
 
 
@@ -92,6 +92,23 @@ def test_demo_default_http_port(
     assert config.http_port == 9000
     config = serve_config(serve_arguments())
     assert (config.demo, config.http_port) == (False, None)
+
+
+def test_demo_group_count_threshold_default(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("TETHER_DEMO", "TETHER_GROUP_COUNT_THRESHOLD", "TETHER_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    assert serve_config(serve_arguments()).gateway.groups.count_threshold == 100
+    assert serve_config(serve_arguments("--demo", "true")).gateway.groups.count_threshold == 0
+    explicit = serve_arguments("--demo", "true", "--group-count-threshold", "7")
+    assert serve_config(explicit).gateway.groups.count_threshold == 7
+    monkeypatch.setenv("TETHER_GROUP_COUNT_THRESHOLD", "5")
+    assert serve_config(serve_arguments("--demo", "true")).gateway.groups.count_threshold == 5
+    monkeypatch.delenv("TETHER_GROUP_COUNT_THRESHOLD")
+    # The command itself applies it, and `tether config show` shows where the value came from.
+    assert main(["config", "show", "serve", "--demo", "true"]) == 0
+    assert "group_count_threshold = 0  # default with --demo true" in capsys.readouterr().out
 
 
 async def test_demo_is_off_by_default(tmp_path: Path) -> None:
@@ -124,7 +141,11 @@ async def test_page_client_and_config_are_served(demo_server: EmbeddedServer) ->
     assert status in (403, 404)
     status, _headers, body = await request(demo_server, "GET", "/demo/config")
     assert status == 200
-    assert b'"wsPort": %d' % demo_server.ws_port in body
+    config = json.loads(body)
+    assert config["wsPort"] == demo_server.ws_port
+    assert config["users"] == list(DEMO_USERS)
+    assert config["group"] == DEMO_GROUP
+    assert config["groupCountThreshold"] == demo_server.config.gateway.groups.count_threshold
 
 
 async def test_tokens_only_for_demo_users(demo_server: EmbeddedServer) -> None:
@@ -141,12 +162,35 @@ async def test_tokens_only_for_demo_users(demo_server: EmbeddedServer) -> None:
         assert b"error" in body
 
 
-async def test_demo_users_become_contacts_of_each_other(demo_server: EmbeddedServer) -> None:
+async def test_demo_users_become_contacts_and_group_members(demo_server: EmbeddedServer) -> None:
     status, _headers, _body = await request(demo_server, "POST", "/demo/token", b'{"user":"dave"}')
     assert status == 200
     store = await open_store(default_database(demo_server.config.data_dir))
     try:
         for user in DEMO_USERS:
             assert sorted(await store.contacts(user)) == sorted(set(DEMO_USERS) - {user})
+            groups = await store.user_groups(user)
+            assert [(group.group_id, group.owner) for group in groups] == [
+                (DEMO_GROUP, DEMO_USERS[0])
+            ]
+        assert sorted(await store.group_members(DEMO_GROUP)) == sorted(DEMO_USERS)
+    finally:
+        await store.close()
+
+
+async def test_demo_setup_repeats_on_the_same_data_folder(tmp_path: Path) -> None:
+    """A second run on the same data folder creates the group again without an error."""
+    for _run in range(2):
+        server = EmbeddedServer(demo_config(tmp_path))
+        await server.start()
+        try:
+            status, _headers, body = await request(server, "POST", "/demo/token", b'{"user":"bob"}')
+            assert status == 200, body
+        finally:
+            await server.close()
+    store = await open_store(default_database(tmp_path))
+    try:
+        [group] = await store.user_groups("bob")
+        assert group.member_count == len(DEMO_USERS)
     finally:
         await store.close()

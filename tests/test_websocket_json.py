@@ -8,6 +8,7 @@ is sent inside an `Arena` of well-behaved clients, which must lose nothing.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from typing import Any
 
@@ -215,6 +216,31 @@ async def test_json_client_chats_with_a_binary_client(
     assert isinstance(changed, ev.PresenceChanged)
     assert changed.presence.status == "away"
     await alice.close()
+
+
+async def test_group_messages_reach_a_json_client_as_text(
+    start_server: ServerFactory, connect: ClientFactory
+) -> None:
+    """Group pushes, one at a time and merged by pacing, are JSON text like every frame."""
+    server = await start_server()
+    alice = await connect(server, "alice")
+    await alice.create_group("team", ["bob"])
+    bob = await json_socket(server, [JSON_SUBPROTOCOL])
+    token = issue_token(SECRET, "bob")
+    await bob.send(json.dumps({"connect": {"protocolVersion": 1, "token": token, "deviceId": "w"}}))
+    await receive_json(bob, "connected")
+    # More than the push burst, so that some go out alone and the rest merged by pacing.
+    count = server.config.gateway.groups.push_burst + 10
+    for index in range(count):
+        await alice.send_to_group("team", f"m{index}")
+    texts: list[str] = []
+    while len(texts) < count:
+        deliver = await receive_json(bob, "deliver")  # fails on a binary message
+        for message in deliver["messages"]:
+            assert message["recipient"] == "g:team"
+            texts.append(base64.b64decode(message["body"]).decode())
+    assert texts == [f"m{index}" for index in range(count)]
+    await bob.close()
 
 
 @pytest.mark.parametrize(

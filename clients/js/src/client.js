@@ -14,7 +14,8 @@
  * than the server's `reconnect_delay_ms`, and tries its URLs in turn. After a reconnect it
  * resends unacknowledged messages with their original client_message_id and catches up by
  * sequence number (Unread, then Sync pages), handing each message over once and in order. It
- * stops after a final disconnect code (4500 to 4999).
+ * stops after a final disconnect code (4500 to 4999). Group requests wait for their results
+ * in groups.js, and are sent again after a reconnect like unacknowledged messages.
  *
  * Frames are plain objects shaped like Protobuf's canonical JSON mapping of `tether.v1.Frame`,
  * with 64-bit integers as numbers and bytes as Uint8Array. The codec turns them into wire
@@ -24,6 +25,7 @@
 
 import { Conversations } from "./catchup.js";
 import { Code, ConnectionClosed, RequestError, TRANSPORT_LOST, isFinal } from "./codes.js";
+import { GROUP_PREFIX, GroupRequests, groupCountOf, groupOf } from "./groups.js";
 import { jsonCodec } from "./json-codec.js";
 
 /** Protocol version sent in Connect. */
@@ -119,7 +121,12 @@ function sendAckOf(item) {
  * - `presence`: one contact's presence {userId, status, lastSeenMs, version} changed
  * - `contacts`: {added, removed}, the contact list changed
  * - `unread`: {conversations: [{conversationId, lastSequence, readSequence, unread}], truncated}
- * - `message`: a message for this user, once and in sequence order per conversation
+ * - `message`: a message for this user, once and in sequence order per conversation. A group
+ *   message has the group's conversation id ("g:" + group id) as conversationId and recipient.
+ * - `groups`: {joined: [group], left: [groupId]}, this user joined or left groups while connected
+ * - `groupOnline`: {groupId, online, memberCount}, a large group's online count changed. It comes
+ *   at most once per count interval, and smaller groups get none (docs/groups.md).
+ * - `refreshed`: {tokenExpiresMs}, the server accepted a Refresh with a new token
  * - `status`: {status}, this client's own chosen status
  * - `disconnect`: {code, reason, reconnecting, reconnectDelayMs}, the last from the server
  * - `error`: a server Error frame that no request of this client waits for
@@ -173,6 +180,9 @@ export class TetherClient {
     this.state = "idle";
     this.listeners = new Map();
     this.pending = new Map(); // client_message_id -> {send, resolve, reject, timer}
+    this.groupRequests = new GroupRequests({ timeoutMs: this.ackTimeoutMs, idPrefix: randomId().slice(0, 8) });
+    /** @type {Map<string, object>} the last online count of each large group, by group id */
+    this.groupOnline = new Map();
     this.conversations = new Conversations({
       deliver: (message) => this.emit("message", messageOf(message)),
       deviceId: this.deviceId,
@@ -295,6 +305,52 @@ export class TetherClient {
       hasMore: result.hasMore ?? false,
       lastSequence: result.lastSequence ?? 0,
     };
+  }
+
+  // Groups (docs/groups.md). A request is sent again after each reconnect until its result arrives.
+
+  /**
+   * Create a group owned by this user, with members besides the owner; resolves with the
+   * group {groupId, conversationId, owner, memberCount}. Rejects with RequestError
+   * ALREADY_EXISTS if another user owns a group of that id, and BAD_REQUEST for an invalid id.
+   */
+  async createGroup(groupId, members = []) {
+    const result = await this.groupRequest("GROUP_ACTION_CREATE", groupId, members);
+    return groupOf((result.groups ?? [])[0] ?? {});
+  }
+
+  /** Add users to a group this user owns; resolves with those who were not members yet. */
+  async addGroupMembers(groupId, users) {
+    const result = await this.groupRequest("GROUP_ACTION_ADD", groupId, users);
+    return result.changed ?? [];
+  }
+
+  /** Remove users from a group this user owns; resolves with those who were members. */
+  async removeGroupMembers(groupId, users) {
+    const result = await this.groupRequest("GROUP_ACTION_REMOVE", groupId, users);
+    return result.changed ?? [];
+  }
+
+  /** Leave a group; its owner cannot (RequestError NOT_ALLOWED). Needs an open session. */
+  async leaveGroup(groupId) {
+    if (this.session === null) throw new Error("leaveGroup needs an open session");
+    await this.groupRequest("GROUP_ACTION_REMOVE", groupId, [this.session.userId]);
+  }
+
+  /** Resolve with every group this user belongs to, in group id order. */
+  async listGroups() {
+    const result = await this.groupRequest("GROUP_ACTION_LIST", "", []);
+    return (result.groups ?? []).map(groupOf);
+  }
+
+  /** Send a message to a group of this user; the rules of `send` apply. */
+  sendToGroup(groupId, body, options = {}) {
+    return this.send(GROUP_PREFIX + groupId, body, options);
+  }
+
+  groupRequest(action, groupId, userIds) {
+    const send = this.session === null ? null : (frame) => this.sendFrame(frame);
+    return this.groupRequests.request(action, groupId, userIds, send);
   }
 
   // Connection loop.
@@ -455,7 +511,10 @@ export class TetherClient {
         this.pending.delete(ref);
         clearTimeout(entry.timer);
         entry.reject(new RequestError(code, message));
-      } else if (!this.conversations.onError({ code, message, ref })) {
+      } else if (
+        !this.conversations.onError({ code, message, ref }) &&
+        !this.groupRequests.onError({ code, message, ref })
+      ) {
         this.emit("error", { code, message, ref });
       }
     } else if (frame.deliver !== undefined) {
@@ -494,8 +553,23 @@ export class TetherClient {
       const removed = frame.contactsChanged.removed ?? [];
       for (const userId of removed) this.presence.delete(userId);
       this.emit("contacts", { added, removed });
+    } else if (frame.groupResult !== undefined) {
+      this.groupRequests.onResult(frame.groupResult);
+    } else if (frame.groupsChanged !== undefined) {
+      const joined = (frame.groupsChanged.joined ?? []).map(groupOf);
+      const left = frame.groupsChanged.left ?? [];
+      for (const groupId of left) this.groupOnline.delete(groupId);
+      this.emit("groups", { joined, left });
+    } else if (frame.groupCounts !== undefined) {
+      for (const item of frame.groupCounts.counts ?? []) {
+        const count = groupCountOf(item);
+        this.groupOnline.set(count.groupId, count);
+        this.emit("groupOnline", count);
+      }
     } else if (frame.refreshed !== undefined) {
-      this.scheduleRefresh(connection, frame.refreshed.tokenExpiresMs ?? 0, Date.now());
+      const tokenExpiresMs = frame.refreshed.tokenExpiresMs ?? 0;
+      this.scheduleRefresh(connection, tokenExpiresMs, Date.now());
+      this.emit("refreshed", { tokenExpiresMs });
     }
     // Other kinds are ignored, as docs/protocol.md section 9 asks of clients.
   }
@@ -521,6 +595,7 @@ export class TetherClient {
     this.scheduleRefresh(connection, session.tokenExpiresMs, session.serverTimeMs);
     this.conversations.connected((frame) => this.write(connection, frame), session.userId);
     for (const entry of this.pending.values()) this.write(connection, { send: entry.send });
+    this.groupRequests.resend((frame) => this.write(connection, frame));
     this.setState("open");
     if (this.firstSession?.resolve) {
       this.firstSession.resolve(session);
@@ -595,5 +670,6 @@ export class TetherClient {
       entry.reject(error);
     }
     this.pending.clear();
+    this.groupRequests.failAll(error);
   }
 }

@@ -16,5 +16,6 @@ export {
   randomId,
   statusName,
 } from "./client.js";
+export { GROUP_PREFIX } from "./groups.js";
 export { Code, ConnectionClosed, RequestError, TRANSPORT_LOST, codeName, isFinal } from "./codes.js";
 export { jsonCodec } from "./json-codec.js";

@@ -167,3 +167,73 @@ test("a server that stays silent past the connect timeout is left", async () => 
   const client = newClient({ connectTimeoutMs: 200, reconnect: false });
   await assert.rejects(client.connect(), /timed out|no session/);
 });
+
+test("Refresh at REFRESH_AT of the token's lifetime", async () => {
+  const tokens = [];
+  const client = newClient({
+    token: async () => {
+      tokens.push(`token-${tokens.length + 1}`);
+      return tokens.at(-1);
+    },
+  });
+  const refreshed = [];
+  client.on("refreshed", (event) => refreshed.push(event));
+  const opened = client.connect();
+  await waitFor(() => FakeSocket.opened.length === 1 && FakeSocket.opened[0].sent.length === 1);
+  const socket = FakeSocket.opened[0];
+  const now = Date.now();
+  socket.receive(connectedFrame("alice", { serverTimeMs: String(now), tokenExpiresMs: String(now + 500) }));
+  await opened;
+  assert.deepEqual(socket.sentOf("refresh"), []);
+  await waitFor(() => socket.sentOf("refresh").length === 1, 2000, "the first Refresh");
+  // 80 % of the 500 ms left, not earlier (timers may fire a little late, never early).
+  assert.ok(Date.now() - now >= 390, `refreshed after ${Date.now() - now} ms`);
+  assert.deepEqual(socket.sentOf("refresh"), [{ token: "token-2" }]);
+
+  // Refreshed starts the next round from the new expiry.
+  const second = Date.now();
+  socket.receive({ refreshed: { tokenExpiresMs: String(second + 300) } });
+  assert.deepEqual(refreshed, [{ tokenExpiresMs: second + 300 }]);
+  await waitFor(() => socket.sentOf("refresh").length === 2, 2000, "the second Refresh");
+  assert.ok(Date.now() - second >= 230, `refreshed again after ${Date.now() - second} ms`);
+  assert.deepEqual(socket.sentOf("refresh")[1], { token: "token-3" });
+  assert.equal(FakeSocket.opened.length, 1); // all on one connection
+  await client.close();
+});
+
+test("Refresh only with a token function and a token that expires", async () => {
+  const fixed = newClient();
+  const fixedSocket = await openSession(fixed);
+  fixedSocket.receive({ refreshed: { tokenExpiresMs: String(Date.now() + 50) } });
+  const forever = newClient({ token: async () => "t" });
+  FakeSocket.opened = [];
+  const foreverSocket = await openSession(forever); // connectedFrame has no tokenExpiresMs
+  await new Promise((resolve) => setTimeout(resolve, 150));
+  assert.deepEqual(fixedSocket.sentOf("refresh"), []);
+  assert.deepEqual(foreverSocket.sentOf("refresh"), []);
+  await fixed.close();
+  await forever.close();
+});
+
+test("a token function failing at refresh time is reported", async () => {
+  let calls = 0;
+  const failing = newClient({
+    token: async () => {
+      calls += 1;
+      if (calls > 1) throw new Error("token service down");
+      return "t";
+    },
+  });
+  const errors = [];
+  failing.on("error", (error) => errors.push(error));
+  const opened = failing.connect();
+  await waitFor(() => FakeSocket.opened.length === 1 && FakeSocket.opened[0].sent.length === 1);
+  const now = Date.now();
+  FakeSocket.opened[0].receive(connectedFrame("alice", { serverTimeMs: String(now), tokenExpiresMs: String(now + 100) }));
+  await opened;
+  await waitFor(() => errors.length === 1, 2000, "the refresh error");
+  assert.match(errors[0].message, /token refresh failed: token service down/);
+  assert.equal(failing.state, "open"); // the session goes on until the server ends it
+  assert.deepEqual(FakeSocket.opened[0].sentOf("refresh"), []);
+  await failing.close();
+});

@@ -1,5 +1,6 @@
 // The client against a real `tether serve` on free ports, once per codec: presence, status
-// changes, messages both ways, catch-up by sequence, reconnects and resends.
+// changes, messages both ways, catch-up by sequence, groups with online counts, token
+// refresh, reconnects and resends.
 
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
@@ -38,7 +39,21 @@ class Recorder {
   }
 }
 
-const EVENTS = ["state", "session", "snapshot", "presence", "message", "disconnect", "unread", "error"];
+const EVENTS = [
+  "state",
+  "session",
+  "snapshot",
+  "presence",
+  "message",
+  "disconnect",
+  "unread",
+  "error",
+  "groups",
+  "groupOnline",
+  "refreshed",
+];
+// Every group gets online counts, sent at most every 200 ms.
+const GROUP_COUNTS = ["--group-count-threshold", "0", "--group-count-interval", "0.2"];
 
 for (const [codecName, codec] of Object.entries(CODECS)) {
   describe(`against tether serve, ${codec.subprotocol}`, () => {
@@ -46,7 +61,7 @@ for (const [codecName, codec] of Object.entries(CODECS)) {
     const clients = [];
 
     before(async () => {
-      server = await startServer();
+      server = await startServer(GROUP_COUNTS);
       await server.addContacts("alice", "bob");
     });
 
@@ -156,8 +171,94 @@ for (const [codecName, codec] of Object.entries(CODECS)) {
       await again.client.close();
       await alice.client.close();
     });
+
+    test("group membership, messages and online counts", async () => {
+      const alice = open("alice", { deviceId: `${codecName}-alice-4` });
+      const bob = open("bob", { deviceId: `${codecName}-bob-4` });
+      await alice.client.connect();
+      await bob.client.connect();
+      const group = await alice.client.createGroup("team", ["bob"]);
+      assert.deepEqual(group, { groupId: "team", conversationId: "g:team", owner: "alice", memberCount: 2 });
+      const changed = await bob.events.next("groups", (event) => event.joined.length > 0, "bob joins");
+      assert.deepEqual(changed.joined, [group]);
+      await bob.events.next("groupOnline", (count) => count.online === 2, "2 of 2 online");
+      assert.deepEqual(bob.client.groupOnline.get("team"), { groupId: "team", online: 2, memberCount: 2 });
+
+      const ack = await alice.client.sendToGroup("team", "hello team");
+      assert.equal(ack.conversationId, "g:team");
+      const message = await bob.events.next("message", (m) => m.messageId === ack.messageId, "the group message");
+      assert.equal(message.text, "hello team");
+      assert.equal(message.recipient, "g:team");
+      assert.equal(message.sender, "alice");
+      assert.equal(bob.events.of("session").length, 1); // pushed live, not caught up after a reconnect
+
+      await alice.client.close();
+      const down = await bob.events.next("groupOnline", (count) => count.online === 1, "1 of 2 online");
+      assert.equal(down.memberCount, 2);
+      assert.deepEqual((await bob.client.listGroups()).map((g) => g.groupId), ["team"]);
+      await assert.rejects(bob.client.addGroupMembers("team", ["carol"]), { name: "RequestError", code: 7 });
+      await bob.client.leaveGroup("team");
+      assert.deepEqual(await bob.client.listGroups(), []);
+      await bob.client.close();
+    });
   });
 }
+
+describe("token refresh against a real server", () => {
+  let server;
+
+  before(async () => {
+    server = await startServer();
+  });
+
+  after(async () => {
+    await server?.stop();
+  });
+
+  test("a token function keeps a session open past its first token's expiry", async (t) => {
+    // Tokens live 3 s (2 to 3, as JWT times are whole seconds). The server closes a session
+    // with TOKEN_EXPIRED once its token is past expiry and the server's 5 s leeway.
+    const issued = [];
+    const refreshing = new TetherClient({
+      url: server.wsUrl,
+      token: () => {
+        issued.push(Date.now());
+        return tokenFor("alice", { expiresInS: 3 });
+      },
+      deviceId: "refreshing",
+      WebSocket,
+      connectTimeoutMs: TIMEOUT_MS,
+    });
+    const fixed = new TetherClient({
+      url: server.wsUrl,
+      token: tokenFor("bob", { expiresInS: 3 }),
+      deviceId: "fixed",
+      WebSocket,
+      connectTimeoutMs: TIMEOUT_MS,
+    });
+    const events = new Recorder(refreshing, EVENTS);
+    const fixedEvents = new Recorder(fixed, EVENTS);
+    // Closed whatever happens: a refreshing client would otherwise reconnect forever.
+    t.after(() => Promise.all([refreshing.close(), fixed.close()]));
+    const [session] = await Promise.all([refreshing.connect(), fixed.connect()]);
+    assert.ok(session.tokenExpiresMs > 0);
+
+    // The fixed token's session is closed, so the server enforces expiry on this run.
+    await waitFor(() => fixedEvents.of("disconnect").length > 0, 3 * TIMEOUT_MS, "TOKEN_EXPIRED");
+    const [expired] = fixedEvents.of("disconnect");
+    assert.equal(expired.code, 4503);
+    assert.equal(expired.reconnecting, false);
+
+    // By then the refreshing session has sent Refresh several times, on one connection.
+    const refreshed = events.of("refreshed");
+    assert.ok(refreshed.length >= 2, `${refreshed.length} Refreshed frames`);
+    assert.ok(refreshed.at(-1).tokenExpiresMs > session.tokenExpiresMs);
+    assert.equal(issued.length, 1 + refreshed.length);
+    assert.equal(refreshing.state, "open");
+    assert.equal(events.of("session").length, 1);
+    assert.deepEqual(events.of("disconnect"), []);
+  });
+});
 
 describe("reconnects between two real servers", () => {
   let first;

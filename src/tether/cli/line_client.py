@@ -6,6 +6,11 @@ line on stdout:
     send USER TEXT                        -> {"event": "ack", ...} or {"event": "error", ...}
     status online|away|busy|invisible     -> {"event": "status", ...}
     quit                                  (or end of input) closes the connection
+
+USER may be "g:" and a group id, for a group message. With `--json true` it speaks the
+`tether.v1.json` subprotocol over ws:// or wss://, the frames a browser's developer tools
+show. A URL it can never connect to, and a server certificate it does not trust, end it at
+once with an error line instead of retrying.
 """
 
 from __future__ import annotations
@@ -114,6 +119,7 @@ async def line_client(arguments: argparse.Namespace) -> int:
             arguments.device,
             client_name="tether-cli",
             ssl_context=ssl_context,
+            json_frames=arguments.json,
         )
     except ValueError as error:
         _print({"event": "error", "message": str(error)})
@@ -142,6 +148,11 @@ async def line_client(arguments: argparse.Namespace) -> int:
                 break
             if command == "send":
                 recipient, _, text = rest.strip().partition(" ")
+                if not recipient or not text.strip():
+                    # An empty body is valid in the protocol, but here it is always a typo.
+                    message = "send needs a user and a text that is not empty: send USER TEXT"
+                    _print({"event": "error", "message": message})
+                    continue
                 task = asyncio.create_task(_send(client, recipient, text))
                 sends.add(task)
                 task.add_done_callback(sends.discard)

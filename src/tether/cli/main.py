@@ -469,8 +469,8 @@ def _add_group_count_threshold(parser: argparse.ArgumentParser) -> None:
         "--group-count-threshold",
         convert=_not_negative_int,
         default=100,
-        help="groups with more members than this get online counts; use the same value on "
-        "every gateway and logic worker of a cluster",
+        help="groups with more members than this get online counts (0 with `tether serve --demo "
+        "true` unless set); use the same value on every gateway and logic worker of a cluster",
     )
 
 
@@ -628,6 +628,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "wss://host:port/ws",
     )
     add_client_tls_options(client)
+    add_option(
+        client,
+        "--json",
+        convert=boolean_value,
+        default=False,
+        help="speak the tether.v1.json subprotocol, frames as JSON text (ws:// and wss:// URLs "
+        "only; true or false)",
+    )
     add_option(client, "--device", convert=str, default="cli", help="device id")
     add_option(
         client,
@@ -654,6 +662,10 @@ def main(argv: list[str] | None = None) -> int:
     except SettingError as error:
         print(f"tether {arguments.command}: error: {error}", file=sys.stderr)
         return 2
+    if arguments.command in ("serve", "config"):
+        from tether.cli.serve import apply_demo_defaults
+
+        apply_demo_defaults(arguments, settings)
     if arguments.command == "config":
         from tether.cli.config import show_config
 

@@ -9,6 +9,7 @@ import signal
 
 from tether.cli.hook_options import hook_config
 from tether.cli.main import configure_logging, install_stop_signals
+from tether.cli.settings import Setting
 from tether.cli.transport_options import transport_security_config
 from tether.gateway import GatewayConfig
 from tether.gateway.groups import GroupConfig
@@ -19,11 +20,13 @@ from tether.presence import PresenceConfig
 from tether.protocol.errors import TetherError
 from tether.server import ServerConfig, TetherServer
 
-__all__ = ["logic_config", "logic_worker", "serve", "serve_config"]
+__all__ = ["apply_demo_defaults", "logic_config", "logic_worker", "serve", "serve_config"]
 
 logger = logging.getLogger("tether.cli")
 
 DEMO_HTTP_PORT = 7402
+DEMO_GROUP_COUNT_THRESHOLD = 0
+"""Group count threshold of `--demo true` when none is set: the demo's group has 4 members."""
 
 
 async def serve(arguments: argparse.Namespace) -> int:
@@ -105,6 +108,23 @@ def serve_config(arguments: argparse.Namespace) -> ServerConfig:
         load_report_interval=arguments.load_report_interval,
         hooks=hook_config(arguments),
         demo=arguments.demo,
+    )
+
+
+def apply_demo_defaults(arguments: argparse.Namespace, settings: dict[str, Setting]) -> None:
+    """With `--demo true`, give every group online counts unless a threshold was set.
+
+    The demo page shows the online count of its four-member group, which the default
+    threshold of 100 members would leave without one. Only a default is replaced: a threshold
+    from a flag, the environment or the file stays.
+    """
+    demo = settings.get("demo")
+    threshold = settings.get("group_count_threshold")
+    if demo is None or threshold is None or not demo.value or threshold.source != "default":
+        return
+    arguments.group_count_threshold = DEMO_GROUP_COUNT_THRESHOLD
+    settings["group_count_threshold"] = Setting(
+        threshold.spec, DEMO_GROUP_COUNT_THRESHOLD, "default with --demo true"
     )
 
 

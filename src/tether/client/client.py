@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from tether.client import events as ev
 from tether.client.catchup import Conversations
 from tether.client.groups import ClientGroups
-from tether.client.transport import TLS_SCHEMES, ClientTransport, open_transport
+from tether.client.transport import TLS_SCHEMES, ClientTransport, check_url, open_transport
 from tether.protocol import tether_pb2 as pb
 from tether.protocol.codes import Code, is_final
 from tether.protocol.connection import PROTOCOL_VERSION
@@ -47,6 +47,8 @@ _MODES = {
 }
 # Close code reported when the transport failed without a Disconnect frame.
 TRANSPORT_LOST = 1006
+# Close code reported when the server's TLS certificate failed verification (RFC 6455, 7.4.1).
+TLS_FAILED = 1015
 # Share of a token's lifetime after which the client refreshes it.
 REFRESH_AT = 0.8
 # Seconds a session must last before the reconnect backoff starts again from its first step.
@@ -78,6 +80,7 @@ class Client(ClientGroups):
         auto_ack: bool = True,
         token_provider: Callable[[], Awaitable[str]] | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        json_frames: bool = False,
     ) -> None:
         """Prepare a client; `connect()` opens it.
 
@@ -86,7 +89,12 @@ class Client(ClientGroups):
         every message as soon as it is queued. `token_provider`, if given, returns a fresh
         token: the client sends it in a Refresh frame at REFRESH_AT of the token's lifetime
         and connects with a fresh one after a reconnect. `ssl_context` verifies the server of a
-        tls:// or wss:// URL; None uses the system's trusted certificates.
+        tls:// or wss:// URL; None uses the system's trusted certificates. `json_frames` speaks
+        the `tether.v1.json` subprotocol (ws:// and wss:// URLs only), for debugging.
+
+        Raises ValueError for a URL that can never work (unknown scheme, no host). A server
+        certificate that fails verification ends `connect()` at once with ConnectionClosed
+        (code TLS_FAILED); once a session has opened, it is retried like any failed connect.
 
         `url` is one gateway address or a list of them: each reconnect tries the next one in
         turn, so a client moves to another gateway when its gateway drains or dies. Shuffle
@@ -97,8 +105,10 @@ class Client(ClientGroups):
         if not self.urls:
             raise ValueError("url must name at least one gateway")
         for address in self.urls:
+            check_url(address, json_frames=json_frames)
             if ssl_context is not None and urlsplit(address).scheme not in TLS_SCHEMES:
                 raise ValueError(f"ssl_context needs tls:// or wss:// URLs, got {address!r}")
+        self.json_frames = json_frames
         self.url = self.urls[0]
         # Position of url in urls; an address may appear in the list more than once.
         self._url_index = 0
@@ -249,10 +259,19 @@ class Client(ClientGroups):
             retry_with_new_token = code == Code.TOKEN_EXPIRED and self.token_provider is not None
             if retry_with_new_token:
                 self._token_expires_ms = 1  # long past: the next connect fetches a fresh token
+            # A certificate that fails before any session opened is a setting to fix, not an
+            # outage to wait out. Later it may be a gateway's certificate being replaced.
+            first = self._first_session
+            untrusted = code == TLS_FAILED and first is not None and not first.done()
             final = (
                 self._closing
                 or not self.reconnect
-                or (code != TRANSPORT_LOST and is_final(code) and not retry_with_new_token)
+                or untrusted
+                or (
+                    code not in (TRANSPORT_LOST, TLS_FAILED)
+                    and is_final(code)
+                    and not retry_with_new_token
+                )
             )
             await self._emit(ev.Disconnected(code, reason, reconnecting=not final))
             if final:
@@ -280,11 +299,20 @@ class Client(ClientGroups):
         """Run one connection; return (code, reason, server delay in s, whether it opened)."""
         try:
             transport = await open_transport(
-                self.url, timeout=self.connect_timeout, ssl_context=self.ssl_context
+                self.url,
+                timeout=self.connect_timeout,
+                ssl_context=self.ssl_context,
+                json_frames=self.json_frames,
             )
         except TimeoutError:
             reason = f"connecting to {self.url} timed out after {self.connect_timeout} s"
             return TRANSPORT_LOST, reason, 0.0, False
+        except ssl.SSLCertVerificationError as error:
+            reason = (
+                f"the certificate of {self.url} failed verification ({error.reason}): "
+                f"{error.verify_message}"
+            )
+            return TLS_FAILED, reason, 0.0, False
         except Exception as error:  # OSError, or one of picows's handshake errors
             reason = f"connecting to {self.url} failed: {type(error).__name__}: {error}"
             return TRANSPORT_LOST, reason, 0.0, False

@@ -8,6 +8,12 @@ Both expose the same three calls to the client: `send(payload)`, `receive()` (th
 payload, or None once the connection is gone) and `close()`. Incoming frames wait in a bounded
 buffer; when it fills, the transport stops reading from the socket, so a client that does not
 consume events slows the server down instead of growing without bound.
+
+A WebSocket may speak `tether.v1.json` instead of `tether.v1` (`json_frames=True`): each frame
+travels as Protobuf's canonical JSON in a text message, readable in a packet capture or a
+proxy's log. The transport converts at its edge, so the client still handles serialized
+Protobuf frames; the conversion costs far more CPU than the binary form, so it is for
+debugging and tools, not for load.
 """
 
 from __future__ import annotations
@@ -17,16 +23,31 @@ import contextlib
 import ssl
 from collections import deque
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import picows
+from google.protobuf import json_format
 
+from tether.protocol import tether_pb2 as pb
 from tether.protocol.framing import StreamDecoder, prefix_frame
+from tether.protocol.json_frames import JSON_SUBPROTOCOL, frame_to_json
 
-__all__ = ["TLS_SCHEMES", "ClientTransport", "open_transport"]
+__all__ = [
+    "JSON_SUBPROTOCOL",
+    "SUBPROTOCOL",
+    "TLS_SCHEMES",
+    "WS_SCHEMES",
+    "ClientTransport",
+    "check_url",
+    "open_transport",
+]
 
 TLS_SCHEMES = frozenset({"tls", "wss"})
 """URL schemes whose connections use TLS."""
+WS_SCHEMES = frozenset({"ws", "wss"})
+"""URL schemes of WebSocket connections."""
+SUBPROTOCOL = "tether.v1"
+"""WebSocket subprotocol of binary frames."""
 
 MAX_INCOMING_FRAME = 16 * 1024 * 1024
 _READ_SIZE = 65_536
@@ -76,8 +97,9 @@ class _TcpTransport(ClientTransport):
 
 
 class _WsListener(picows.WSListener):
-    def __init__(self) -> None:
+    def __init__(self, message_type: picows.WSMsgType) -> None:
         super().__init__()
+        self.message_type = message_type  # BINARY for tether.v1, TEXT for tether.v1.json
         self.frames: deque[bytes] = deque()
         self.closed = False
         self.wakeup: asyncio.Event = asyncio.Event()
@@ -88,7 +110,7 @@ class _WsListener(picows.WSListener):
         self.transport = transport
 
     def on_ws_frame(self, transport: Any, frame: Any) -> None:
-        if frame.msg_type == picows.WSMsgType.BINARY:
+        if frame.msg_type == self.message_type:
             self.frames.append(frame.get_payload_as_bytes())
             if len(self.frames) >= _BUFFERED_FRAMES and not self.paused:
                 transport.underlying_transport.pause_reading()
@@ -134,22 +156,63 @@ class _WsTransport(ClientTransport):
         self._transport.disconnect()
 
 
+class _WsJsonTransport(_WsTransport):
+    """A `tether.v1.json` WebSocket: serialized frames in, JSON text messages on the wire."""
+
+    async def send(self, payload: bytes) -> None:
+        if self._listener.closed:
+            raise ConnectionError("WebSocket is closed")
+        self._transport.send(picows.WSMsgType.TEXT, frame_to_json(pb.Frame.FromString(payload)))
+
+    async def receive(self) -> bytes | None:
+        text = await super().receive()
+        if text is None:
+            return None
+        frame = pb.Frame()
+        try:
+            # Fields of a newer server are skipped, as binary clients skip unknown fields.
+            json_format.Parse(text.decode("utf-8"), frame, ignore_unknown_fields=True)
+        except (json_format.ParseError, UnicodeDecodeError, RecursionError):
+            self.close()  # the server broke the protocol; the client reconnects
+            return None
+        return frame.SerializeToString()
+
+
+def check_url(url: str, *, json_frames: bool = False) -> SplitResult:
+    """Return the parts of a gateway URL, or raise ValueError saying what is wrong with it."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("tcp", "tls", "ws", "wss"):
+        raise ValueError(f"invalid URL {url!r}: scheme must be tcp, tls, ws or wss")
+    try:
+        port = parts.port
+    except ValueError as error:
+        raise ValueError(f"invalid URL {url!r}: {error}") from None
+    if parts.scheme not in WS_SCHEMES and (not parts.hostname or not port):
+        raise ValueError(f"invalid URL {url!r}: expected {parts.scheme}://host:port")
+    if parts.scheme in WS_SCHEMES and not parts.hostname:
+        raise ValueError(f"invalid URL {url!r}: expected {parts.scheme}://host:port/path")
+    if json_frames and parts.scheme not in WS_SCHEMES:
+        raise ValueError(f"JSON frames need a ws:// or wss:// URL, got {url!r}")
+    return parts
+
+
 async def open_transport(
-    url: str, *, timeout: float, ssl_context: ssl.SSLContext | None = None
+    url: str,
+    *,
+    timeout: float,
+    ssl_context: ssl.SSLContext | None = None,
+    json_frames: bool = False,
 ) -> ClientTransport:
     """Connect to a gateway at a tcp://, tls://, ws:// or wss:// URL.
 
     ssl_context applies to tls:// and wss:// only; None verifies the server against the
-    system's trusted certificates.
+    system's trusted certificates. json_frames speaks `tether.v1.json` on a WebSocket.
     """
-    parts = urlsplit(url)
-    if parts.scheme not in ("tcp", "tls", "ws", "wss"):
-        raise ValueError(f"invalid URL {url!r}: scheme must be tcp, tls, ws or wss")
+    parts = check_url(url, json_frames=json_frames)
     if ssl_context is not None and parts.scheme not in TLS_SCHEMES:
         raise ValueError(f"an SSL context needs a tls:// or wss:// URL, got {url!r}")
     if parts.scheme in ("tcp", "tls"):
-        if not parts.hostname or not parts.port:
-            raise ValueError(f"invalid URL {url!r}: expected {parts.scheme}://host:port")
+        assert parts.hostname and parts.port, "check_url checked both"
         tls: ssl.SSLContext | None = None
         if parts.scheme == "tls":
             tls = ssl_context if ssl_context is not None else ssl.create_default_context()
@@ -164,16 +227,26 @@ async def open_transport(
             timeout,
         )
         return _TcpTransport(reader, writer)
+    subprotocol = JSON_SUBPROTOCOL if json_frames else SUBPROTOCOL
+    message_type = picows.WSMsgType.TEXT if json_frames else picows.WSMsgType.BINARY
     transport, listener = await asyncio.wait_for(
         picows.ws_connect(
-            _WsListener,
+            lambda: _WsListener(message_type),
             url,
             ssl_context=ssl_context,
-            extra_headers={"Sec-WebSocket-Protocol": "tether.v1"},
+            extra_headers={"Sec-WebSocket-Protocol": subprotocol},
             max_frame_size=MAX_INCOMING_FRAME,
             websocket_handshake_timeout=timeout,
         ),
         timeout,
     )
     assert isinstance(listener, _WsListener)
+    # RFC 6455, section 4.1: a server may leave the header out (then it speaks the binary
+    # default), but a subprotocol the client did not offer fails the connection.
+    chosen = transport.response.headers.get("Sec-WebSocket-Protocol", "")
+    if chosen != subprotocol and (chosen or json_frames):
+        transport.disconnect()
+        raise ConnectionError(f"the server chose subprotocol {chosen!r}, not {subprotocol!r}")
+    if json_frames:
+        return _WsJsonTransport(transport, listener)
     return _WsTransport(transport, listener)

@@ -2,8 +2,9 @@
 
 `tether serve --demo true` serves it at `/demo/`. A visitor picks one of `DEMO_USERS`, gets a
 token from `POST /demo/token`, and the page connects to the WebSocket gateway with the
-JavaScript client of `clients/js` (served at `/demo/client/`, speaking `tether.v1.json`). The
-demo users are made contacts of each other on the first token request.
+JavaScript client of `clients/js` (served at `/demo/client/`, speaking `tether.v1.json`). On the
+first token request the demo users are made contacts of each other and members of the group
+`DEMO_GROUP`, whose online count the page shows.
 
 Handing out tokens to anyone who asks is only acceptable for a development server, so
 `TetherServer` refuses the demo unless it runs embedded with the development secret generated
@@ -27,12 +28,14 @@ from tether.bus import envelope_pb2 as env
 if TYPE_CHECKING:
     from tether.server import TetherServer
 
-__all__ = ["DEMO_USERS", "TOKEN_TTL", "install_demo"]
+__all__ = ["DEMO_GROUP", "DEMO_USERS", "TOKEN_TTL", "install_demo"]
 
 logger = logging.getLogger("tether.demo")
 
 DEMO_USERS = ("alice", "bob", "carol", "dave")
 """The users a visitor can pick; each is a contact of every other one."""
+DEMO_GROUP = "demo"
+"""The group of all demo users, owned by the first of them (conversation id `g:demo`)."""
 TOKEN_TTL = 3600.0
 """Seconds a demo token is valid. The page requests a new one before each connect."""
 
@@ -60,7 +63,7 @@ class _Demo:
         assert server.development_secret is not None, "TetherServer checks this on start"
         self.server = server
         self.secret = server.development_secret
-        self.contacts_ready = False
+        self.users_ready = False
         self.lock = asyncio.Lock()
 
     async def index(self, request: web.Request) -> web.FileResponse:
@@ -75,6 +78,9 @@ class _Demo:
                 "wsPath": gateway.ws_path,
                 "tls": gateway.transport_security.tls_enabled,
                 "users": list(DEMO_USERS),
+                "group": DEMO_GROUP,
+                # Groups with more members than this get online counts (docs/groups.md).
+                "groupCountThreshold": gateway.groups.count_threshold,
             }
         )
 
@@ -89,24 +95,37 @@ class _Demo:
         user = body.get("user") if isinstance(body, dict) else None
         if user not in DEMO_USERS:
             return _error(400, f"user must be one of {', '.join(DEMO_USERS)}")
-        if not await self._make_contacts():
+        if not await self._prepare_users():
             return _error(503, "the logic layer did not answer; try again")
         token = issue_token(self.secret, user, ttl=TOKEN_TTL)
         return web.json_response({"token": token, "expiresInS": TOKEN_TTL})
 
-    async def _make_contacts(self) -> bool:
-        """Make every demo user a contact of every other one, once per server run."""
+    async def _prepare_users(self) -> bool:
+        """Make the demo users contacts of each other and members of DEMO_GROUP, once per run.
+
+        Both are idempotent, so a server started again on the same data folder repeats them
+        without harm: a create of an existing group by its owner only adds the members it lists.
+        """
         async with self.lock:
-            if self.contacts_ready:
+            if self.users_ready:
                 return True
-            for user_a, user_b in itertools.combinations(DEMO_USERS, 2):
-                request = env.AdminRequest(operation="contacts.add", args=[user_a, user_b])
+            requests = [
+                ("contacts.add", [user_a, user_b])
+                for user_a, user_b in itertools.combinations(DEMO_USERS, 2)
+            ]
+            requests.append(("groups.create", [DEMO_GROUP, *DEMO_USERS]))  # the first owns it
+            for operation, args in requests:
+                request = env.AdminRequest(operation=operation, args=args)
                 reply = await self.server.request_logic(env.Envelope(admin_request=request))
                 if reply is None or reply.admin_result.error_code:
-                    logger.warning("demo could not add contacts %s and %s", user_a, user_b)
+                    logger.warning("demo setup failed: %s %s", operation, " ".join(args))
                     return False
-            self.contacts_ready = True
-            logger.info("demo users %s are contacts of each other", ", ".join(DEMO_USERS))
+            self.users_ready = True
+            logger.info(
+                "demo users %s are contacts of each other and members of group %s",
+                ", ".join(DEMO_USERS),
+                DEMO_GROUP,
+            )
             return True
 
 

@@ -265,7 +265,10 @@ class GroupInterest:
                 connection.push_at = now
                 if tokens >= 1.0:
                     connection.push_tokens = tokens - 1.0
-                    connection.queue(framed if connection.protocol.stream else frame)
+                    protocol = connection.protocol
+                    # frame_bytes returns the frame itself on a binary WebSocket; on a
+                    # tether.v1.json one it converts the same frame object once for every member.
+                    connection.queue(framed if protocol.stream else protocol.frame_bytes(frame))
                     continue
                 connection.push_tokens = tokens
                 queue = connection.push_queue = []

@@ -1,8 +1,12 @@
-// The demo messenger: pick a user, see contacts' presence live, chat, set your own status.
-// It uses the tether JavaScript client from clients/js over the tether.v1.json subprotocol,
-// so every frame can be read in the browser's developer tools (Network, then WS).
+// The demo messenger: pick a user, see contacts' presence live, chat with a contact or the
+// group, see the group's online count, set your own status. It uses the tether JavaScript
+// client from clients/js over the tether.v1.json subprotocol, so every frame can be read in
+// the browser's developer tools (Network, then WS).
+//
+// A chat is named by its key: the contact's user id for a direct chat, the conversation id
+// ("g:" + group id) for a group. User ids cannot contain ":", so the two never collide.
 
-import { TetherClient, directConversationId, randomId } from "../client/index.js";
+import { GROUP_PREFIX, TetherClient, directConversationId, randomId } from "../client/index.js";
 
 const $ = (id) => document.getElementById(id);
 const STATUS_TEXT = { online: "online", away: "away", busy: "busy", offline: "offline", unknown: "unknown" };
@@ -13,11 +17,14 @@ const demo = {
   client: null,
   user: "",
   presence: new Map(), // user id -> {userId, status, lastSeenMs, version}
+  groups: new Map(), // group id -> {groupId, conversationId, owner, memberCount}
+  online: new Map(), // group id -> {groupId, online, memberCount}, from the server's counts
   chats: new Map(), // conversation id -> Map of key -> message shown
   loaded: new Set(), // conversations whose history was fetched
-  unread: new Map(), // contact -> messages not yet seen in an open chat
-  open: "", // contact whose chat is open
+  unread: new Map(), // chat key -> messages not yet seen in an open chat
+  open: "", // key of the open chat
   log: [], // every presence change seen, for the console and the browser tests
+  countLog: [], // every group count received, for the console and the browser tests
 };
 window.tetherDemo = demo;
 
@@ -41,9 +48,19 @@ function gatewayUrl(config) {
   return `${scheme}://${location.hostname}:${config.wsPort}${config.wsPath}`;
 }
 
-function otherUser(conversationId) {
+function isGroup(key) {
+  return key.startsWith(GROUP_PREFIX);
+}
+
+/** Return the key of the chat a conversation belongs to, or "" for one the page does not show. */
+function chatKey(conversationId) {
+  if (isGroup(conversationId)) return conversationId;
   const parts = conversationId.split(":");
   return parts[0] === "d" ? parts.slice(1).find((id) => id !== demo.user) ?? "" : "";
+}
+
+function conversationOf(key) {
+  return isGroup(key) ? key : directConversationId(demo.user, key);
 }
 
 // Presence.
@@ -62,49 +79,135 @@ function seenText(presence) {
   return `offline, last seen ${sameDay ? "at " : "on "}${text}`;
 }
 
+/**
+ * Return a list item with a button that opens the chat key: a marker (the status dot or the
+ * group sign), a name, and a line of detail followed by the count of unread messages.
+ */
+function chatItem(key, { className, data, marker, markerText = "", label, detail, detailClass }) {
+  const item = document.createElement("li");
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = className;
+  Object.assign(button.dataset, data);
+  button.setAttribute("aria-current", String(key === demo.open));
+  const sign = document.createElement("span");
+  sign.className = marker;
+  sign.setAttribute("aria-hidden", "true");
+  sign.textContent = markerText;
+  const name = document.createElement("span");
+  name.className = "name";
+  name.textContent = label;
+  const line = document.createElement("span");
+  line.className = detailClass;
+  line.textContent = detail;
+  line.append(...unreadBadge(key));
+  button.append(sign, name, line);
+  button.addEventListener("click", () => openChat(key));
+  item.append(button);
+  return item;
+}
+
 function renderContacts() {
-  const list = $("contacts");
   const users = [...demo.presence.keys()].sort();
-  list.replaceChildren(
+  $("contacts").replaceChildren(
     ...users.map((userId) => {
       const presence = demo.presence.get(userId);
-      const item = document.createElement("li");
-      item.dataset.user = userId;
-      const button = document.createElement("button");
-      button.type = "button";
-      button.className = "contact";
-      button.dataset.user = userId;
-      button.dataset.status = presence.status;
-      button.setAttribute("aria-current", String(userId === demo.open));
-      const dot = document.createElement("span");
-      dot.className = "dot";
-      dot.setAttribute("aria-hidden", "true");
-      const name = document.createElement("span");
-      name.className = "name";
-      name.textContent = userId;
-      const seen = document.createElement("span");
-      seen.className = "seen";
-      seen.textContent = seenText(presence);
-      const count = demo.unread.get(userId) ?? 0;
-      if (count > 0) {
-        const unread = document.createElement("span");
-        unread.className = "unread";
-        unread.textContent = ` · ${count} new`;
-        seen.append(unread);
-      }
-      button.append(dot, name, seen);
-      button.addEventListener("click", () => openChat(userId));
-      item.append(button);
-      return item;
+      return chatItem(userId, {
+        className: "contact",
+        data: { user: userId, status: presence.status },
+        marker: "dot",
+        label: userId,
+        detail: seenText(presence),
+        detailClass: "seen",
+      });
     }),
   );
-  if (demo.open) $("chat-presence").textContent = seenText(demo.presence.get(demo.open) ?? { status: "unknown" });
+  renderChatPresence();
+}
+
+function renderChatPresence() {
+  if (!demo.open) return;
+  $("chat-presence").textContent = isGroup(demo.open)
+    ? groupText(demo.open.slice(GROUP_PREFIX.length))
+    : seenText(demo.presence.get(demo.open) ?? { status: "unknown" });
+}
+
+function unreadBadge(key) {
+  const count = demo.unread.get(key) ?? 0;
+  if (count === 0) return [];
+  const unread = document.createElement("span");
+  unread.className = "unread";
+  unread.textContent = ` · ${count} new`;
+  return [unread];
 }
 
 function onPresence(presence) {
   demo.presence.set(presence.userId, presence);
   demo.log.push({ userId: presence.userId, status: presence.status, lastSeenMs: presence.lastSeenMs, at: Date.now() });
   renderContacts();
+}
+
+// Groups and their online counts.
+
+/** "2 of 4 online" once the server sent a count, else the member count. */
+function groupText(groupId) {
+  const group = demo.groups.get(groupId);
+  const count = demo.online.get(groupId);
+  if (count !== undefined) return `${count.online} of ${count.memberCount || group?.memberCount || "?"} online`;
+  const members = group?.memberCount ?? 0;
+  return `${members} member${members === 1 ? "" : "s"}`;
+}
+
+function renderGroups() {
+  const groupIds = [...demo.groups.keys()].sort();
+  $("groups").replaceChildren(
+    ...groupIds.map((groupId) => {
+      const online = demo.online.get(groupId);
+      const data = online === undefined ? { group: groupId } : { group: groupId, online: String(online.online) };
+      return chatItem(GROUP_PREFIX + groupId, {
+        className: "contact group",
+        data,
+        marker: "group-icon",
+        markerText: "#",
+        label: groupId,
+        detail: groupText(groupId),
+        detailClass: "seen count",
+      });
+    }),
+  );
+  const threshold = demo.config.groupCountThreshold;
+  const uncounted = groupIds.some((groupId) => (demo.groups.get(groupId).memberCount ?? 0) <= threshold);
+  $("groups-note").hidden = !uncounted;
+  $("groups-note").textContent = `This server sends online counts only for groups of more than ${threshold} members.`;
+  renderChatPresence();
+}
+
+async function loadGroups() {
+  const client = demo.client;
+  try {
+    const groups = await client.listGroups();
+    if (client !== demo.client) return; // signed out meanwhile
+    demo.groups = new Map(groups.map((group) => [group.groupId, group]));
+  } catch (error) {
+    console.warn("could not list groups:", error);
+  }
+  renderGroups();
+}
+
+function onGroups({ joined, left }) {
+  for (const group of joined) demo.groups.set(group.groupId, group);
+  for (const groupId of left) {
+    demo.groups.delete(groupId);
+    demo.online.delete(groupId);
+    if (demo.open === GROUP_PREFIX + groupId) closeChat();
+  }
+  renderGroups();
+}
+
+function onGroupOnline(count) {
+  demo.online.set(count.groupId, count);
+  demo.countLog.push({ ...count, at: Date.now() });
+  renderGroups();
 }
 
 // Chats.
@@ -130,7 +233,7 @@ function renderMessages() {
     list.replaceChildren();
     return;
   }
-  const chat = chatOf(directConversationId(demo.user, demo.open));
+  const chat = chatOf(conversationOf(demo.open));
   // Stored messages in sequence order (the keys pad it), then those still being sent.
   const stored = [...chat.keys()].filter((key) => key.startsWith("seq:")).sort();
   const sending = [...chat.keys()].filter((key) => key.startsWith("pending:"));
@@ -172,39 +275,45 @@ async function loadHistory(conversationId) {
   renderMessages();
 }
 
-function openChat(userId) {
-  demo.open = userId;
-  demo.unread.delete(userId);
+function openChat(key) {
+  demo.open = key;
+  demo.unread.delete(key);
   $("app").dataset.view = "chat";
-  $("chat-title").textContent = `Chat with ${userId}`;
+  $("chat-title").textContent = isGroup(key) ? `Group ${key.slice(GROUP_PREFIX.length)}` : `Chat with ${key}`;
   $("composer").hidden = false;
   $("chat-error").textContent = "";
   renderContacts();
+  renderGroups();
   renderMessages();
   $("text").focus();
-  loadHistory(directConversationId(demo.user, userId));
+  loadHistory(conversationOf(key));
 }
 
 function closeChat() {
   const previous = demo.open;
   demo.open = "";
   $("app").dataset.view = "contacts";
-  $("chat-title").textContent = "Choose a contact";
+  $("chat-title").textContent = "Choose a contact or a group";
   $("chat-presence").textContent = "";
   $("composer").hidden = true;
   renderContacts();
+  renderGroups();
   renderMessages();
-  document.querySelector(`.contact[data-user="${CSS.escape(previous)}"]`)?.focus();
+  const selector = isGroup(previous)
+    ? `.group[data-group="${CSS.escape(previous.slice(GROUP_PREFIX.length))}"]`
+    : `.contact[data-user="${CSS.escape(previous)}"]`;
+  document.querySelector(selector)?.focus();
 }
 
 function onMessage(message) {
   remember(message);
-  const contact = message.sender === demo.user ? message.recipient : message.sender;
-  if (contact === demo.open) {
+  const key = chatKey(message.conversationId);
+  if (key === demo.open) {
     renderMessages();
-  } else {
-    demo.unread.set(contact, (demo.unread.get(contact) ?? 0) + 1);
-    renderContacts();
+  } else if (key) {
+    demo.unread.set(key, (demo.unread.get(key) ?? 0) + 1);
+    if (isGroup(key)) renderGroups();
+    else renderContacts();
   }
 }
 
@@ -214,8 +323,8 @@ async function sendMessage(event) {
   const text = input.value.trim();
   if (!text || !demo.open) return;
   input.value = "";
-  const recipient = demo.open;
-  const conversationId = directConversationId(demo.user, recipient);
+  const recipient = demo.open; // a user id, or "g:" and a group id
+  const conversationId = conversationOf(recipient);
   const clientMessageId = randomId();
   const pending = { conversationId, sender: demo.user, recipient, text, clientMessageId, sequence: 0, timestampMs: 0 };
   chatOf(conversationId).set(`pending:${clientMessageId}`, pending);
@@ -288,11 +397,15 @@ async function signIn(user) {
   client.on("message", onMessage);
   client.on("unread", ({ conversations }) => {
     for (const { conversationId, unread } of conversations) {
-      const contact = otherUser(conversationId);
-      if (contact && contact !== demo.open && unread > 0) demo.unread.set(contact, unread);
+      const key = chatKey(conversationId);
+      if (key && key !== demo.open && unread > 0) demo.unread.set(key, unread);
     }
     renderContacts();
+    renderGroups();
   });
+  client.on("session", loadGroups); // after every reconnect: groups may have changed meanwhile
+  client.on("groups", onGroups);
+  client.on("groupOnline", onGroupOnline);
   client.on("disconnect", ({ code, reason, reconnecting }) => {
     if (!reconnecting) showConnection("closed", `${code}: ${reason}`);
   });
@@ -309,10 +422,13 @@ async function signOut() {
   sessionStorage.removeItem("tether-demo-user");
   await client?.close();
   demo.presence.clear();
+  demo.groups.clear();
+  demo.online.clear();
   demo.chats.clear();
   demo.loaded.clear();
   demo.unread.clear();
   demo.open = "";
+  renderGroups();
   $("me").hidden = true;
   $("app").hidden = true;
   $("pick").hidden = false;
