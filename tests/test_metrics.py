@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import websockets
 from conftest import SECRET, TIMEOUT, RawClient, ServerFactory, add_contacts
-from ops_helpers import close_slow_consumer, http_get
+from ops_helpers import close_slow_consumer, http_get, http_request
 from prometheus_client.parser import text_string_to_metric_families
 
 from tether.auth import issue_token
@@ -197,3 +197,45 @@ async def test_slow_consumer_counted_by_code(start_server: ServerFactory) -> Non
     await close_slow_consumer(server)
     samples = await scrape(server)
     assert value(samples, "tether_disconnects_total", code="SLOW_CONSUMER") == 1
+
+
+async def test_api_requests_counted_by_route(start_server: ServerFactory) -> None:
+    key = "metrics-test-api-key-0123456789"
+    server = await start_server(http_port=0, api_keys=(key,))
+    assert server.http is not None and server.http.port is not None
+    port = server.http.port
+    before = await scrape(server)
+    headers = {"X-API-Key": key}
+    status, _, _ = await http_request(
+        port, "POST", "/api/v1/presence", headers=headers, body={"user_ids": ["alice"]}
+    )
+    assert status == 200
+    status, _, _ = await http_request(port, "POST", "/api/v1/presence", body={"user_ids": []})
+    assert status == 401  # no key
+    status, _, _ = await http_request(port, "POST", "/api/v1/no-such-route", headers=headers)
+    assert status == 404
+    after = await scrape(server)
+
+    counted = deltas(
+        before,
+        after,
+        {
+            "tether_api_requests_total|ok": {"route": "presence", "status": "200"},
+            "tether_api_requests_total|unauthorized": {"route": "presence", "status": "401"},
+            "tether_api_requests_total|unmatched": {"route": "unmatched", "status": "404"},
+            "tether_api_request_seconds_count": {},
+        },
+    )
+    assert counted == {
+        "tether_api_requests_total|ok": 1,
+        "tether_api_requests_total|unauthorized": 1,
+        "tether_api_requests_total|unmatched": 1,
+        "tether_api_request_seconds_count": 3,
+    }
+    assert value(after, "tether_api_request_seconds_sum") > 0
+
+
+async def test_api_metrics_absent_without_keys(start_server: ServerFactory) -> None:
+    server = await start_server(http_port=0)
+    samples = await scrape(server)
+    assert not any(name.startswith("tether_api_") for name, _ in samples)

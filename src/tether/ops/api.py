@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import TYPE_CHECKING
@@ -51,6 +53,7 @@ from tether.presence.reader import PresenceReader
 from tether.protocol import tether_pb2 as pb
 from tether.protocol.codes import RECONNECT_RANGE_START, Code
 from tether.protocol.errors import BusError
+from tether.stats import Histogram
 
 if TYPE_CHECKING:
     from tether.server import TetherServer
@@ -100,6 +103,10 @@ class BackendApi(GroupRoutes):
         self.keys = keys
         self.reader: PresenceReader | None = presence_reader(server) if keys.enabled else None
         self._document = json.dumps(load_openapi_document()).encode()
+        self.requests: Counter[tuple[str, int]] = Counter()
+        """Responses sent, by route (its path under the prefix, or "unmatched") and status."""
+        self.latency = Histogram()
+        """Seconds from a request's arrival to its response, every route together."""
 
     def install(self, app: web.Application) -> None:
         """Add the middleware and the routes to app, which must not have started yet."""
@@ -148,7 +155,16 @@ class BackendApi(GroupRoutes):
                 self._authenticate(request)
             return await handler(request)
 
-        return await respond_with_api_errors(request, checked, "API", logger)
+        started = time.perf_counter()
+        response = await respond_with_api_errors(request, checked, "API", logger)
+        self.latency.observe(time.perf_counter() - started)
+        # Routes come from the fixed table, so the label takes few values whatever the path.
+        resource = request.match_info.route.resource
+        route = "unmatched"
+        if resource is not None:
+            route = resource.canonical.removeprefix(API_PREFIX + "/")
+        self.requests[route, response.status] += 1
+        return response
 
     def _authenticate(self, request: web.Request) -> None:
         """Raise ApiFailure unless the request carries a configured API key."""

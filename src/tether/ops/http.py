@@ -55,7 +55,7 @@ def create_app(
     """Return the application with the health and metrics routes of server, api's and
     dashboard's."""
     app = web.Application(client_max_size=MAX_REQUEST_BYTES)
-    metrics = MetricsEndpoint(server)
+    metrics = MetricsEndpoint(server, api)
 
     async def live(request: web.Request) -> web.Response:
         return web.json_response({"status": "live"})

@@ -35,6 +35,7 @@ from tether.stats import Histogram
 
 if TYPE_CHECKING:
     from tether.gateway import Gateway
+    from tether.ops.api import BackendApi
     from tether.server import TetherServer
 
 __all__ = ["MetricsEndpoint", "ProcessMetrics", "TetherCollector"]
@@ -75,8 +76,9 @@ def _histogram(name: str, documentation: str, histogram: Histogram) -> Histogram
 class TetherCollector(Collector):
     """Reads a `TetherServer`'s counters and tables when the registry collects."""
 
-    def __init__(self, server: TetherServer) -> None:
+    def __init__(self, server: TetherServer, api: BackendApi | None = None) -> None:
         self._server = server
+        self._api = api
         self._version = _tether_version()
 
     def collect(self) -> Iterator[Metric]:
@@ -98,6 +100,23 @@ class TetherCollector(Collector):
         yield from self._loop_metrics()
         if server.gateway is not None:
             yield from self._gateway_metrics(server.gateway)
+        if self._api is not None and self._api.keys.enabled:
+            yield from self._api_metrics(self._api)
+
+    def _api_metrics(self, api: BackendApi) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "tether_api_requests",
+            "Server HTTP API requests answered, by route and HTTP status.",
+            labels=["route", "status"],
+        )
+        for (route, status), count in sorted(api.requests.items()):
+            requests.add_metric([route, str(status)], count)
+        yield requests
+        yield _histogram(
+            "tether_api_request_seconds",
+            "Time from a server HTTP API request's arrival to its response, in seconds.",
+            api.latency,
+        )
 
     def _bus_metrics(self) -> Iterator[Metric]:
         bus = self._server.bus
@@ -330,9 +349,9 @@ def _process_start_time() -> float:
 class MetricsEndpoint:
     """The registry behind `GET /metrics`: tether's collector and the process collectors."""
 
-    def __init__(self, server: TetherServer) -> None:
+    def __init__(self, server: TetherServer, api: BackendApi | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(TetherCollector(server))
+        self.registry.register(TetherCollector(server, api))
         # Process figures, garbage collection and the Python version, read at scrape time too.
         self.registry.register(ProcessMetrics())
         for collector in (GC_COLLECTOR, PLATFORM_COLLECTOR):
