@@ -196,3 +196,42 @@ async def test_demo_presence_and_chat(
     assert bob.errors == []
     assert alice.errors == []
     await bob.context.close()
+
+
+async def test_new_device_counts_each_message_once(
+    browser: Any, demo_server: EmbeddedServer
+) -> None:
+    """A new device's unread list and its catch-up count each waiting message once."""
+    alice = await signed_in(browser, demo_server, "alice", DESKTOP)
+    await alice.locator(f'.group[data-group="{DEMO_GROUP}"]').click()
+    await send(alice, "For the group")
+    await alice.locator('.contact[data-user="bob"]').click()
+    await send(alice, "For bob")
+    stored = (
+        f"() => ['d:alice:bob', 'g:{DEMO_GROUP}'].every((id) =>"
+        " [...(window.tetherDemo.chats.get(id)?.keys() ?? [])]"
+        ".some((key) => key.startsWith('seq:')))"
+    )
+    await alice.wait_for_function(stored, timeout=WAIT_MS)  # both acknowledged, so stored
+
+    # A fresh browser context is a new device of bob with no read marks: both messages wait.
+    bob = await signed_in(browser, demo_server, "bob", PHONE)
+    caught_up = (
+        "() => window.tetherDemo.chats.get('d:alice:bob')?.size === 1"
+        f" && window.tetherDemo.chats.get('g:{DEMO_GROUP}')?.size === 1"
+    )
+    await bob.wait_for_function(caught_up, timeout=WAIT_MS)
+    for selector in ('.contact[data-user="alice"]', f'.group[data-group="{DEMO_GROUP}"]'):
+        await playwright_api.expect(bob.locator(f"{selector} .unread")).to_have_text(
+            " · 1 new", timeout=WAIT_MS
+        )
+
+    # A live message adds one.
+    await send(alice, "And one more")
+    await playwright_api.expect(bob.locator('.contact[data-user="alice"] .unread')).to_have_text(
+        " · 2 new", timeout=WAIT_MS
+    )
+    assert bob.errors == []
+    assert alice.errors == []
+    await alice.context.close()
+    await bob.context.close()

@@ -156,6 +156,22 @@ def test_groups_through_running_server(served: tuple[Path, int, int]) -> None:
     assert "code 1" in bad.stderr
 
 
+def test_second_server_on_data_folder_refused(served: tuple[Path, int, int]) -> None:
+    """A second `tether serve` on a running server's data folder exits; the first keeps it."""
+    data_dir, _, _ = served
+    second = subprocess.run(
+        [*TETHER, "serve", "--data-dir", str(data_dir), "--tcp-port", "0", "--ws-port", "0"],
+        capture_output=True, text=True, timeout=TIMEOUT * 4, check=False,
+    )  # fmt: skip
+    assert second.returncode == 1, second.stderr
+    assert f"cannot start: another tether server runs on the data folder {data_dir}" in (
+        second.stderr
+    )
+    assert second.stdout == ""  # no ready line
+    added = run_tether("contacts", "add", "alice", "bob", data_dir=data_dir)
+    assert "(live)" in added.stdout, added.stderr  # the first server still serves the socket
+
+
 def test_database_password_masked_in_help_and_config(tmp_path: Path) -> None:
     environment = {**os.environ, "TETHER_DATABASE": "postgresql://chat:hunter2@db.example/chat"}
     for command in ("serve", "logic", "contacts", "cluster"):

@@ -146,6 +146,17 @@ async def test_closed_socket_offline_after_grace(
     assert offline.last_seen_ms > 0
 
 
+async def test_own_close_not_reported_as_lost(
+    server: EmbeddedServer, connect: ClientFactory, transport: str
+) -> None:
+    """close() reports code 1000 "client closed", never 1006 "connection lost"."""
+    alice = await connect(server, "alice", transport=transport)
+    await alice.close()
+    events = await drain(alice, quiet=0.3)
+    closes = [(e.code, e.reason, e.reconnecting) for e in events if isinstance(e, ev.Disconnected)]
+    assert closes == [(1000, "client closed", False)]
+
+
 async def test_reconnect_within_grace_is_invisible(
     start_server: ServerFactory, connect: ClientFactory, transport: str
 ) -> None:

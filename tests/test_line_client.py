@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,7 +20,7 @@ from conftest import SECRET, TIMEOUT, ClientFactory, ServerFactory, add_contacts
 from tls_support import make_certificate
 
 from tether.auth import issue_token
-from tether.cli.line_client import event_to_json
+from tether.cli.line_client import MAX_LINE_BYTES, event_to_json
 from tether.client import Client
 from tether.client import events as ev
 from tether.gateway.security import TransportSecurityConfig
@@ -178,6 +179,63 @@ async def test_empty_send_is_refused(contacts: Callable[..., Awaitable[Contacts]
     assert message.body == b"not empty"
     code, _rest = await bob.finish()
     assert code == 0
+
+
+@pytest.mark.parametrize("stdin", ["file", "pipe"])
+async def test_commands_from_file_or_pipe(
+    stdin: str, start_server: ServerFactory, connect: ClientFactory, tmp_path: Path
+) -> None:
+    """Commands from a file or a pipe run in order; a line over the limit is only skipped."""
+    server = await start_server()
+    await add_contacts(server, "alice", "bob")
+    alice = await connect(server, "alice")
+    too_long = "send alice " + "x" * MAX_LINE_BYTES  # over the limit by the command's length
+    # The last line has no newline: the end of the input ends it.
+    commands = f"{too_long}\nsend alice after the long line\nstatus busy"
+    path = tmp_path / "commands.txt"
+    path.write_text(commands)
+
+    arguments = [
+        *TETHER, "client", "bob", "--url", ws_url(server), "--data-dir", str(tmp_path),
+        "--token", issue_token(SECRET, "bob"),
+    ]  # fmt: skip
+    with path.open("rb") as file:
+        process = await asyncio.create_subprocess_exec(
+            *arguments,
+            stdin=file if stdin == "file" else asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        piped = commands.encode() if stdin == "pipe" else None
+        stdout, stderr = await asyncio.wait_for(process.communicate(piped), 4 * TIMEOUT)
+
+    assert process.returncode == 0, stderr.decode(errors="replace")
+    lines = [json.loads(raw) for raw in stdout.splitlines()]
+    assert lines[0]["event"] == "connected", lines
+    errors = [line for line in lines if line["event"] == "error"]
+    assert errors == [
+        {"event": "error", "message": f"line longer than {MAX_LINE_BYTES} bytes skipped"}
+    ]
+    acks = [line for line in lines if line["event"] == "ack"]
+    assert [(ack["to"], ack["sequence"]) for ack in acks] == [("alice", 1)]
+    assert {"event": "status", "status": "busy"} in lines
+    message = await next_of(alice, ev.Message)
+    assert isinstance(message, ev.Message)
+    assert message.body == b"after the long line"
+
+
+async def test_empty_stdin_device_ends_cleanly(start_server: ServerFactory, tmp_path: Path) -> None:
+    """`tether client alice < /dev/null` connects, then ends as at the end of any input."""
+    server = await start_server()
+    with open(os.devnull, "rb") as devnull:
+        process = await asyncio.create_subprocess_exec(
+            *TETHER, "client", "alice", "--url", f"tcp://127.0.0.1:{server.tcp_port}",
+            "--data-dir", str(tmp_path), "--token", issue_token(SECRET, "alice"),
+            stdin=devnull, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 4 * TIMEOUT)
+    assert process.returncode == 0, stderr.decode(errors="replace")
+    assert json.loads(stdout.splitlines()[0])["event"] == "connected"
 
 
 async def run_once(tmp_path: Path, *arguments: str) -> tuple[int, list[dict[str, Any]]]:

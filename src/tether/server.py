@@ -275,9 +275,14 @@ class TetherServer:
         self.keys.reload()
 
     async def start(self) -> None:
-        """Start every part and listen on the configured ports."""
+        """Start every part and listen on the configured ports.
+
+        Raises FileExistsError when an embedded server already runs on the data folder.
+        """
         config = self.config
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.logic is not None and config.control_socket and not config.redis_url:
+            await _check_no_embedded_server(config.data_dir)
         if self.http is not None:
             await self.http.start()  # first, so probes get "starting" rather than no answer
         self.loop_lag.start()
@@ -448,6 +453,26 @@ async def send_admin_request(
                 return env.Envelope.FromString(payloads[0]).admin_result
     finally:
         writer.close()
+
+
+async def _check_no_embedded_server(data_dir: Path) -> None:
+    """Raise FileExistsError if a running server accepts on the data folder's control socket.
+
+    A second embedded server there would take over the socket, so `tether contacts` and
+    `tether groups` would no longer reach the first one's clients. Logic workers of a cluster
+    may share the socket, because each of them forwards a request to the same logic stream.
+    NOTE: a worker that stops still removes the socket while the other workers run.
+    """
+    path = data_dir / CONTROL_SOCKET_NAME
+    try:
+        _reader, writer = await asyncio.open_unix_connection(path)
+    except OSError:
+        return  # no socket, or one left behind by a server that died
+    writer.close()
+    raise FileExistsError(
+        f"another tether server runs on the data folder {data_dir} (its control socket "
+        "accepts connections): stop it, or give this server another --data-dir"
+    )
 
 
 def _check_demo_config(config: ServerConfig, development_secret: str | None) -> None:

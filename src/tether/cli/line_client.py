@@ -7,6 +7,9 @@ line on stdout:
     status online|away|busy|invisible     -> {"event": "status", ...}
     quit                                  (or end of input) closes the connection
 
+Input may come from a terminal, a pipe or a file (`tether client alice < commands.txt`). A line
+longer than MAX_LINE_BYTES gets an error line and is skipped.
+
 USER may be "g:" and a group id, for a group message. With `--json true` it speaks the
 `tether.v1.json` subprotocol over ws:// or wss://, the frames a browser's developer tools
 show. A URL it can never connect to, and a server certificate it does not trust, end it at
@@ -18,9 +21,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import ssl
+import stat
 import sys
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, BinaryIO
 
 from tether.auth import issue_token
 from tether.client import Client
@@ -28,7 +34,11 @@ from tether.client import events as ev
 from tether.protocol.errors import ConnectionClosed, RequestError
 from tether.server import load_or_create_secret
 
-__all__ = ["event_to_json", "line_client"]
+__all__ = ["MAX_LINE_BYTES", "event_to_json", "line_client"]
+
+# A command line of at most 64 KiB, asyncio's default StreamReader limit, fits a message
+# body of the default maximum (32 KiB) even where most characters take two UTF-8 bytes.
+MAX_LINE_BYTES = 64 * 1024
 
 
 def event_to_json(event: ev.Event) -> dict[str, Any]:
@@ -131,16 +141,14 @@ async def line_client(arguments: argparse.Namespace) -> int:
         return 1
 
     printer = asyncio.create_task(_print_events(client))
-    reader = asyncio.StreamReader()
-    loop = asyncio.get_running_loop()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     sends: set[asyncio.Task[None]] = set()
     try:
-        while True:
-            line_bytes = await reader.readline()
-            if not line_bytes:
-                break
-            line = line_bytes.decode().strip()
+        async for line_bytes in _stdin_lines():
+            if line_bytes is None:
+                message = f"line longer than {MAX_LINE_BYTES} bytes skipped"
+                _print({"event": "error", "message": message})
+                continue
+            line = line_bytes.decode(errors="replace").strip()
             if not line:
                 continue
             command, _, rest = line.partition(" ")
@@ -175,6 +183,58 @@ async def line_client(arguments: argparse.Namespace) -> int:
         await client.close()
         printer.cancel()
     return 0
+
+
+async def _stdin_lines() -> AsyncIterator[bytes | None]:
+    """Yield the lines of stdin until its end, and None for each line over MAX_LINE_BYTES."""
+    if sys.stdin is None:
+        return  # started with stdin closed: no commands
+    mode = os.fstat(sys.stdin.fileno()).st_mode
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or sys.stdin.isatty():
+        reader = asyncio.StreamReader(limit=MAX_LINE_BYTES)
+        loop = asyncio.get_running_loop()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        async for line in _pipe_lines(reader):
+            yield line
+        return
+    # A regular file or a device such as /dev/null: an event loop cannot watch one for input
+    # (uvloop aborts the process on it), and a read from it returns at once, so a worker
+    # thread reads it.
+    while (line := await asyncio.to_thread(_read_line, sys.stdin.buffer)) != b"":
+        yield line
+
+
+async def _pipe_lines(reader: asyncio.StreamReader) -> AsyncIterator[bytes | None]:
+    """Yield the lines of a pipe or terminal, and None for each line over MAX_LINE_BYTES."""
+    skipping = False  # inside a line that is too long, whose start was dropped
+    while True:
+        try:
+            line = await reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as error:  # the input ended
+            if skipping:
+                yield None
+            elif error.partial:
+                yield error.partial
+            return
+        except asyncio.LimitOverrunError as error:
+            await reader.readexactly(error.consumed)  # buffered already: drop it
+            skipping = True
+            continue
+        if skipping:
+            skipping = False
+            yield None
+        else:
+            yield line
+
+
+def _read_line(stream: BinaryIO) -> bytes | None:
+    """Return the next line of a file, b"" at its end, or None after skipping a long line."""
+    line = stream.readline(MAX_LINE_BYTES + 1)
+    if len(line) <= MAX_LINE_BYTES or line.endswith(b"\n"):
+        return line
+    while line and not line.endswith(b"\n"):
+        line = stream.readline(MAX_LINE_BYTES)
+    return None
 
 
 async def _send(client: Client, recipient: str, text: str) -> None:

@@ -45,6 +45,8 @@ _MODES = {
     "busy": pb.MODE_BUSY,
     "invisible": pb.MODE_INVISIBLE,
 }
+# Close code reported when the application called close() (RFC 6455, 7.4.1: normal closure).
+CLIENT_CLOSED = 1000
 # Close code reported when the transport failed without a Disconnect frame.
 TRANSPORT_LOST = 1006
 # Close code reported when the server's TLS certificate failed verification (RFC 6455, 7.4.1).
@@ -191,7 +193,7 @@ class Client(ClientGroups):
             with contextlib.suppress(Exception):
                 await transport.send(
                     pb.Frame(
-                        disconnect=pb.Disconnect(code=1000, reason="client closed")
+                        disconnect=pb.Disconnect(code=CLIENT_CLOSED, reason="client closed")
                     ).SerializeToString()
                 )
             transport.close()
@@ -200,7 +202,7 @@ class Client(ClientGroups):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
             self._runner = None
-        self._fail_pending(ConnectionClosed(1000, "client closed"))
+        self._fail_pending(ConnectionClosed(CLIENT_CLOSED, "client closed"))
 
     async def send(
         self, recipient: str, body: bytes | str, *, client_message_id: str | None = None
@@ -252,6 +254,9 @@ class Client(ClientGroups):
         while not self._closing:
             started = asyncio.get_running_loop().time()
             code, reason, server_delay, opened = await self._connect_once()
+            if self._closing:
+                # close() ended the connection: the transport it closed is not a lost one.
+                code, reason = CLIENT_CLOSED, "client closed"
             lasted = asyncio.get_running_loop().time() - started
             if opened and lasted >= STABLE_SESSION:
                 attempt = 0  # a session that was accepted and then kicked at once keeps backing off

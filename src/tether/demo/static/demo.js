@@ -22,6 +22,7 @@ const demo = {
   chats: new Map(), // conversation id -> Map of key -> message shown
   loaded: new Set(), // conversations whose history was fetched
   unread: new Map(), // chat key -> messages not yet seen in an open chat
+  counted: new Map(), // conversation id -> highest sequence already in `unread`
   open: "", // key of the open chat
   log: [], // every presence change seen, for the console and the browser tests
   countLog: [], // every group count received, for the console and the browser tests
@@ -308,9 +309,13 @@ function closeChat() {
 function onMessage(message) {
   remember(message);
   const key = chatKey(message.conversationId);
+  // The unread list after a connect counts the messages that catch-up then delivers: count
+  // each sequence number once.
+  const counted = demo.counted.get(message.conversationId) ?? 0;
+  demo.counted.set(message.conversationId, Math.max(counted, message.sequence));
   if (key === demo.open) {
     renderMessages();
-  } else if (key) {
+  } else if (key && message.sequence > counted) {
     demo.unread.set(key, (demo.unread.get(key) ?? 0) + 1);
     if (isGroup(key)) renderGroups();
     else renderContacts();
@@ -396,9 +401,10 @@ async function signIn(user) {
   });
   client.on("message", onMessage);
   client.on("unread", ({ conversations }) => {
-    for (const { conversationId, unread } of conversations) {
+    for (const { conversationId, lastSequence, unread } of conversations) {
       const key = chatKey(conversationId);
       if (key && key !== demo.open && unread > 0) demo.unread.set(key, unread);
+      demo.counted.set(conversationId, Math.max(demo.counted.get(conversationId) ?? 0, lastSequence));
     }
     renderContacts();
     renderGroups();
@@ -427,6 +433,7 @@ async function signOut() {
   demo.chats.clear();
   demo.loaded.clear();
   demo.unread.clear();
+  demo.counted.clear();
   demo.open = "";
   renderGroups();
   $("me").hidden = true;
