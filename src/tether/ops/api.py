@@ -130,7 +130,10 @@ class BackendApi(GroupRoutes):
             logger.info("server API off: no API key set (--api-keys or --api-keys-file)")
             return
         await self.reader.start()
-        logger.info("server API on at %s with %d API keys", API_PREFIX, len(self.keys))
+        count = len(self.keys)
+        logger.info(
+            "server API on at %s with %d API key%s", API_PREFIX, count, "" if count == 1 else "s"
+        )
 
     async def close(self) -> None:
         """Close the presence reader."""

@@ -167,7 +167,13 @@ class AdminDashboard:
         await self.reader.start()
         if self.board is not None:
             await self.board.start()
-        logger.info("admin dashboard on at %s/ with %d admin keys", ADMIN_PREFIX, len(self.keys))
+        count = len(self.keys)
+        logger.info(
+            "admin dashboard on at %s/ with %d admin key%s",
+            ADMIN_PREFIX,
+            count,
+            "" if count == 1 else "s",
+        )
 
     async def close(self) -> None:
         """Close the readers."""
