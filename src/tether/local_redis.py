@@ -84,7 +84,9 @@ class RedisServer:
         self, directory: Path, *, binary: Path | None = None, cluster_node: bool = False
     ) -> None:
         self.binary = binary or find_server_binary()
-        self.directory = directory
+        # Absolute: the server changes its working folder to --dir before it opens --logfile,
+        # so a relative folder would name the log file twice over.
+        self.directory = directory.absolute()
         self.port = free_port()
         assert self.port != 6379, "a private server never takes the default Redis port"
         # The default bus port is port + 10000, which can exceed 65535 for a free port.

@@ -18,7 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tether.cli.main import configure_logging, install_stop_signals
+from tether.cli.main import check_config_file, configure_logging, install_stop_signals
+from tether.cli.settings import SettingError
 from tether.local_redis import LocalRedisCluster, RedisServer
 from tether.server import load_or_create_secret
 
@@ -39,6 +40,11 @@ async def cluster(arguments: argparse.Namespace) -> int:
         config: Path = arguments.config
         if not config.is_file():
             logger.error("invalid setting config: %s is not a readable file", config)
+            return 2
+        try:
+            check_config_file(config)
+        except SettingError as error:
+            logger.error("invalid setting config: %s", error)
             return 2
         child_environment["TETHER_CONFIG"] = str(config.resolve())
 
@@ -92,10 +98,12 @@ async def cluster(arguments: argparse.Namespace) -> int:
                 logger.error("%s exited before it was ready (status %s)", name, child.poll())
                 return 1
             print(f"{name:6} pid {child.pid}  {line}", flush=True)
-        print("cluster ready; Ctrl-C stops it", flush=True)
-
+        # Before the line that invites Ctrl-C, so a stop signal that follows it at once stops
+        # the cluster cleanly rather than raising KeyboardInterrupt.
         stop = asyncio.Event()
         install_stop_signals(stop)
+        print("cluster ready; Ctrl-C stops it", flush=True)
+
         watcher = asyncio.create_task(_watch_children(children, stop))
         await stop.wait()
         watcher.cancel()

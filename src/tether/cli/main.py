@@ -13,6 +13,7 @@ from typing import Any
 from tether.bench.cli import add_bench_parser
 from tether.cli.hook_options import add_hook_options
 from tether.cli.settings import (
+    SECTIONS,
     SettingError,
     add_config_option,
     add_option,
@@ -24,7 +25,7 @@ from tether.cli.settings import (
 from tether.cli.transport_options import add_client_tls_options, add_transport_security_options
 from tether.urls import redact_url
 
-__all__ = ["main", "run"]
+__all__ = ["check_config_file", "main", "run"]
 
 
 def run(coroutine: Coroutine[Any, Any, int]) -> int:
@@ -722,6 +723,18 @@ def _token(arguments: argparse.Namespace) -> int:
         return 2
     print(token)
     return 0
+
+
+def check_config_file(path: Path) -> None:
+    """Raise SettingError when `tether serve` or `tether logic` would fail to start with the
+    configuration file at path, or with the TETHER_* variables set now.
+
+    `tether cluster` checks its `--config` file so before it starts anything: each of its
+    processes reads the file and the variables by these rules.
+    """
+    parser = _build_parser()
+    for command in SECTIONS:
+        resolve(parser.parse_args(["config", "show", command, "--config", str(path)]))
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:

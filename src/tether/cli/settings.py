@@ -260,7 +260,7 @@ def _read_config_file(path: Path) -> dict[str, Any]:
             return tomllib.load(file)
     except OSError as error:
         raise SettingError(f"cannot read the configuration file {path}: {error}") from error
-    except tomllib.TOMLDecodeError as error:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:  # TOML files are UTF-8
         raise SettingError(f"{path} is not valid TOML: {error}") from error
 
 

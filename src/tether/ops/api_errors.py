@@ -130,7 +130,7 @@ _TABLE: dict[ApiErrorCode, ApiErrorInfo] = {
             ApiErrorCode.UNSUPPORTED_MEDIA_TYPE,
             415,
             False,
-            "The request body is not `application/json`.",
+            "The request body is not `application/json`, or it has a `Content-Encoding`.",
         ),
         ApiErrorInfo(
             ApiErrorCode.UNAVAILABLE,

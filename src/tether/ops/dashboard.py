@@ -53,7 +53,8 @@ ADMIN_API_PREFIX = ADMIN_PREFIX + "/api/"
 KEY_HEADER = "X-Admin-Key"
 OVERVIEW_MAX_AGE = 0.5
 """Seconds an overview is reused, so any number of open dashboards costs at most two Redis
-reads per second."""
+reads per second. Requests that arrive while an overview is read wait for that read and share
+its result or its failure, so a Redis that stops replying costs each of them one timeout."""
 REJECTION_LOG_INTERVAL = 60.0
 """Seconds between two warnings about rejected admin keys; the ones in between are counted."""
 
@@ -142,8 +143,8 @@ class AdminDashboard:
                     server.config.redis_url, cluster=server.config.redis_cluster
                 )
         self._rejections = _RejectionLog(REJECTION_LOG_INTERVAL)
-        self._overview_lock = asyncio.Lock()
         self._overview: tuple[float, dict[str, object]] | None = None
+        self._overview_read: asyncio.Task[dict[str, object]] | None = None
 
     def install(self, app: web.Application) -> None:
         """Add the middleware and the routes to app, which must not have started yet."""
@@ -176,7 +177,11 @@ class AdminDashboard:
         )
 
     async def close(self) -> None:
-        """Close the readers."""
+        """Stop a read of the overview in progress and close the readers."""
+        read = self._overview_read
+        if read is not None:
+            read.cancel()
+            await asyncio.wait({read})  # its outcome no longer matters, only that it ended
         if self.reader is not None:
             await self.reader.close()
         if self.board is not None:
@@ -235,13 +240,23 @@ class AdminDashboard:
 
         Raises ApiFailure `unavailable` when Redis cannot be read.
         """
-        async with self._overview_lock:
-            now = time.monotonic()
-            if self._overview is not None and now - self._overview[0] < OVERVIEW_MAX_AGE:
-                return self._overview[1]
+        now = time.monotonic()
+        if self._overview is not None and now - self._overview[0] < OVERVIEW_MAX_AGE:
+            return self._overview[1]
+        if self._overview_read is None:
+            self._overview_read = asyncio.get_running_loop().create_task(
+                self._keep_overview(now), name="admin-overview"
+            )
+        # Shielded: a client that hangs up cancels its own wait, not the read others share.
+        return await asyncio.shield(self._overview_read)
+
+    async def _keep_overview(self, started: float) -> dict[str, object]:
+        try:
             overview = await self._read_overview()
-            self._overview = (now, overview)
-            return overview
+        finally:
+            self._overview_read = None
+        self._overview = (started, overview)
+        return overview
 
     async def _read_overview(self) -> dict[str, object]:
         server = self._server

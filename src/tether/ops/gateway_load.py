@@ -32,7 +32,14 @@ if TYPE_CHECKING:
     from tether.loop_lag import LoopLagMonitor
     from tether.ops.load_board import RedisLoadBoard
 
-__all__ = ["COUNTERS", "GatewayLoad", "LoadReporter", "LoadSampler", "counter_totals"]
+__all__ = [
+    "COUNTERS",
+    "MAX_MAGNITUDE",
+    "GatewayLoad",
+    "LoadReporter",
+    "LoadSampler",
+    "counter_totals",
+]
 
 logger = logging.getLogger("tether.ops.load")
 
@@ -46,6 +53,10 @@ COUNTERS = (
     "slow_consumer_disconnects",
 )
 """Counters a load sample carries as totals since start and as rates per second."""
+MAX_MAGNITUDE = 2**53
+"""Largest absolute value of a number in a load read back: the largest integer a JavaScript
+number represents exactly. Sums over any number of gateways the dashboard lists stay finite, so
+its JSON never contains Infinity, which browsers cannot parse."""
 
 
 def counter_totals(gateway: Gateway) -> dict[str, int]:
@@ -134,12 +145,15 @@ class GatewayLoad:
 
 
 def _number(data: object, name: str) -> float:
-    """Return data[name]; 0 when data or the field is missing, ValueError when not finite."""
+    """Return data[name]; 0 when data or the field is missing, ValueError when it is not a
+    number of at most MAX_MAGNITUDE."""
     if not isinstance(data, dict) or data.get(name) is None:
         return 0.0
     value = data[name]
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(f"{name} of a gateway load must be a finite number, got {value!r}")
+    if abs(value) > MAX_MAGNITUDE:
+        raise ValueError(f"{name} of a gateway load is out of range, got {value!r}")
     return float(value)
 
 

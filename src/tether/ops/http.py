@@ -99,9 +99,17 @@ class HttpPort:
         self.api = BackendApi(server, ApiKeys(api_keys))
         self.dashboard = AdminDashboard(server, ApiKeys(server.config.admin_keys))
         self.app = create_app(server, self.api, self.dashboard)
-        # No access log: Kubernetes probes every few seconds would fill it.
+        # No access log: Kubernetes probes every few seconds would fill it. No decompression
+        # of request bodies: aiohttp would inflate a gzip or deflate body on the event loop as
+        # it arrives, whatever the route, the key and client_max_size. A body of a few
+        # megabytes that inflates to gigabytes would then stall every client connection for
+        # seconds. Routes that read a body reject a Content-Encoding (`api_input`).
         self._runner = web.AppRunner(
-            self.app, access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT
+            self.app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=_SHUTDOWN_TIMEOUT,
+            auto_decompress=False,
         )
 
     async def start(self) -> None:

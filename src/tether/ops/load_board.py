@@ -13,6 +13,10 @@ entry; one that dies drops out when its report expires, because readers ask only
 scored after now. The `{load}` hash tag puts every key in one slot, so on a Redis Cluster one
 node serves the writes, and a read is two round trips to that node whatever the number of
 gateways.
+
+A read lists the first MAX_GATEWAYS live gateways by id. It leaves out, with one warning each,
+what no gateway of this version wrote: an id that is not UTF-8, a key that contains no string,
+and a report that is not a valid sample of the gateway it is filed under.
 """
 
 from __future__ import annotations
@@ -26,14 +30,21 @@ import redis.asyncio as redis
 from redis.exceptions import RedisClusterException, RedisError
 
 from tether.ops.gateway_load import GatewayLoad
+from tether.ops.json_input import decode_json
 from tether.protocol.errors import BusUnavailable
 
-__all__ = ["MAX_GATEWAYS", "RedisLoadBoard"]
+__all__ = ["DEFAULT_TIMEOUT", "MAX_GATEWAYS", "MAX_INDEX_READ", "RedisLoadBoard"]
 
 logger = logging.getLogger("tether.ops.load")
 
 MAX_GATEWAYS = 1000
 """Maximum number of gateways one read returns; the overview sets `truncated` when more exist."""
+MAX_INDEX_READ = 10 * MAX_GATEWAYS
+"""Ids one read takes from the index at most, so that it lists the first MAX_GATEWAYS live
+gateways by id. NOTE: with more live gateways than this, the ids come from the ones whose
+reports expire first, and the first MAX_GATEWAYS of those are listed."""
+DEFAULT_TIMEOUT = 5.0
+"""Seconds a read or write waits for Redis before it fails as unavailable."""
 # redis-py raises RedisClusterException, which is no RedisError, when its slot map is stale.
 _REDIS_ERRORS = (RedisError, RedisClusterException)
 
@@ -42,7 +53,12 @@ class RedisLoadBoard:
     """The gateway loads in one Redis deployment: written by gateways, read by dashboards."""
 
     def __init__(
-        self, url: str, *, cluster: bool = False, key_prefix: str = "tether:", timeout: float = 5.0
+        self,
+        url: str,
+        *,
+        cluster: bool = False,
+        key_prefix: str = "tether:",
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         """Prepare a board on url; with cluster, url names any node of a Redis Cluster."""
         self._url = url
@@ -52,7 +68,7 @@ class RedisLoadBoard:
         self._redis: Any = None
         # Gateways whose invalid report was logged, so a dashboard polling every second
         # logs each one once; bounded like the reads.
-        self._reported_invalid: set[bytes] = set()
+        self._reported_invalid: set[str] = set()
 
     def _report_key(self, gateway_id: str) -> str:
         return f"{self._index_key}:{gateway_id}"
@@ -93,19 +109,32 @@ class RedisLoadBoard:
     async def read(self, limit: int = MAX_GATEWAYS) -> tuple[list[GatewayLoad], bool]:
         """Return the live reports sorted by gateway id, at most limit, and whether more exist.
 
-        A report that is not valid JSON of a `GatewayLoad` is left out with a warning. Raises
-        BusUnavailable when Redis fails.
+        A report that is not valid JSON of a `GatewayLoad` under its own gateway's id is left
+        out with a warning, as is an id that is not UTF-8 or a key that contains no string.
+        Raises BusUnavailable when Redis fails.
         """
         try:
-            ids: list[bytes] = await self._redis.zrangebyscore(
-                self._index_key, _now_ms(), "+inf", start=0, num=limit + 1
+            members: list[bytes] = await self._redis.zrangebyscore(
+                self._index_key, _now_ms(), "+inf", start=0, num=MAX_INDEX_READ
             )
-            truncated = len(ids) > limit
-            ids = sorted(ids[:limit])
-            pipeline = self._redis.pipeline(transaction=False)
-            for gateway_id in ids:
-                pipeline.get(self._report_key(gateway_id.decode()))
-            reports: list[bytes | None] = await pipeline.execute() if ids else []
+        except _REDIS_ERRORS as error:
+            raise BusUnavailable(f"gateway loads cannot be read: {error}") from error
+        ids = []
+        for member in members:
+            try:
+                ids.append(member.decode())
+            except UnicodeDecodeError:
+                self._warn_invalid(member.decode(errors="replace"), "its id is not UTF-8")
+        ids.sort()  # code point order, which is the byte order of UTF-8
+        truncated = len(ids) > limit
+        ids = ids[:limit]
+
+        pipeline = self._redis.pipeline(transaction=False)
+        for gateway_id in ids:
+            pipeline.get(self._report_key(gateway_id))
+        try:
+            # A key of another type answers WRONGTYPE: that error comes back in its place.
+            reports: list[object] = await pipeline.execute(raise_on_error=False) if ids else []
         except _REDIS_ERRORS as error:
             raise BusUnavailable(f"gateway loads cannot be read: {error}") from error
 
@@ -113,20 +142,26 @@ class RedisLoadBoard:
         for gateway_id, report in zip(ids, reports, strict=True):
             if report is None:
                 continue  # expired between the two round trips
+            if not isinstance(report, bytes):
+                self._warn_invalid(gateway_id, f"its key cannot be read: {report}")
+                continue
             try:
-                loads.append(GatewayLoad.from_json(json.loads(report)))
-            except ValueError as error:  # json.JSONDecodeError is a ValueError
-                self._warn_invalid(gateway_id, error)
+                load = GatewayLoad.from_json(decode_json(report))
+            except ValueError as error:  # JsonInputError is a ValueError
+                self._warn_invalid(gateway_id, str(error))
+                continue
+            if load.gateway_id != gateway_id:
+                self._warn_invalid(gateway_id, f"it names gateway {load.gateway_id!r}")
+                continue
+            loads.append(load)
         return loads, truncated
 
-    def _warn_invalid(self, gateway_id: bytes, error: ValueError) -> None:
+    def _warn_invalid(self, gateway_id: str, problem: str) -> None:
         if gateway_id in self._reported_invalid or len(self._reported_invalid) >= MAX_GATEWAYS:
             return
         self._reported_invalid.add(gateway_id)
         logger.warning(
-            "invalid load report of gateway %r left out of the dashboard: %s",
-            gateway_id.decode(errors="replace"),
-            error,
+            "invalid load report of gateway %r left out of the dashboard: %s", gateway_id, problem
         )
 
 
