@@ -162,6 +162,23 @@ async def test_tokens_only_for_demo_users(demo_server: EmbeddedServer) -> None:
         assert b"error" in body
 
 
+async def test_chunked_deep_body_rejected(demo_server: EmbeddedServer) -> None:
+    """A chunked body states no length: a deeply nested one gets 413, not a server error."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(100):
+            yield b"[" * 1000
+
+    assert demo_server.http is not None and demo_server.http.port is not None
+    url = f"http://127.0.0.1:{demo_server.http.port}/demo/token"
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as session,
+        session.post(url, data=chunks()) as response,
+    ):
+        assert response.status == 413
+        assert b"too large" in await response.read()
+
+
 async def test_demo_users_become_contacts_and_group_members(demo_server: EmbeddedServer) -> None:
     status, _headers, _body = await request(demo_server, "POST", "/demo/token", b'{"user":"dave"}')
     assert status == 200

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from tether.auth import issue_token
 from tether.bus import envelope_pb2 as env
+from tether.ops.json_input import JsonInputError, decode_json
 
 if TYPE_CHECKING:
     from tether.server import TetherServer
@@ -88,9 +89,13 @@ class _Demo:
         """Return a token for one of DEMO_USERS: `{"user": "alice"}` → `{"token": ...}`."""
         if request.content_length is not None and request.content_length > _MAX_TOKEN_REQUEST_BYTES:
             return _error(413, "request body too large")
+        # A chunked request states no length, so the length is checked again once read.
+        raw = await request.read()
+        if len(raw) > _MAX_TOKEN_REQUEST_BYTES:
+            return _error(413, "request body too large")
         try:
-            body = await request.json()
-        except ValueError:
+            body = decode_json(raw)
+        except JsonInputError:
             return _error(400, 'send a JSON object: {"user": "alice"}')
         user = body.get("user") if isinstance(body, dict) else None
         if user not in DEMO_USERS:
