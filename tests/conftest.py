@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -270,6 +271,42 @@ async def drain(client: Client, quiet: float = QUIET) -> list[ev.Event]:
             seen.append(await client.next_event(quiet))
         except TimeoutError:
             return seen
+
+
+class SilentReader:
+    """A client that logs in and then never reads, with a small receive buffer."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    @classmethod
+    async def open(cls, port: int, token: str, device: str = "silent") -> SilentReader:
+        """Connect to a gateway's TCP port on 127.0.0.1 and send a Connect with token."""
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(sock, ("127.0.0.1", port))
+        connect = pb.Connect(protocol_version=1, token=token, device_id=device)
+        await loop.sock_sendall(sock, prefix_frame(pb.Frame(connect=connect).SerializeToString()))
+        return cls(sock)
+
+    async def read_to_end(self) -> list[pb.Frame]:
+        """Read everything the server sent until it closed the connection."""
+        loop = asyncio.get_running_loop()
+        decoder = StreamDecoder(1 << 24)
+        frames: list[pb.Frame] = []
+        while True:
+            try:
+                data = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), TIMEOUT)
+            except ConnectionResetError:
+                return frames
+            if not data:
+                return frames
+            frames.extend(pb.Frame.FromString(payload) for payload in decoder.feed(data))
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class RawClient:

@@ -135,7 +135,22 @@ def test_groups_offline_edit(tmp_path: Path) -> None:
     assert "exists already" in taken.stderr
     usage = run_tether("groups", "list", "a", "b", data_dir=tmp_path)
     assert usage.returncode == 2
+    usage = run_tether("groups", "owner", "team", data_dir=tmp_path)
+    assert usage.returncode == 2
     missing = run_tether("groups", "members", "nothing", data_dir=tmp_path)
+    assert missing.returncode == 1
+
+    handed = run_tether("groups", "owner", "team", "carol", data_dir=tmp_path)
+    assert handed.returncode == 0, handed.stderr
+    listed = run_tether("groups", "list", "alice", data_dir=tmp_path)
+    assert listed.stdout.splitlines() == ["team\towner=carol\tmembers=2"]
+    stranger = run_tether("groups", "owner", "team", "bob", data_dir=tmp_path)
+    assert stranger.returncode == 1
+    assert "not a member" in stranger.stderr
+    deleted = run_tether("groups", "delete", "team", data_dir=tmp_path)
+    assert deleted.returncode == 0, deleted.stderr
+    assert run_tether("groups", "list", "carol", data_dir=tmp_path).stdout == ""
+    missing = run_tether("groups", "members", "team", data_dir=tmp_path)
     assert missing.returncode == 1
 
 

@@ -36,19 +36,25 @@ on_both = pytest.mark.parametrize("redis_server", REDIS_KINDS, indirect=True)
 
 
 class Process:
-    """A tether process started by a test, stopped by its PID."""
+    """A tether process started by a test, stopped by its PID.
 
-    def __init__(self, name: str, command: list[str]) -> None:
+    Its stderr goes to `<name>.stderr` in log_dir: a pipe that no one reads would stop the
+    process once its log filled the pipe's buffer.
+    """
+
+    def __init__(self, name: str, command: list[str], log_dir: Path) -> None:
         self.name = name
         self.command = command
-        self.popen = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.stderr_path = log_dir / f"{name}.stderr"
+        with self.stderr_path.open("a") as stderr:
+            self.popen = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
         assert self.popen.stdout is not None
         line = self.popen.stdout.readline()
         if not line.startswith("tether ready"):
             self.popen.kill()
-            raise RuntimeError(f"{name} did not start: {line!r} {self.popen.stderr.read()}")  # type: ignore[union-attr]
+            self.popen.wait()
+            raise RuntimeError(f"{name} did not start: {line!r} {self.stderr_path.read_text()}")
         found = re.search(r"tcp=[\d.]+:(\d+)", line)
         self.tcp_port = int(found.group(1)) if found else 0
         found = re.search(r"http=[\d.]+:(\d+)", line)
@@ -94,14 +100,14 @@ class Cluster:
                    "--tcp-port", "0", "--ws-port", "off"]  # fmt: skip
         for key, value in options.items():
             command += [key, value]
-        process = Process(name, command)
+        process = Process(name, command, self.directory.parent / "logs")
         self.processes.append(process)
         return process
 
     def logic(self, name: str = "logic", database: str = "", *options: str) -> Process:
         """Start a logic worker; database empty means tether.db in the shared data folder."""
         command = [*TETHER, "logic", *self.common(), "--database", database, *options]
-        process = Process(name, command)
+        process = Process(name, command, self.directory.parent / "logs")
         self.processes.append(process)
         return process
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import socket
 
 from conftest import (
     QUIET,
@@ -12,6 +11,7 @@ from conftest import (
     TIMEOUT,
     ClientFactory,
     ServerFactory,
+    SilentReader,
     drain,
     next_of,
 )
@@ -24,44 +24,6 @@ from tether.protocol import tether_pb2 as pb
 from tether.protocol.codes import Code
 from tether.protocol.framing import StreamDecoder, prefix_frame
 from tether.server import EmbeddedServer
-
-
-class SilentReader:
-    """A member that logs in and then never reads, with small socket buffers."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-
-    @classmethod
-    async def open(cls, server: EmbeddedServer, user: str) -> SilentReader:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.tcp_port))
-        connect = pb.Connect(
-            protocol_version=1, token=issue_token(SECRET, user), device_id="silent"
-        )
-        await asyncio.get_running_loop().sock_sendall(
-            sock, prefix_frame(pb.Frame(connect=connect).SerializeToString())
-        )
-        return cls(sock)
-
-    async def read_to_end(self) -> list[pb.Frame]:
-        """Read everything the server sent until it closed the connection."""
-        loop = asyncio.get_running_loop()
-        decoder = StreamDecoder(1 << 24)
-        frames: list[pb.Frame] = []
-        while True:
-            try:
-                data = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), TIMEOUT)
-            except ConnectionResetError:
-                return frames
-            if not data:
-                return frames
-            frames.extend(pb.Frame.FromString(payload) for payload in decoder.feed(data))
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 async def wait_for(condition: object, timeout: float = TIMEOUT) -> None:
@@ -83,7 +45,7 @@ async def test_slow_reader_closed_and_catches_up(
     alice = await connect(server, "alice")
     bob = await connect(server, "bob")
     await alice.create_group("team", ["bob", "slow"])
-    slow = await SilentReader.open(server, "slow")
+    slow = await SilentReader.open(server.tcp_port, issue_token(SECRET, "slow"))
     await wait_for(lambda: "slow" in gateway.sessions)
 
     body = b"x" * 30_000
@@ -96,13 +58,14 @@ async def test_slow_reader_closed_and_catches_up(
         batch = range(sent, sent + 5)
         await asyncio.gather(*(alice.send_to_group("team", body + str(n).encode()) for n in batch))
         sent += len(batch)
-    # The others carry on undisturbed: bob has every message, in order.
+    # The others carry on undisturbed: bob has every message, in order. Sequence number 1 is
+    # the group's creation, a system message.
     received: list[ev.Message] = []
     while len(received) < sent:
         message = await next_of(bob, ev.Message)
         assert isinstance(message, ev.Message)
         received.append(message)
-    assert [m.sequence for m in received] == list(range(1, sent + 1))
+    assert [m.sequence for m in received] == list(range(2, sent + 2))
 
     frames = await slow.read_to_end()
     slow.close()
@@ -124,7 +87,7 @@ async def test_slow_reader_closed_and_catches_up(
             message = await next_of(again, ev.Message)
             assert isinstance(message, ev.Message)
             caught_up.append(message)
-        assert [m.sequence for m in caught_up] == list(range(1, sent + 1))
+        assert [m.sequence for m in caught_up] == list(range(2, sent + 2))
         assert not [e for e in await drain(again) if isinstance(e, ev.Message)]
     finally:
         await again.close()
@@ -158,7 +121,8 @@ async def test_hot_group_merged_into_batches(
     elapsed = loop.time() - started
     writer.close()
 
-    assert sorted(sequences) == sequences == list(range(1, count + 1))
+    # Sequence number 1 is the group's creation, sent before bob connected.
+    assert sorted(sequences) == sequences == list(range(2, count + 2))
     assert max(len(d.messages) for d in delivers) > 1
     # Pacing: the burst, then at most one frame per push tick.
     assert len(delivers) <= burst + rate * elapsed + 1, (len(delivers), elapsed)

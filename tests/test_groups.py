@@ -97,11 +97,16 @@ async def test_message_reaches_members_once(
     await phone.create_group("team", ["bob", "carol"])
 
     ack = await phone.send_to_group("team", "hello team")
-    assert (ack.conversation_id, ack.sequence) == ("g:team", 1)
+    # Sequence number 1 is the group's creation, a system message every member gets.
+    assert (ack.conversation_id, ack.sequence) == ("g:team", 2)
     for member in (laptop, bob, carol):
+        created = await next_of(member, ev.GroupEvent)
+        assert isinstance(created, ev.GroupEvent)
+        assert (created.group_id, created.sequence, created.kind) == ("team", 1, "created")
+        assert (created.actor, created.user_ids) == ("alice", ["bob", "carol"])
         message = await next_of(member, ev.Message)
         assert isinstance(message, ev.Message)
-        assert (message.message_id, message.sequence) == (ack.message_id, 1)
+        assert (message.message_id, message.sequence) == (ack.message_id, 2)
         assert (message.sender, message.sender_device) == ("alice", "phone")
         assert message.conversation_id == message.recipient == "g:team"
         assert message.body == b"hello team"
@@ -228,11 +233,14 @@ async def test_offline_member_catches_up(server: EmbeddedServer, connect: Client
     alice = await connect(server, "alice")
     await alice.create_group("team", ["bob"])
     acks = [await alice.send_to_group("team", f"m{index}") for index in range(150)]
-    assert [ack.sequence for ack in acks] == list(range(1, 151))
+    assert [ack.sequence for ack in acks] == list(range(2, 152))  # 1 is the creation
 
     bob = await connect(server, "bob")
+    created = await next_of(bob, ev.GroupEvent)
+    assert isinstance(created, ev.GroupEvent)
+    assert (created.sequence, created.kind) == (1, "created")
     received = await messages_until(bob, 150)
-    assert [m.sequence for m in received] == list(range(1, 151))
+    assert [m.sequence for m in received] == list(range(2, 152))
     assert [m.body for m in received] == [f"m{index}".encode() for index in range(150)]
     await no_messages(bob)
 
@@ -247,13 +255,132 @@ async def test_unread_and_sync_range(server: EmbeddedServer, connect: ClientFact
     raw.send_connect("bob", "raw")
     unread = (await raw.receive_kind("unread")).unread
     states = [(c.conversation_id, c.last_sequence, c.read_sequence) for c in unread.conversations]
-    assert states == [("g:team", 5, 0)]
+    assert states == [("g:team", 6, 0)]  # the creation and 5 messages
     sync = pb.Sync(request_id="s1", conversation_id="g:team", after_sequence=2, limit=2)
     raw.send(pb.Frame(sync=sync))
     result = (await raw.receive_kind("sync_result")).sync_result
     assert [m.sequence for m in result.messages] == [3, 4]
-    assert (result.has_more, result.last_sequence) == (True, 5)
+    assert [m.body for m in result.messages] == [b"m1", b"m2"]
+    assert (result.has_more, result.last_sequence) == (True, 6)
+    sync = pb.Sync(request_id="s2", conversation_id="g:team", after_sequence=0, limit=1)
+    raw.send(pb.Frame(sync=sync))
+    [created] = (await raw.receive_kind("sync_result")).sync_result.messages
+    assert created.group_event.kind == pb.GROUP_EVENT_CREATED
+    assert (created.group_event.actor, list(created.group_event.user_ids)) == ("alice", ["bob"])
+    assert (created.body, created.client_message_id) == (b"", "")
     raw.close()
+
+
+async def next_group_event(client: Client) -> ev.GroupEvent:
+    event = await next_of(client, ev.GroupEvent)
+    assert isinstance(event, ev.GroupEvent)
+    return event
+
+
+async def test_members_told_of_changes(server: EmbeddedServer, connect: ClientFactory) -> None:
+    alice = await connect(server, "alice")
+    bob = await connect(server, "bob")
+    carol = await connect(server, "carol")
+    await alice.create_group("team", ["bob"])
+    created = await next_group_event(bob)
+    assert (created.kind, created.actor, created.user_ids) == ("created", "alice", ["bob"])
+
+    await alice.add_group_members("team", ["carol", "dave"])
+    added = await next_group_event(bob)
+    assert (added.kind, added.actor, added.user_ids) == (
+        "members_added",
+        "alice",
+        ["carol", "dave"],
+    )
+    await carol.leave_group("team")
+    left = await next_group_event(bob)
+    assert (left.kind, left.actor, left.user_ids) == ("members_removed", "carol", ["carol"])
+    await alice.remove_group_members("team", ["dave"])
+    removed = await next_group_event(bob)
+    assert (removed.kind, removed.actor, removed.user_ids) == ("members_removed", "alice", ["dave"])
+    assert [e.sequence for e in (created, added, left, removed)] == [1, 2, 3, 4]
+    # The owner's own devices get the events of its changes too.
+    own = [await next_group_event(alice) for _ in range(4)]
+    assert own == [created, added, left, removed]
+
+
+async def test_events_caught_up_in_order(server: EmbeddedServer, connect: ClientFactory) -> None:
+    alice = await connect(server, "alice")
+    await alice.create_group("team", ["bob"])
+    await alice.send_to_group("team", "hi")
+    await alice.add_group_members("team", ["carol"])
+    await alice.send_to_group("team", "bye")
+
+    bob = await connect(server, "bob")
+    seen: list[tuple[int, str]] = []
+    while len(seen) < 4:
+        event = await bob.next_event(TIMEOUT)
+        if isinstance(event, ev.GroupEvent):
+            seen.append((event.sequence, event.kind))
+        elif isinstance(event, ev.Message):
+            seen.append((event.sequence, event.body.decode()))
+    assert seen == [(1, "created"), (2, "hi"), (3, "members_added"), (4, "bye")]
+
+
+async def test_owner_hands_over_group(server: EmbeddedServer, connect: ClientFactory) -> None:
+    alice = await connect(server, "alice")
+    bob = await connect(server, "bob")
+    await alice.create_group("team", ["bob", "carol"])
+    await next_group_event(bob)
+
+    for call, code in [
+        (bob.set_group_owner("team", "bob"), Code.NOT_ALLOWED),
+        (alice.set_group_owner("team", "dave"), Code.BAD_REQUEST),  # not a member
+    ]:
+        with pytest.raises(RequestError) as failure:
+            await call
+        assert failure.value.code == code
+
+    group = await alice.set_group_owner("team", "bob")
+    assert (group.owner, group.member_count) == ("bob", 3)
+    changed = await next_group_event(bob)
+    assert (changed.kind, changed.actor, changed.user_ids) == ("owner_changed", "alice", ["bob"])
+    # A resent request changes nothing; the old owner has no rights left and may leave.
+    assert (await alice.set_group_owner("team", "bob")).owner == "bob"
+    with pytest.raises(RequestError) as failure:
+        await alice.set_group_owner("team", "carol")
+    assert failure.value.code == Code.NOT_ALLOWED
+    await alice.leave_group("team")
+    assert await bob.add_group_members("team", ["dave"]) == ["dave"]
+    assert [(g.owner, g.member_count) for g in await bob.list_groups()] == [("bob", 3)]
+
+
+@BOTH_BACKENDS
+async def test_deleted_group_leaves_members(server: EmbeddedServer, connect: ClientFactory) -> None:
+    gateway = server.gateway
+    assert gateway is not None
+    alice = await connect(server, "alice")
+    bob = await connect(server, "bob")
+    await alice.create_group("team", ["bob", "carol"])
+    await alice.send_to_group("team", "soon gone")
+    await messages_until(bob, 1)
+
+    with pytest.raises(RequestError) as failure:
+        await bob.delete_group("team")
+    assert failure.value.code == Code.NOT_ALLOWED
+    await alice.delete_group("team")
+    for member in (alice, bob):
+        changed = await next_of(member, ev.GroupsChanged)
+        assert isinstance(changed, ev.GroupsChanged)
+        if changed.joined:  # the creation
+            changed = await next_of(member, ev.GroupsChanged)
+            assert isinstance(changed, ev.GroupsChanged)
+        assert (changed.left, changed.deleted) == (["team"], ["team"])
+    assert "team" not in gateway.group_connections
+    with pytest.raises(RequestError) as failure:
+        await bob.send_to_group("team", "anyone?")
+    assert failure.value.code == Code.NOT_FOUND
+    assert await bob.list_groups() == []
+
+    # The id is free again, and the new group's history starts afresh.
+    carol = await connect(server, "carol")
+    await carol.create_group("team")
+    assert (await carol.send_to_group("team", "mine now")).sequence == 2
 
 
 async def test_bad_group_requests(server: EmbeddedServer) -> None:
@@ -266,6 +393,8 @@ async def test_bad_group_requests(server: EmbeddedServer) -> None:
          Code.BAD_REQUEST),
         (group_request(pb.GROUP_ACTION_UNSPECIFIED, "team"), Code.BAD_REQUEST),
         (group_request(pb.GROUP_ACTION_ADD, "nothing", ("bob",)), Code.NOT_FOUND),
+        (group_request(pb.GROUP_ACTION_DELETE, "nothing"), Code.NOT_FOUND),
+        (group_request(pb.GROUP_ACTION_SET_OWNER, "nothing", ("bob",)), Code.NOT_FOUND),
     ]  # fmt: skip
     for index, (frame, code) in enumerate(cases):
         frame.group_request.request_id = f"r{index}"
@@ -350,5 +479,11 @@ async def test_changes_published_after_commit(tmp_path: Path) -> None:
     finally:
         await store.close()
     assert list(result.changed) == ["a", "b"]
+    # b joins, the creation event and the member count go to the group, then a joins.
     channels = [channel for channel, _ in outbox.messages]
-    assert channels == [user_channel("b"), group_channel("t"), user_channel("a")]
+    assert channels == [
+        user_channel("b"),
+        group_channel("t"),
+        group_channel("t"),
+        user_channel("a"),
+    ]

@@ -557,6 +557,28 @@ async def test_half_close_ends_session(start_server: ServerFactory, connect: Cli
     assert "alice" not in server.gateway.sessions
 
 
+async def test_frame_queued_before_half_close_goes_out(
+    start_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await start_server()
+    gateway = server.gateway
+    assert gateway is not None
+    alice = await logged_in(server, "alice")
+    await frames_until_quiet(alice, 0.1)
+
+    # A frame is queued, as a group message from the bus would be, and the client's end of
+    # input arrives in the same pass of the event loop. The frame must go out before the
+    # gateway's own half-close, not be written after it.
+    connection = gateway.sessions["alice"]["raw"]
+    connection.send_frame(pb.Frame(heartbeat_ack=pb.HeartbeatAck(nonce=9)))
+    gateway.peer_finished(connection)
+    answer = await alice.receive_kind("heartbeat_ack")
+    assert answer.heartbeat_ack.nonce == 9
+    assert await closed_within(alice.reader, TIMEOUT)
+    alice.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 async def test_half_close_during_login(start_server: ServerFactory, connect: ClientFactory) -> None:
     server = await start_server()
     await add_contacts(server, "alice", "bob")

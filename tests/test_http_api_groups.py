@@ -102,36 +102,37 @@ async def test_group_publish_reaches_members_and_history(
     async with api_of(server) as api:
         await api.create_group("team", "alice", ["bob", "carol"])
         result = await api.publish_to_group("team", "maintenance tonight", client_message_id="n1")
-        assert (result.conversation_id, result.sequence) == ("g:team", 1)
+        # Sequence number 1 is the group's creation event.
+        assert (result.conversation_id, result.sequence) == ("g:team", 2)
         assert result.client_message_id == "n1"
         for member in (phone, laptop, bob):
             message = await next_message(member)
             assert message.message_id == result.message_id
             assert (message.conversation_id, message.recipient) == ("g:team", "g:team")
             assert (message.sender, message.sender_device) == (SYSTEM_SENDER, "api")
-            assert message.sequence == 1
+            assert message.sequence == 2
             assert message.body == b"maintenance tonight"
 
         # A retry with the same id stores and delivers nothing new.
         again = await api.publish_to_group("team", "maintenance tonight", client_message_id="n1")
         assert again == result
         binary = await api.publish_to_group("team", b"\x00\xff")
-        assert binary.sequence == 2
+        assert binary.sequence == 3
         assert binary.client_message_id.startswith("api-")
         assert (await next_message(bob)).body == b"\x00\xff"
     assert await messages_of(dave) == []
-    assert [m.sequence for m in await messages_of(phone)] == [2]
+    assert [m.sequence for m in await messages_of(phone)] == [3]
 
     # carol was offline: the messages are in the group's history, with its sequence numbers.
     carol = await connect(server, "carol")
     caught_up = [await next_message(carol), await next_message(carol)]
     assert [(m.sequence, m.body) for m in caught_up] == [
-        (1, b"maintenance tonight"),
-        (2, b"\x00\xff"),
+        (2, b"maintenance tonight"),
+        (3, b"\x00\xff"),
     ]
     # A client's message follows in the same sequence.
     ack = await bob.send_to_group("team", "thanks")
-    assert ack.sequence == 3
+    assert ack.sequence == 4
 
 
 async def test_group_publish_as_member(start_server: ServerFactory, connect: ClientFactory) -> None:

@@ -32,11 +32,21 @@ TETHER = [sys.executable, "-m", "tether"]
 
 def test_group_events_formatted() -> None:
     group = ev.Group("team", "g:team", "alice", 3)
-    changed = event_to_json(ev.GroupsChanged(joined=[group], left=["old"]))
+    changed = event_to_json(ev.GroupsChanged(joined=[group], left=["old"], deleted=["old"]))
     assert changed == {
         "event": "groups",
         "joined": [{"group": "team", "owner": "alice", "members": 3}],
         "left": ["old"],
+        "deleted": ["old"],
+    }
+    added = event_to_json(ev.GroupEvent("team", "g:team", 4, "members_added", "alice", ["bob"], 1))
+    assert added == {
+        "event": "group_event",
+        "group": "team",
+        "kind": "members_added",
+        "by": "alice",
+        "users": ["bob"],
+        "sequence": 4,
     }
     online = event_to_json(ev.GroupOnline("team", online=2, member_count=150))
     assert online == {"event": "group_online", "group": "team", "online": 2, "members": 150}

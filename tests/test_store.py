@@ -17,6 +17,8 @@ import pytest
 
 from tether.logic import migrations
 from tether.logic.store import (
+    MESSAGE_KIND_GROUP_EVENT,
+    MESSAGE_KIND_USER,
     GroupRecord,
     Store,
     StoreConflict,
@@ -336,6 +338,44 @@ async def test_group_sequence_and_resend(store: Store) -> None:
     assert direct.conversation_id == "g:team"
     history = await store.history("g:team", 0, 10)
     assert [(m.sender, m.sequence) for m in history] == [("alice", 1), ("bob", 2)]
+
+
+async def test_group_event_stored_in_sequence(store: Store) -> None:
+    await store.create_group("team", "alice")
+    first = await send_group(store, "alice", "team", "m1")
+    event = await store.store_group_event(group_id="team", actor="", event=b"\x08\x02")
+    again = await store.store_group_event(group_id="team", actor="", event=b"\x08\x02")
+    assert (first.kind, event.kind) == (MESSAGE_KIND_USER, MESSAGE_KIND_GROUP_EVENT)
+    assert (event.sequence, again.sequence) == (2, 3)  # each call is a new event
+    assert (event.sender, event.sender_device, event.body) == ("", "", b"\x08\x02")
+    history = await store.history("g:team", 0, 10)
+    assert [(m.sequence, m.kind) for m in history] == [
+        (1, MESSAGE_KIND_USER),
+        (2, MESSAGE_KIND_GROUP_EVENT),
+        (3, MESSAGE_KIND_GROUP_EVENT),
+    ]
+
+
+async def test_group_deleted_with_history(store: Store) -> None:
+    await store.create_group("team", "alice")
+    await store.add_group_members("team", ["bob"])
+    await send_group(store, "bob", "team", "m1")
+    await store.mark_read("bob", "phone", "g:team", 1)
+    await store.set_group_owner("team", "bob")
+    record = await store.group("team")
+    assert record is not None and record.owner == "bob"
+
+    assert await store.delete_group("team")
+    assert not await store.delete_group("team")
+    assert await store.group("team") is None
+    assert await store.history("g:team", 0, 10) == []
+    assert await store.last_sequence("g:team") == 0
+    assert await store.read_marker("bob", "phone", "g:team") == 0
+    assert await store.user_groups("bob") == []
+    assert not await store.is_participant("alice", "g:team")
+    # The id can be taken again, and its messages start at 1.
+    assert await store.create_group("team", "carol")
+    assert (await send_group(store, "carol", "team", "m2")).sequence == 1
 
 
 async def test_unread_includes_groups(store: Store) -> None:

@@ -17,12 +17,14 @@ Every `--report-interval` seconds the swarm prints one JSON line with its counts
 `"final": true` and the times at which each client's sessions opened.
 
 Group messages: the clients check every message of a group conversation (`g:...`) they
-receive. A body of the form `<tag>:<n>` or `<tag>:<n>:<sent Unix ms>` counts as the n-th
-message (from 0) of the stream `tag`, such as one sender's messages: a client counts a
-duplicate when n is not above the last n it saw of that stream, and a gap when n skips
-numbers. With a send time, the delay until the message arrived is recorded, and the final line
-gives its percentiles. Clients do not fetch missed messages, so measure with clients that stay
-connected.
+receive, except the group's system messages (changes of its members). A body of the form
+`<tag>:<n>` or `<tag>:<n>:<sent Unix ms>` counts as the n-th message (from 0) of the stream
+`tag`, such as one sender's messages: a client counts a duplicate when n is not above the
+last n it saw of that stream, and a gap when n skips numbers. With a send time, the delay
+until the message arrived is recorded, and the final line gives its percentiles.
+`group_frames` counts the Deliver frames that carried group messages, which is fewer than
+`group_messages` when the gateways merge messages into batches. Clients do not fetch missed
+messages, so measure with clients that stay connected.
 
 With `--send-group GROUP`, the first `--senders` clients each send `--messages` messages to
 the group, one every `--send-interval` seconds, starting `--send-after` seconds after the
@@ -167,6 +169,7 @@ class Swarm:
         self.final: Counter[int] = Counter()
         self.heartbeat_interval = 0.0
         self.group_messages = 0
+        self.group_frames = 0
         self.duplicates = 0
         self.gaps = 0
         self.latencies_ms: list[int] = []
@@ -204,6 +207,7 @@ class Swarm:
             "codes": dict(self.codes),
             "final_codes": dict(self.final),
             "group_messages": self.group_messages,
+            "group_frames": self.group_frames,
             "duplicates": self.duplicates,
             "gaps": self.gaps,
             "sent": self.sent,
@@ -229,9 +233,11 @@ class Swarm:
     def on_messages(self, member: _Member, messages: Iterable[pb.Message]) -> None:
         """Check the order of group messages and record their delays."""
         now_ms = time.time() * 1000
+        in_frame = 0
         for message in messages:
-            if not message.conversation_id.startswith("g:"):
-                continue
+            if not message.conversation_id.startswith("g:") or message.HasField("group_event"):
+                continue  # a direct message, or a change of the group's members
+            in_frame += 1
             self.group_messages += 1
             member.group_messages += 1
             parts = message.body.split(b":")
@@ -248,6 +254,8 @@ class Swarm:
             member.streams[stream] = number
             if len(parts) > 2 and parts[2].isdigit() and len(self.latencies_ms) < _MAX_LATENCIES:
                 self.latencies_ms.append(int(now_ms - int(parts[2])))
+        if in_frame:
+            self.group_frames += 1
 
     def on_close(self, member: _Member) -> None:
         self.open_count -= 1

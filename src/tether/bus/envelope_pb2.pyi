@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Envelope(_message.Message):
-    __slots__ = ("reply_to", "request_id", "connect_request", "connect_result", "send_request", "send_result", "user_delivery", "transitions", "presence_change", "snapshot_request", "snapshot_result", "contacts_update", "deliver_ack", "admin_request", "admin_result", "device_claim", "sync_request", "sync_reply", "group_command", "group_reply", "groups_update", "group_delivery", "group_size", "user_disconnect", "group_query", "group_query_result")
+    __slots__ = ("reply_to", "request_id", "connect_request", "connect_result", "send_request", "send_result", "user_delivery", "transitions", "presence_change", "snapshot_request", "snapshot_result", "contacts_update", "deliver_ack", "admin_request", "admin_result", "device_claim", "sync_request", "sync_reply", "group_command", "group_reply", "groups_update", "group_delivery", "group_size", "group_deleted", "user_disconnect", "group_query", "group_query_result")
     REPLY_TO_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CONNECT_REQUEST_FIELD_NUMBER: _ClassVar[int]
@@ -33,6 +33,7 @@ class Envelope(_message.Message):
     GROUPS_UPDATE_FIELD_NUMBER: _ClassVar[int]
     GROUP_DELIVERY_FIELD_NUMBER: _ClassVar[int]
     GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    GROUP_DELETED_FIELD_NUMBER: _ClassVar[int]
     USER_DISCONNECT_FIELD_NUMBER: _ClassVar[int]
     GROUP_QUERY_FIELD_NUMBER: _ClassVar[int]
     GROUP_QUERY_RESULT_FIELD_NUMBER: _ClassVar[int]
@@ -59,10 +60,11 @@ class Envelope(_message.Message):
     groups_update: GroupsUpdate
     group_delivery: GroupDelivery
     group_size: GroupSize
+    group_deleted: GroupDeleted
     user_disconnect: UserDisconnect
     group_query: GroupQuery
     group_query_result: GroupQueryResult
-    def __init__(self, reply_to: _Optional[str] = ..., request_id: _Optional[int] = ..., connect_request: _Optional[_Union[ConnectRequest, _Mapping]] = ..., connect_result: _Optional[_Union[ConnectResult, _Mapping]] = ..., send_request: _Optional[_Union[SendRequest, _Mapping]] = ..., send_result: _Optional[_Union[SendResult, _Mapping]] = ..., user_delivery: _Optional[_Union[UserDelivery, _Mapping]] = ..., transitions: _Optional[_Union[TransitionBatch, _Mapping]] = ..., presence_change: _Optional[_Union[PresenceChange, _Mapping]] = ..., snapshot_request: _Optional[_Union[SnapshotRequest, _Mapping]] = ..., snapshot_result: _Optional[_Union[SnapshotResult, _Mapping]] = ..., contacts_update: _Optional[_Union[ContactsUpdate, _Mapping]] = ..., deliver_ack: _Optional[_Union[DeliverAckRequest, _Mapping]] = ..., admin_request: _Optional[_Union[AdminRequest, _Mapping]] = ..., admin_result: _Optional[_Union[AdminResult, _Mapping]] = ..., device_claim: _Optional[_Union[DeviceClaim, _Mapping]] = ..., sync_request: _Optional[_Union[SyncRequest, _Mapping]] = ..., sync_reply: _Optional[_Union[SyncReply, _Mapping]] = ..., group_command: _Optional[_Union[GroupCommand, _Mapping]] = ..., group_reply: _Optional[_Union[GroupReply, _Mapping]] = ..., groups_update: _Optional[_Union[GroupsUpdate, _Mapping]] = ..., group_delivery: _Optional[_Union[GroupDelivery, _Mapping]] = ..., group_size: _Optional[_Union[GroupSize, _Mapping]] = ..., user_disconnect: _Optional[_Union[UserDisconnect, _Mapping]] = ..., group_query: _Optional[_Union[GroupQuery, _Mapping]] = ..., group_query_result: _Optional[_Union[GroupQueryResult, _Mapping]] = ...) -> None: ...
+    def __init__(self, reply_to: _Optional[str] = ..., request_id: _Optional[int] = ..., connect_request: _Optional[_Union[ConnectRequest, _Mapping]] = ..., connect_result: _Optional[_Union[ConnectResult, _Mapping]] = ..., send_request: _Optional[_Union[SendRequest, _Mapping]] = ..., send_result: _Optional[_Union[SendResult, _Mapping]] = ..., user_delivery: _Optional[_Union[UserDelivery, _Mapping]] = ..., transitions: _Optional[_Union[TransitionBatch, _Mapping]] = ..., presence_change: _Optional[_Union[PresenceChange, _Mapping]] = ..., snapshot_request: _Optional[_Union[SnapshotRequest, _Mapping]] = ..., snapshot_result: _Optional[_Union[SnapshotResult, _Mapping]] = ..., contacts_update: _Optional[_Union[ContactsUpdate, _Mapping]] = ..., deliver_ack: _Optional[_Union[DeliverAckRequest, _Mapping]] = ..., admin_request: _Optional[_Union[AdminRequest, _Mapping]] = ..., admin_result: _Optional[_Union[AdminResult, _Mapping]] = ..., device_claim: _Optional[_Union[DeviceClaim, _Mapping]] = ..., sync_request: _Optional[_Union[SyncRequest, _Mapping]] = ..., sync_reply: _Optional[_Union[SyncReply, _Mapping]] = ..., group_command: _Optional[_Union[GroupCommand, _Mapping]] = ..., group_reply: _Optional[_Union[GroupReply, _Mapping]] = ..., groups_update: _Optional[_Union[GroupsUpdate, _Mapping]] = ..., group_delivery: _Optional[_Union[GroupDelivery, _Mapping]] = ..., group_size: _Optional[_Union[GroupSize, _Mapping]] = ..., group_deleted: _Optional[_Union[GroupDeleted, _Mapping]] = ..., user_disconnect: _Optional[_Union[UserDisconnect, _Mapping]] = ..., group_query: _Optional[_Union[GroupQuery, _Mapping]] = ..., group_query_result: _Optional[_Union[GroupQueryResult, _Mapping]] = ...) -> None: ...
 
 class ConnectRequest(_message.Message):
     __slots__ = ("user_id", "device_id", "platform")
@@ -321,3 +323,7 @@ class GroupMembers(_message.Message):
     members: _containers.RepeatedScalarFieldContainer[str]
     more_members: bool
     def __init__(self, group: _Optional[_Union[_tether_pb2.Group, _Mapping]] = ..., members: _Optional[_Iterable[str]] = ..., more_members: _Optional[bool] = ...) -> None: ...
+
+class GroupDeleted(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

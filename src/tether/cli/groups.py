@@ -1,4 +1,4 @@
-"""`tether groups`: create groups, change their members and list them.
+"""`tether groups`: create and delete groups, change their members and owner, list them.
 
 Changes go through a running server, or to the database directly when none runs. Lists are
 read from the database. The commands act with the owner's rights and follow the rules of
@@ -21,12 +21,16 @@ __all__ = ["groups"]
 
 # Users per admin request: 500 ids of up to 64 bytes fit the control socket's frame size.
 _USERS_PER_REQUEST = 500
+# Each action's usage, and the number of names it takes: exactly that many, or at least that
+# many for the actions marked with a trailing "...".
 _USAGE = {
-    "create": "GROUP OWNER [MEMBER...]",
-    "add": "GROUP USER...",
-    "remove": "GROUP USER...",
-    "list": "USER",
-    "members": "GROUP",
+    "create": ("GROUP OWNER [MEMBER...]", 2),
+    "add": ("GROUP USER...", 2),
+    "remove": ("GROUP USER...", 2),
+    "owner": ("GROUP USER", 2),
+    "delete": ("GROUP", 1),
+    "list": ("USER", 1),
+    "members": ("GROUP", 1),
 }
 
 
@@ -34,9 +38,10 @@ async def groups(arguments: argparse.Namespace) -> int:
     """Run one `tether groups` action; return the exit status."""
     action: str = arguments.action
     names: list[str] = arguments.names
-    minimum = 1 if action in ("list", "members") else 2
-    if len(names) < minimum or (action in ("list", "members") and len(names) != 1):
-        print(f"usage: tether groups {action} {_USAGE[action]}", file=sys.stderr)
+    usage, count = _USAGE[action]
+    takes_more = "..." in usage
+    if len(names) < count or (not takes_more and len(names) != count):
+        print(f"usage: tether groups {action} {usage}", file=sys.stderr)
         return 2
     if action in ("list", "members"):
         return await _read(arguments, action, names[0])
@@ -70,7 +75,7 @@ async def _change(arguments: argparse.Namespace, action: str, names: list[str]) 
         print(f"tether groups: the running server did not respond: {error}", file=sys.stderr)
         return 1
     if live:
-        print(f"{action}: {group_id} ({len(users)} users, live)")
+        print(f"{action}: {group_id} ({_changed(action, users)}live)")
         return 0
 
     # No server is running on this data folder: apply the same rules to the database.
@@ -86,8 +91,17 @@ async def _change(arguments: argparse.Namespace, action: str, names: list[str]) 
     except StoreError as error:
         print(f"tether groups: {error}", file=sys.stderr)
         return 1
-    print(f"{action}: {group_id} ({len(users)} users, stored; no server running)")
+    print(f"{action}: {group_id} ({_changed(action, users)}stored; no server running)")
     return 0
+
+
+def _changed(action: str, users: list[str]) -> str:
+    """Return what an action names besides the group, for its summary line."""
+    if action == "delete":
+        return ""
+    if action == "owner":
+        return f"new owner {users[0]}, "
+    return f"{len(users)} users, "
 
 
 class _OfflineGroups(GroupLogic):

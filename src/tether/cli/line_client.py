@@ -85,6 +85,16 @@ def event_to_json(event: ev.Event) -> dict[str, Any]:
                 for group in event.joined
             ],
             "left": event.left,
+            "deleted": event.deleted,
+        }
+    if isinstance(event, ev.GroupEvent):
+        return {
+            "event": "group_event",
+            "group": event.group_id,
+            "kind": event.kind,
+            "by": event.actor,
+            "users": event.user_ids,
+            "sequence": event.sequence,
         }
     if isinstance(event, ev.GroupOnline):
         return {

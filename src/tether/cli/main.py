@@ -599,14 +599,20 @@ def _build_parser() -> argparse.ArgumentParser:
 
     groups = commands.add_parser(
         "groups",
-        help="create groups, add or remove members, list a user's groups or a group's members",
+        help=(
+            "create or delete groups, add or remove members, hand a group to a new owner, list "
+            "a user's groups or a group's members"
+        ),
         description=(
             "tether groups create GROUP OWNER [MEMBER...] | add GROUP USER... | "
-            "remove GROUP USER... | list USER | members GROUP. Changes go through the running "
-            "server on the data folder, if any, and act with the owner's rights."
+            "remove GROUP USER... | owner GROUP USER | delete GROUP | list USER | "
+            "members GROUP. Changes go through the running server on the data folder, if any, "
+            "and act with the owner's rights."
         ),
     )
-    groups.add_argument("action", choices=["create", "add", "remove", "list", "members"])
+    groups.add_argument(
+        "action", choices=["create", "add", "remove", "owner", "delete", "list", "members"]
+    )
     groups.add_argument("names", nargs="+", metavar="NAME", help="group and user ids, see above")
     _add_data_options(groups)
     _add_database_option(groups)

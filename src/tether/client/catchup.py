@@ -118,6 +118,16 @@ class Conversations:
             self._waiting[conversation] = [message]
             self._fetch(conversation)
 
+    def on_joined(self, conversations: list[str]) -> None:
+        """Fetch the conversations of groups this user just joined.
+
+        The gateway subscribes to a group only when it learns of the join, so what the group
+        stored just before, such as the event recording the join itself, never comes live.
+        """
+        for conversation in conversations:
+            if conversation not in self.last:
+                self._fetch(conversation)
+
     def on_send_ack(self, ack: pb.SendAck) -> None:
         """Count this device's own message as seen, so it opens no gap."""
         last = self.last.get(ack.conversation_id)
@@ -228,7 +238,9 @@ class Conversations:
     async def _deliver(self, message: pb.Message) -> None:
         self.last[message.conversation_id] = message.sequence
         own = message.sender == self._user_id and message.sender_device == self._device_id
-        if not own:  # the application already has its own sends from send()
+        if message.HasField("group_event"):
+            await self._emit(ev.GroupEvent.from_proto(message))
+        elif not own:  # the application already has its own sends from send()
             await self._emit(ev.Message.from_proto(message))
 
     async def _ack(self, conversation: str) -> None:

@@ -471,7 +471,8 @@ class Client(ClientGroups):
         elif kind == "groups_changed":
             groups = frame.groups_changed
             joined = [ev.Group.from_proto(group) for group in groups.joined]
-            await self._emit(ev.GroupsChanged(joined, list(groups.left)))
+            self._conversations.on_joined([group.conversation_id for group in joined])
+            await self._emit(ev.GroupsChanged(joined, list(groups.left), list(groups.deleted)))
         elif kind == "group_counts":
             for count in frame.group_counts.counts:
                 await self._emit(ev.GroupOnline(count.group_id, count.online, count.member_count))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tether.protocol import tether_pb2 as pb
 
@@ -11,6 +11,7 @@ __all__ = [
     "Disconnected",
     "Event",
     "Group",
+    "GroupEvent",
     "GroupOnline",
     "GroupsChanged",
     "Message",
@@ -89,10 +90,45 @@ class Group:
 
 @dataclass(frozen=True, slots=True)
 class GroupsChanged:
-    """This user was added to or removed from groups while connected."""
+    """This user was added to or removed from groups while connected.
+
+    `deleted` lists the groups of `left` that were deleted rather than left.
+    """
 
     joined: list[Group]
     left: list[str]
+    deleted: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupEvent:
+    """A change of a group's members or owner, in order with the group's messages.
+
+    `kind` is "created" (user_ids are the first members besides the owner), "members_added",
+    "members_removed" (user_ids == [actor] when a member left) or "owner_changed" (user_ids
+    is the new owner). `actor` is the member who made the change, empty for an operator.
+    """
+
+    group_id: str
+    conversation_id: str
+    sequence: int
+    kind: str
+    actor: str
+    user_ids: list[str]
+    timestamp_ms: int
+
+    @classmethod
+    def from_proto(cls, message: pb.Message) -> GroupEvent:
+        event = message.group_event
+        return cls(
+            message.conversation_id.removeprefix("g:"),
+            message.conversation_id,
+            message.sequence,
+            pb.GroupEventKind.Name(event.kind).removeprefix("GROUP_EVENT_").lower(),
+            event.actor,
+            list(event.user_ids),
+            message.timestamp_ms,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +186,7 @@ Event = (
     | ContactsChanged
     | Message
     | GroupsChanged
+    | GroupEvent
     | GroupOnline
     | Disconnected
 )

@@ -1,10 +1,11 @@
-"""Group requests of the client SDK: create groups, change members, list groups.
+"""Group requests of the client SDK: create, change, hand over, delete and list groups.
 
 Each call sends a GroupRequest and waits for its GroupResult, matched by request_id. A request
 without a reply when the connection drops is sent again after the next Connected, like an
 unacknowledged Send. That is safe because every request is idempotent: adding a member twice
-or removing one twice changes nothing, and creating a group that the same user created
-already only adds the listed members.
+or removing one twice changes nothing, creating a group that the same user created already
+only adds the listed members, and handing a group to its owner changes nothing. A resent
+delete finds the group gone when the first one was applied; that NOT_FOUND counts as done.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 from tether.client import events as ev
 from tether.client.transport import ClientTransport
 from tether.protocol import tether_pb2 as pb
+from tether.protocol.codes import Code
 from tether.protocol.errors import RequestError
 
 __all__ = ["GROUP_PREFIX", "ClientGroups"]
@@ -43,6 +45,7 @@ class ClientGroups:
     def _init_groups(self) -> None:
         self._group_requests: dict[str, tuple[pb.GroupRequest, asyncio.Future[pb.GroupResult]]]
         self._group_requests = {}
+        self._group_resent: set[str] = set()  # request ids sent on more than one connection
         # Request ids start with "group-", so they never equal a Sync's or a Send's id.
         self._group_ids = itertools.count(1)
         self._group_prefix = f"group-{uuid.uuid4().hex[:8]}-"
@@ -71,6 +74,18 @@ class ClientGroups:
         assert self.session is not None, "leave_group needs an open session"
         await self._group_request(pb.GROUP_ACTION_REMOVE, group_id, [self.session.user_id])
 
+    async def delete_group(self, group_id: str) -> None:
+        """Delete a group this user owns, with its history; every member leaves it."""
+        await self._group_request(pb.GROUP_ACTION_DELETE, group_id, ())
+
+    async def set_group_owner(self, group_id: str, user_id: str) -> ev.Group:
+        """Hand a group this user owns to another member; return the group after the change.
+
+        Raises RequestError with BAD_REQUEST if user_id is not a member.
+        """
+        result = await self._group_request(pb.GROUP_ACTION_SET_OWNER, group_id, [user_id])
+        return ev.Group.from_proto(result.groups[0])
+
     async def list_groups(self) -> list[ev.Group]:
         """Return every group this user belongs to, in group id order."""
         result = await self._group_request(pb.GROUP_ACTION_LIST, "", ())
@@ -98,10 +113,12 @@ class ClientGroups:
             return await asyncio.wait_for(future, self.ack_timeout)
         finally:
             self._group_requests.pop(request_id, None)
+            self._group_resent.discard(request_id)
 
     async def _resend_group_requests(self, transport: ClientTransport) -> None:
         """Send every request still without a reply on a new connection."""
         for request, _future in list(self._group_requests.values()):
+            self._group_resent.add(request.request_id)
             await transport.send(pb.Frame(group_request=request).SerializeToString())
 
     def _on_group_result(self, result: pb.GroupResult) -> None:
@@ -114,8 +131,18 @@ class ClientGroups:
         entry = self._group_requests.get(error.ref)
         if entry is None:
             return False
-        if not entry[1].done():
-            entry[1].set_exception(RequestError(error.code, error.message))
+        request, future = entry
+        if future.done():
+            return True
+        deleted_before = (
+            request.action == pb.GROUP_ACTION_DELETE
+            and error.code == Code.NOT_FOUND
+            and request.request_id in self._group_resent
+        )
+        if deleted_before:
+            future.set_result(pb.GroupResult(request_id=request.request_id))
+        else:
+            future.set_exception(RequestError(error.code, error.message))
         return True
 
     def _fail_group_requests(self, error: Exception) -> None:

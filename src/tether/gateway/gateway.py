@@ -696,6 +696,11 @@ class Gateway(PresenceInterest, ClientRequests, GroupInterest):
             # Past the outbox limit on purpose: the Disconnect is the last frame, and the
             # close timeout bounds how long its bytes are held.
             connection.outbox.append(connection.protocol.encode(frame))
+        if abort:
+            connection.outbox.clear()
+            connection.outbox_bytes = 0
+        else:
+            # What is queued goes out now, before the half-close: no write may follow it.
             connection.flush()
         connection.protocol.move_to(ConnectionState.CLOSING)
         if state is ConnectionState.OPEN or code is not None:

@@ -17,10 +17,11 @@ its outbox and its transport's buffer, checked whenever frames are queued for wr
 reader that falls behind is closed as a slow consumer and nothing is buffered without bound.
 
 Groups with more members than `count_threshold` get online counts. Each count tick (one timer
-per gateway) reports to the count store how many local members of each such group are online,
-for the groups whose number changed. It then reads the cluster totals of the groups with local
-members and sends the changed totals to those members. So a member gets at most one update per
-group and interval.
+per gateway) reports to the count store which local users of each such group came online or
+went offline since the last report, and in the same call reads the cluster totals of the
+groups with local members. It sends the changed totals to those members. So a member gets at
+most one update per group and interval, and the store counts each user once however many
+gateways it is connected to.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING
 from tether.bus import channels
 from tether.bus import envelope_pb2 as env
 from tether.gateway.connection import Connection
-from tether.presence.group_counts import GroupCountStore, MemoryGroupCounts
+from tether.presence.group_counts import GroupCountStore, MemberChanges, MemoryGroupCounts
 from tether.protocol import tether_pb2 as pb
 from tether.protocol.codes import Code
 from tether.protocol.errors import TetherError
@@ -115,9 +116,8 @@ class GroupInterest:
         self._count_timer: asyncio.TimerHandle | None = None
         self._count_task: asyncio.Task[None] | None = None
         self._count_dirty: set[str] = set()  # groups whose local online members may differ
-        self._reported: dict[str, int] = {}  # local online members per group, as reported
-        self._unreported: dict[str, int] = {}  # changes the count store has not taken yet
-        self._report_all = True  # the count store has none of this gateway's counts
+        self._reported: dict[str, frozenset[str]] = {}  # local online users per group, reported
+        self._report_all = True  # the count store may lack some of this gateway's members
         self._totals_sent: dict[str, int] = {}  # online total last sent to members
         self._newcomers: dict[str, set[Connection]] = {}  # members that have no total yet
 
@@ -153,9 +153,18 @@ class GroupInterest:
         connection.push_queue_bytes = 0
 
     def _update_groups(
-        self, connection: Connection, joined: Iterable[pb.Group], left: Iterable[str]
+        self,
+        connection: Connection,
+        joined: Iterable[pb.Group],
+        left: Iterable[str],
+        *,
+        deleted: bool = False,
     ) -> None:
-        """Apply membership changes of the connection's user and tell its client."""
+        """Apply membership changes of the connection's user and tell its client.
+
+        With deleted set, the groups in left were deleted, and GroupsChanged lists them in
+        its deleted field too.
+        """
         added = [group for group in joined if group.group_id not in connection.groups]
         removed = sorted(set(left) & connection.groups)
         if not added and not removed:
@@ -165,8 +174,8 @@ class GroupInterest:
             self._add_member(connection, group.group_id, group.member_count)
         for group_id in removed:
             self._remove_member(connection, group_id)
-        frame = pb.Frame(groups_changed=pb.GroupsChanged(joined=added, left=removed))
-        connection.send_frame(frame)
+        changed = pb.GroupsChanged(joined=added, left=removed, deleted=removed if deleted else ())
+        connection.send_frame(pb.Frame(groups_changed=changed))
 
     def _refresh_groups(self, connection: Connection, groups: Iterable[pb.Group]) -> None:
         """Apply the group list read again after a bus outage."""
@@ -230,6 +239,10 @@ class GroupInterest:
         elif kind == "group_size":
             if group_id in self.group_connections:
                 self._set_group_size(group_id, message.group_size.member_count)
+        elif kind == "group_deleted":
+            # A copy, because the set shrinks as its connections leave the group.
+            for connection in tuple(self.group_connections.get(group_id, ())):
+                self._update_groups(connection, (), (group_id,), deleted=True)
         else:
             logger.warning("ignored message of kind %s on %s", kind, channel)
 
@@ -349,7 +362,7 @@ class GroupInterest:
     # Online counts.
 
     def _count_tick(self) -> None:
-        """Report changed local counts, then read totals and send the changed ones."""
+        """Report the members that came online or went offline, then send changed totals."""
         assert self._loop is not None
         self._count_timer = self._loop.call_later(
             self.config.groups.count_interval, self._count_tick
@@ -357,39 +370,36 @@ class GroupInterest:
         if self._count_task is not None and not self._count_task.done():
             return  # the count store is slow; the next tick reports what piled up
 
+        changes: dict[str, MemberChanges] = {}
         for group_id in self._count_dirty:
-            local = self._local_online(group_id)
-            if local != self._reported.get(group_id, 0):
-                self._unreported[group_id] = local
-            if local:
-                self._reported[group_id] = local
+            online = self._local_online(group_id)
+            reported = self._reported.get(group_id, frozenset())
+            if online != reported:
+                changes[group_id] = MemberChanges(online - reported, reported - online)
+            if online:
+                self._reported[group_id] = online
             else:
                 self._reported.pop(group_id, None)
         self._count_dirty.clear()
 
         counted = [group_id for group_id in self.group_connections if self._is_counted(group_id)]
-        if not (self._unreported or self._reported or counted):
+        if not (changes or self._reported or counted):
             return  # nothing to report and no one to tell
-        # After a fresh start or a lost lease the store needs every number, not the changes.
-        changes = dict(self._reported) if self._report_all else self._unreported
-        self._unreported = {}
         self._count_task = self._loop.create_task(self._exchange_counts(changes, counted))
 
-    def _local_online(self, group_id: str) -> int:
-        """Return the local users of a counted group with a visible open session, else 0.
+    def _local_online(self, group_id: str) -> frozenset[str]:
+        """Return the local users of a counted group with a visible open session.
 
         NOTE: a connection counts unless its own mode is invisible. A device that connected
         without a mode while another device, on another gateway, made the user invisible is
         counted, because the gateway does not learn that other device's mode.
         """
         if not self._is_counted(group_id):
-            return 0
-        return len(
-            {
-                connection.user_id
-                for connection in self.group_connections.get(group_id, ())
-                if connection.mode != pb.MODE_INVISIBLE
-            }
+            return frozenset()
+        return frozenset(
+            connection.user_id
+            for connection in self.group_connections.get(group_id, ())
+            if connection.mode != pb.MODE_INVISIBLE
         )
 
     def _mode_changed(self, connection: Connection) -> None:
@@ -398,18 +408,30 @@ class GroupInterest:
             if self._is_counted(group_id):
                 self._count_dirty.add(group_id)
 
-    async def _exchange_counts(self, changes: dict[str, int], counted: list[str]) -> None:
+    async def _exchange_counts(self, changes: dict[str, MemberChanges], read: list[str]) -> None:
+        """Report changes to the count store and send the totals it returns.
+
+        After a fresh start, a failed call or a lapsed lease, the store gets every local online
+        member instead of the changes, because it may hold none or only some of them.
+        """
         store = self.group_counts
         try:
-            accepted = await store.report(changes, fresh=self._report_all)
-            self._report_all = not accepted
-            totals = await store.totals(counted) if counted else {}
+            totals = None
+            if not self._report_all:
+                totals = await store.exchange(changes, fresh=False, read=read)
+            if totals is None:
+                everything = {
+                    group_id: MemberChanges(online=users)
+                    for group_id, users in self._reported.items()
+                }
+                totals = await store.exchange(everything, fresh=True, read=read)
         except (TetherError, OSError) as error:
             logger.warning("online counts not exchanged: %s", error)
-            # Report the changes with the next tick; newer ones of the same groups win.
-            self._unreported = {**changes, **self._unreported}
+            self._report_all = True
             return
-        self._send_totals(totals)
+        self._report_all = totals is None
+        if totals is not None:
+            self._send_totals(totals)
 
     def _send_totals(self, totals: dict[str, int]) -> None:
         for group_id, online in totals.items():

@@ -7,6 +7,8 @@ Rules:
   Any other existing id gets ALREADY_EXISTS.
 - Only the owner adds members or removes others. Any other member may remove itself, which
   is how it leaves. The owner cannot be removed. The command line acts with the owner's rights.
+- Only the owner deletes the group (with its history) or hands it to another member. Handing
+  a group to its current owner changes nothing, so a resent request is safe.
 - A request changes at most MAX_GROUP_CHANGE users. A group has at most `max_group_members`
   members and a user belongs to at most `max_groups_per_user` groups (LIMIT_REACHED).
 - Only members send to a group (NOT_FOUND otherwise, which does not reveal whether the group
@@ -16,7 +18,10 @@ Rules:
 
 A stored group message is published once, on the group's channel; each gateway with online
 members delivers it to them. Membership changes go to the channels of the users they
-concern, and the new member count to the group's channel.
+concern, and the new member count to the group's channel. Each change of members or owner
+is also stored as a system message of the group's conversation (a `GroupEvent`) and
+published like a message, so members see it in order with the messages, live or when they
+catch up. A deletion is published once on the group's channel.
 """
 
 from __future__ import annotations
@@ -157,6 +162,11 @@ class GroupLogic:
             record, changed = await self._add(store, None, group_id, users, outbox)
         elif operation == "groups.remove":
             record, changed = await self._remove(store, None, group_id, users, outbox)
+        elif operation == "groups.delete":
+            record = await self._delete(store, None, group_id, outbox)
+            changed = []
+        elif operation == "groups.owner":
+            record, changed = await self._set_owner(store, None, group_id, users, outbox)
         else:
             raise GroupError(Code.BAD_REQUEST, f"unknown operation {operation!r}")
         logger.info("%s %s: %d users", operation, group_id, len(users))
@@ -176,6 +186,11 @@ class GroupLogic:
             record, changed = await self._add(store, actor, request.group_id, users, outbox)
         elif action == pb.GROUP_ACTION_REMOVE:
             record, changed = await self._remove(store, actor, request.group_id, users, outbox)
+        elif action == pb.GROUP_ACTION_DELETE:
+            record = await self._delete(store, actor, request.group_id, outbox)
+            changed = []
+        elif action == pb.GROUP_ACTION_SET_OWNER:
+            record, changed = await self._set_owner(store, actor, request.group_id, users, outbox)
         else:
             raise GroupError(Code.BAD_REQUEST, f"unknown group action {action}")
         return pb.GroupResult(groups=[group_info(record)], changed=changed)
@@ -196,7 +211,9 @@ class GroupLogic:
                 )
             await self._check_user_limits(store, group_id, sorted(wanted))
             if await store.create_group(group_id, owner):
-                record, added = await self._add(store, owner, group_id, users, outbox)
+                record, added = await self._add(
+                    store, owner, group_id, users, outbox, event=pb.GROUP_EVENT_CREATED
+                )
                 outbox.add(channels.user_channel(owner), _joined(record))
                 return record, [owner, *added]
             # Another logic worker created it a moment ago; judge it as an existing group.
@@ -206,9 +223,20 @@ class GroupLogic:
         return await self._add(store, owner, group_id, users, outbox)
 
     async def _add(
-        self, store: Store, actor: str | None, group_id: str, users: list[str], outbox: Outbox
+        self,
+        store: Store,
+        actor: str | None,
+        group_id: str,
+        users: list[str],
+        outbox: Outbox,
+        *,
+        event: pb.GroupEventKind = pb.GROUP_EVENT_MEMBERS_ADDED,
     ) -> tuple[GroupRecord, list[str]]:
-        """Add users; actor None is the command line, which has the owner's rights."""
+        """Add users; actor None is the command line, which has the owner's rights.
+
+        The group event records the change: MEMBERS_ADDED, or CREATED for a new group, which
+        is recorded even when it has no members besides its owner.
+        """
         _check_group_id(group_id)
         _check_user_ids(users)
         record = await self._group_of(store, actor, group_id)
@@ -234,6 +262,9 @@ class GroupLogic:
             joined = _joined(record)
             for user in added:
                 outbox.add(channels.user_channel(user), joined)
+        if added or event == pb.GROUP_EVENT_CREATED:
+            await _record_event(store, outbox, group_id, actor, event, added)
+        if added:
             _announce_size(outbox, record)
         return record, added
 
@@ -257,8 +288,49 @@ class GroupLogic:
             left = env.Envelope(groups_update=env.GroupsUpdate(left=[group_id]))
             for user in removed:
                 outbox.add(channels.user_channel(user), left)
+            await _record_event(
+                store, outbox, group_id, actor, pb.GROUP_EVENT_MEMBERS_REMOVED, removed
+            )
             _announce_size(outbox, record)
         return record, removed
+
+    async def _delete(
+        self, store: Store, actor: str | None, group_id: str, outbox: Outbox
+    ) -> GroupRecord:
+        """Delete a group and return it as it was; actor None is the command line."""
+        _check_group_id(group_id)
+        record = await self._group_of(store, actor, group_id)
+        if actor is not None and actor != record.owner:
+            raise GroupError(Code.NOT_ALLOWED, f"only the owner deletes group {group_id!r}")
+
+        await store.delete_group(group_id)
+        # One publish: each gateway with online members sends them GroupsChanged.
+        deleted = env.Envelope(group_deleted=env.GroupDeleted())
+        outbox.add(channels.group_channel(group_id), deleted)
+        return record
+
+    async def _set_owner(
+        self, store: Store, actor: str | None, group_id: str, users: list[str], outbox: Outbox
+    ) -> tuple[GroupRecord, list[str]]:
+        """Hand a group to the one member in users; actor None is the command line."""
+        _check_group_id(group_id)
+        _check_user_ids(users)
+        if len(users) != 1:
+            raise GroupError(
+                Code.BAD_REQUEST, f"a new owner is one user id, {len(users)} were given"
+            )
+        owner = users[0]
+        record = await self._group_of(store, actor, group_id)
+        if owner == record.owner:
+            return record, []  # a resent request, or nothing to change
+        if actor is not None and actor != record.owner:
+            raise GroupError(Code.NOT_ALLOWED, f"only the owner hands over group {group_id!r}")
+        if not await store.is_participant(owner, record.conversation_id):
+            raise GroupError(Code.BAD_REQUEST, f"{owner!r} is not a member of {group_id!r}")
+
+        await store.set_group_owner(group_id, owner)
+        await _record_event(store, outbox, group_id, actor, pb.GROUP_EVENT_OWNER_CHANGED, [owner])
+        return await _group(store, group_id), [owner]
 
     async def _group_of(self, store: Store, actor: str | None, group_id: str) -> GroupRecord:
         """Return the group; raise NOT_FOUND if it is missing or actor is not a member."""
@@ -344,12 +416,7 @@ class GroupLogic:
             body=send.body,
         )
         if stored.new:
-            delivery = env.GroupDelivery(
-                deliver=pb.Deliver(messages=[to_message(stored)]).SerializeToString(),
-                sender=stored.sender,
-                sender_device=stored.sender_device,
-            )
-            outbox.add(channels.group_channel(group_id), env.Envelope(group_delivery=delivery))
+            _publish(outbox, group_id, stored)
         reply(outbox, request, env.Envelope(send_result=send_result(send_request, stored)))
 
 
@@ -403,6 +470,32 @@ async def _group(store: Store, group_id: str) -> GroupRecord:
     record = await store.group(group_id)
     assert record is not None, f"group {group_id!r} vanished inside its transaction"
     return record
+
+
+def _publish(outbox: Outbox, group_id: str, stored: StoredMessage) -> None:
+    """Publish a stored group message or event once, on the group's channel."""
+    delivery = env.GroupDelivery(
+        deliver=pb.Deliver(messages=[to_message(stored)]).SerializeToString(),
+        sender=stored.sender,
+        sender_device=stored.sender_device,  # empty for an event: every device gets it
+    )
+    outbox.add(channels.group_channel(group_id), env.Envelope(group_delivery=delivery))
+
+
+async def _record_event(
+    store: Store,
+    outbox: Outbox,
+    group_id: str,
+    actor: str | None,
+    kind: pb.GroupEventKind,
+    users: list[str],
+) -> None:
+    """Store a group event as a system message of the group and publish it."""
+    event = pb.GroupEvent(kind=kind, actor=actor or "", user_ids=users)
+    stored = await store.store_group_event(
+        group_id=group_id, actor=actor or "", event=event.SerializeToString()
+    )
+    _publish(outbox, group_id, stored)
 
 
 def _joined(record: GroupRecord) -> env.Envelope:

@@ -81,6 +81,11 @@ SQLITE: list[str] = [
     CREATE INDEX conversation_members_by_conversation
         ON conversation_members (conversation_id, user_id);
     """,
+    # What a message is: 0 a message a user sent, 1 a group's system message, whose body is
+    # an encoded tether.v1.GroupEvent.
+    """
+    ALTER TABLE messages ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 
 POSTGRES: list[str] = [
@@ -140,6 +145,9 @@ POSTGRES: list[str] = [
     );
     CREATE INDEX conversation_members_by_conversation
         ON conversation_members (conversation_id, user_id);
+    """,
+    """
+    ALTER TABLE messages ADD COLUMN kind BIGINT NOT NULL DEFAULT 0;
     """,
 ]
 

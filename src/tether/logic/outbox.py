@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tether.bus import envelope_pb2 as env
-from tether.logic.store import StoredMessage
+from tether.logic.store import MESSAGE_KIND_GROUP_EVENT, StoredMessage
 from tether.protocol import tether_pb2 as pb
 
 __all__ = ["Outbox", "reply", "to_message"]
@@ -29,15 +29,19 @@ def reply(outbox: Outbox, request: env.Envelope, answer: env.Envelope) -> None:
 
 
 def to_message(stored: StoredMessage) -> pb.Message:
-    """Return the client protocol's form of a stored message."""
-    return pb.Message(
+    """Return the client protocol's form of a stored message or group event."""
+    message = pb.Message(
         message_id=stored.message_id,
         conversation_id=stored.conversation_id,
         sequence=stored.sequence,
         sender=stored.sender,
         sender_device=stored.sender_device,
         recipient=stored.recipient,
-        body=stored.body,
         timestamp_ms=stored.created_ms,
-        client_message_id=stored.client_message_id,
     )
+    if stored.kind == MESSAGE_KIND_GROUP_EVENT:
+        message.group_event.ParseFromString(stored.body)
+    else:
+        message.body = stored.body
+        message.client_message_id = stored.client_message_id
+    return message

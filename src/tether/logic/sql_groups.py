@@ -110,6 +110,24 @@ class SqlGroups:
                 )
         return [user for user in dict.fromkeys(user_ids) if user in removed]
 
+    async def delete_group(self, group_id: str) -> bool:
+        conversation = group_conversation_id(group_id)
+        async with self.transaction():
+            deleted = await self._fetch(
+                "DELETE FROM chat_groups WHERE id = ? RETURNING id", group_id
+            )
+            if not deleted:
+                return False
+            # NOTE: read_markers has no index by conversation, so its delete scans the table,
+            # and a long history makes one long transaction. Deletes are expected to be rare.
+            for table in ("conversation_members", "messages", "read_markers"):
+                await self._execute(f"DELETE FROM {table} WHERE conversation_id = ?", conversation)
+            await self._execute("DELETE FROM conversations WHERE id = ?", conversation)
+        return True
+
+    async def set_group_owner(self, group_id: str, owner: str) -> None:
+        await self._execute("UPDATE chat_groups SET owner = ? WHERE id = ?", owner, group_id)
+
     async def group_members(
         self, group_id: str, *, after: str = "", limit: int | None = None
     ) -> list[str]:

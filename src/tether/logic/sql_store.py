@@ -22,6 +22,7 @@ The group queries are in tether.logic.sql_groups.
 from __future__ import annotations
 
 import time
+import uuid
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -31,6 +32,8 @@ from typing import Any, Generic, TypeVar
 from tether.logic import migrations
 from tether.logic.sql_groups import SqlGroups
 from tether.logic.store import (
+    MESSAGE_KIND_GROUP_EVENT,
+    MESSAGE_KIND_USER,
     Store,
     StoredMessage,
     StoreError,
@@ -44,7 +47,7 @@ Connection = TypeVar("Connection")
 
 _MESSAGE_COLUMNS = (
     "id, conversation_id, sequence, sender, sender_device, recipient, client_message_id, body, "
-    "created_ms"
+    "created_ms, kind"
 )
 
 
@@ -225,6 +228,19 @@ class SqlStore(SqlGroups, Store, Generic[Connection]):
             record_participants=False,  # a group's participants are its members
         )
 
+    async def store_group_event(self, *, group_id: str, actor: str, event: bytes) -> StoredMessage:
+        conversation = group_conversation_id(group_id)
+        return await self._store_message(
+            conversation,
+            sender=actor,
+            sender_device="",
+            recipient=conversation,
+            client_message_id=f"group-event-{uuid.uuid4().hex}",  # unique, as the column must be
+            body=event,
+            record_participants=False,
+            kind=MESSAGE_KIND_GROUP_EVENT,
+        )
+
     async def _store_message(
         self,
         conversation: str,
@@ -235,6 +251,7 @@ class SqlStore(SqlGroups, Store, Generic[Connection]):
         client_message_id: str,
         body: bytes,
         record_participants: bool,
+        kind: int = MESSAGE_KIND_USER,
     ) -> StoredMessage:
         """Store a message with the next sequence number of its conversation, once per id."""
         async with self.transaction():
@@ -252,7 +269,8 @@ class SqlStore(SqlGroups, Store, Generic[Connection]):
             sequence = int(rows[0][0])
             inserted = await self._fetch(
                 "INSERT INTO messages (conversation_id, sequence, sender, sender_device, "
-                "recipient, client_message_id, body, created_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "recipient, client_message_id, body, created_ms, kind) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (sender, client_message_id) DO NOTHING RETURNING id",
                 conversation,
                 sequence,
@@ -262,6 +280,7 @@ class SqlStore(SqlGroups, Store, Generic[Connection]):
                 client_message_id,
                 body,
                 now,
+                kind,
             )
             if not inserted:
                 return await self._lost_race(conversation, sender, client_message_id)
@@ -285,6 +304,7 @@ class SqlStore(SqlGroups, Store, Generic[Connection]):
             body,
             now,
             new=True,
+            kind=kind,
         )
 
     async def _lost_race(
@@ -401,6 +421,7 @@ def _message(row: tuple[Any, ...]) -> StoredMessage:
         body=bytes(row[7]),
         created_ms=int(row[8]),
         new=False,
+        kind=int(row[9]),
     )
 
 

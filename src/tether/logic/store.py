@@ -27,6 +27,8 @@ __all__ = [
     "GROUP_PREFIX",
     "MAX_GROUP_ID_CHARS",
     "MAX_STORED_INTEGER",
+    "MESSAGE_KIND_GROUP_EVENT",
+    "MESSAGE_KIND_USER",
     "POSTGRES_SCHEMES",
     "GroupRecord",
     "Store",
@@ -53,6 +55,10 @@ MAX_STORED_INTEGER = 2**63 - 1
 GROUP_PREFIX = "g:"
 # Group ids are shorter than user ids so that "g:" + id fits the 64 bytes of a Send recipient.
 MAX_GROUP_ID_CHARS = 62
+
+# Values of StoredMessage.kind (the messages table's kind column).
+MESSAGE_KIND_USER = 0
+MESSAGE_KIND_GROUP_EVENT = 1
 _GROUP_ID_PATTERN = re.compile(r"[A-Za-z0-9_\-.@+=]+")
 
 
@@ -145,6 +151,9 @@ class StoredMessage:
     created_ms: int
     new: bool
     """False when the message existed already (a resend with the same client_message_id)."""
+    kind: int = MESSAGE_KIND_USER
+    """MESSAGE_KIND_USER for a message a user sent, MESSAGE_KIND_GROUP_EVENT for a group's
+    system message, whose body is an encoded tether.v1.GroupEvent."""
 
 
 class Store(ABC):
@@ -230,6 +239,15 @@ class Store(ABC):
         """
 
     @abstractmethod
+    async def store_group_event(self, *, group_id: str, actor: str, event: bytes) -> StoredMessage:
+        """Store a system message of a group (kind MESSAGE_KIND_GROUP_EVENT) with the next
+        sequence number of the group's conversation.
+
+        event is an encoded tether.v1.GroupEvent, and actor the user who made the change
+        (empty for an operator). Each call stores a new message.
+        """
+
+    @abstractmethod
     async def history(
         self, conversation: str, after_sequence: int, limit: int
     ) -> list[StoredMessage]:
@@ -285,6 +303,14 @@ class Store(ABC):
     @abstractmethod
     async def remove_group_members(self, group_id: str, user_ids: list[str]) -> list[str]:
         """Remove users from a group; return those who were members, in input order."""
+
+    @abstractmethod
+    async def delete_group(self, group_id: str) -> bool:
+        """Delete a group with its members, messages and read markers; False if it was gone."""
+
+    @abstractmethod
+    async def set_group_owner(self, group_id: str, owner: str) -> None:
+        """Make owner, a member of the group, its owner."""
 
     @abstractmethod
     async def group_members(

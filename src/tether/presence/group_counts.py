@@ -1,42 +1,57 @@
-"""Online counts of large groups: each gateway's local numbers, added up for the cluster.
+"""Online counts of large groups: each gateway's local online members, counted once per user.
 
-A gateway has only its own connections, so it reports, per group, how many of its local users
-are online members. The count store keeps each gateway's numbers and their sum per
-group. Reports carry the new local number of each group whose number changed since the last
-report, not a difference: a report that is sent again after a failure cannot count a change
-twice, and the store turns each number into a delta of the group's total.
+A gateway has only its own connections. For each large group it reports which of its local
+users came online and which went offline since its last report, and the count store keeps,
+per group, how many gateways have each user online. A group's total is the number of users
+with at least one: a user with devices on two gateways is one online member, not two.
+
+Reports carry user-level transitions only (the first local session of a member, the last one
+closing), batched per gateway and count interval, and are idempotent: a user reported online
+twice by the same gateway is counted once. The same exchange returns the totals of the groups
+the gateway requests, so a gateway makes one store call per interval.
 
 Two implementations: `MemoryGroupCounts` for embedded tether (one gateway, one process), and
-`RedisGroupCounts` (tether.presence.redis_group_counts) for a cluster, where a gateway's
-numbers vanish from the totals when it stops reporting for longer than its lease.
+`RedisGroupCounts` (tether.presence.redis_group_counts) for a cluster, where what a gateway
+reported vanishes from the totals when it stops reporting for longer than its lease.
 """
 
 from __future__ import annotations
 
 import abc
-from collections import Counter
+from dataclasses import dataclass
 
-__all__ = ["GroupCountStore", "MemoryGroupCounts"]
+__all__ = ["GroupCountStore", "MemberChanges", "MemoryGroupCounts"]
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChanges:
+    """Members of one group that came online and went offline on the reporting gateway."""
+
+    online: frozenset[str] = frozenset()
+    offline: frozenset[str] = frozenset()
 
 
 class GroupCountStore(abc.ABC):
-    """Per-gateway online members of groups, and their sum per group."""
+    """Per-gateway online members of groups, and the number of distinct ones per group."""
 
     async def start(self) -> None:  # noqa: B027 (a default, not abstract)
         """Connect to the store, if it is remote."""
 
     async def close(self) -> None:  # noqa: B027 (a default, not abstract)
-        """Withdraw this gateway's numbers if possible and disconnect."""
+        """Withdraw this gateway's members if possible and disconnect."""
 
     @abc.abstractmethod
-    async def report(self, counts: dict[str, int], *, fresh: bool) -> bool:
-        """Record this gateway's online members of the groups in counts (0 removes a group).
+    async def exchange(
+        self, changes: dict[str, MemberChanges], *, fresh: bool, read: list[str]
+    ) -> dict[str, int] | None:
+        """Record this gateway's changes, then return the online members of each group in read.
 
-        With fresh set, every number of this gateway that is not in counts is dropped first,
-        so counts must then list all of them. Returns False if the store had lost this
-        gateway's earlier numbers (its lease lapsed, or the store restarted empty) and applied
-        nothing: the caller must report again with fresh set. Raises TetherError or OSError
-        when the store cannot be reached.
+        With fresh set, everything this gateway reported before is dropped first, so changes
+        must then list all its online members as online. Returns None if the store had lost
+        this gateway's earlier reports (its lease lapsed, or the store restarted empty) and
+        applied nothing: the caller must report again with fresh set. Raises TetherError or
+        OSError when the store cannot be reached. The caller cannot tell then whether the
+        changes were applied, so it reports again with fresh set too.
         """
 
     @abc.abstractmethod
@@ -48,17 +63,20 @@ class MemoryGroupCounts(GroupCountStore):
     """Counts in the gateway's own memory, for a single process."""
 
     def __init__(self) -> None:
-        self._totals: Counter[str] = Counter()
+        self._online: dict[str, set[str]] = {}
 
-    async def report(self, counts: dict[str, int], *, fresh: bool) -> bool:
+    async def exchange(
+        self, changes: dict[str, MemberChanges], *, fresh: bool, read: list[str]
+    ) -> dict[str, int] | None:
         if fresh:
-            self._totals.clear()
-        for group_id, count in counts.items():
-            if count:
-                self._totals[group_id] = count
-            else:
-                self._totals.pop(group_id, None)
-        return True
+            self._online.clear()
+        for group_id, change in changes.items():
+            online = self._online.setdefault(group_id, set())
+            online |= change.online
+            online -= change.offline
+            if not online:
+                del self._online[group_id]
+        return await self.totals(read)
 
     async def totals(self, group_ids: list[str]) -> dict[str, int]:
-        return {group_id: self._totals.get(group_id, 0) for group_id in group_ids}
+        return {group_id: len(self._online.get(group_id, ())) for group_id in group_ids}

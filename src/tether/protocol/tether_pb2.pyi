@@ -44,6 +44,16 @@ class GroupAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     GROUP_ACTION_ADD: _ClassVar[GroupAction]
     GROUP_ACTION_REMOVE: _ClassVar[GroupAction]
     GROUP_ACTION_LIST: _ClassVar[GroupAction]
+    GROUP_ACTION_DELETE: _ClassVar[GroupAction]
+    GROUP_ACTION_SET_OWNER: _ClassVar[GroupAction]
+
+class GroupEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GROUP_EVENT_UNSPECIFIED: _ClassVar[GroupEventKind]
+    GROUP_EVENT_CREATED: _ClassVar[GroupEventKind]
+    GROUP_EVENT_MEMBERS_ADDED: _ClassVar[GroupEventKind]
+    GROUP_EVENT_MEMBERS_REMOVED: _ClassVar[GroupEventKind]
+    GROUP_EVENT_OWNER_CHANGED: _ClassVar[GroupEventKind]
 PLATFORM_UNSPECIFIED: Platform
 PLATFORM_WEB: Platform
 PLATFORM_DESKTOP: Platform
@@ -67,6 +77,13 @@ GROUP_ACTION_CREATE: GroupAction
 GROUP_ACTION_ADD: GroupAction
 GROUP_ACTION_REMOVE: GroupAction
 GROUP_ACTION_LIST: GroupAction
+GROUP_ACTION_DELETE: GroupAction
+GROUP_ACTION_SET_OWNER: GroupAction
+GROUP_EVENT_UNSPECIFIED: GroupEventKind
+GROUP_EVENT_CREATED: GroupEventKind
+GROUP_EVENT_MEMBERS_ADDED: GroupEventKind
+GROUP_EVENT_MEMBERS_REMOVED: GroupEventKind
+GROUP_EVENT_OWNER_CHANGED: GroupEventKind
 
 class Frame(_message.Message):
     __slots__ = ("connect", "connected", "heartbeat", "heartbeat_ack", "send", "send_ack", "deliver", "deliver_ack", "set_status", "presence_update", "presence_snapshot", "error", "disconnect", "contacts_changed", "unread", "sync", "sync_result", "refresh", "refreshed", "group_request", "group_result", "groups_changed", "group_counts")
@@ -207,7 +224,7 @@ class SendAck(_message.Message):
     def __init__(self, client_message_id: _Optional[str] = ..., message_id: _Optional[int] = ..., conversation_id: _Optional[str] = ..., sequence: _Optional[int] = ..., timestamp_ms: _Optional[int] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("message_id", "conversation_id", "sequence", "sender", "sender_device", "recipient", "body", "timestamp_ms", "client_message_id")
+    __slots__ = ("message_id", "conversation_id", "sequence", "sender", "sender_device", "recipient", "body", "timestamp_ms", "client_message_id", "group_event")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
@@ -217,6 +234,7 @@ class Message(_message.Message):
     BODY_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
     CLIENT_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    GROUP_EVENT_FIELD_NUMBER: _ClassVar[int]
     message_id: int
     conversation_id: str
     sequence: int
@@ -226,7 +244,8 @@ class Message(_message.Message):
     body: bytes
     timestamp_ms: int
     client_message_id: str
-    def __init__(self, message_id: _Optional[int] = ..., conversation_id: _Optional[str] = ..., sequence: _Optional[int] = ..., sender: _Optional[str] = ..., sender_device: _Optional[str] = ..., recipient: _Optional[str] = ..., body: _Optional[bytes] = ..., timestamp_ms: _Optional[int] = ..., client_message_id: _Optional[str] = ...) -> None: ...
+    group_event: GroupEvent
+    def __init__(self, message_id: _Optional[int] = ..., conversation_id: _Optional[str] = ..., sequence: _Optional[int] = ..., sender: _Optional[str] = ..., sender_device: _Optional[str] = ..., recipient: _Optional[str] = ..., body: _Optional[bytes] = ..., timestamp_ms: _Optional[int] = ..., client_message_id: _Optional[str] = ..., group_event: _Optional[_Union[GroupEvent, _Mapping]] = ...) -> None: ...
 
 class Deliver(_message.Message):
     __slots__ = ("messages",)
@@ -383,12 +402,24 @@ class GroupResult(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., groups: _Optional[_Iterable[_Union[Group, _Mapping]]] = ..., changed: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GroupsChanged(_message.Message):
-    __slots__ = ("joined", "left")
+    __slots__ = ("joined", "left", "deleted")
     JOINED_FIELD_NUMBER: _ClassVar[int]
     LEFT_FIELD_NUMBER: _ClassVar[int]
+    DELETED_FIELD_NUMBER: _ClassVar[int]
     joined: _containers.RepeatedCompositeFieldContainer[Group]
     left: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, joined: _Optional[_Iterable[_Union[Group, _Mapping]]] = ..., left: _Optional[_Iterable[str]] = ...) -> None: ...
+    deleted: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, joined: _Optional[_Iterable[_Union[Group, _Mapping]]] = ..., left: _Optional[_Iterable[str]] = ..., deleted: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GroupEvent(_message.Message):
+    __slots__ = ("kind", "actor", "user_ids")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    kind: GroupEventKind
+    actor: str
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, kind: _Optional[_Union[GroupEventKind, str]] = ..., actor: _Optional[str] = ..., user_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GroupCount(_message.Message):
     __slots__ = ("group_id", "online", "member_count")
