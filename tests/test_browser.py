@@ -12,6 +12,7 @@ TETHER_UPDATE_SCREENSHOTS=1 it writes them to docs/images/ for the README.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -87,8 +88,9 @@ async def expect_group_online(page: Any, online: int) -> None:
     await playwright_api.expect(button).to_have_attribute(
         "data-online", str(online), timeout=WAIT_MS
     )
+    # The count may be followed by " · N new".
     await playwright_api.expect(button.locator(".count")).to_have_text(
-        f"{online} of {len(DEMO_USERS)} online", timeout=WAIT_MS
+        re.compile(f"^{online} of {len(DEMO_USERS)} online"), timeout=WAIT_MS
     )
 
 
@@ -141,10 +143,14 @@ async def test_demo_presence_and_chat(
     await expect_text(alice, "#chat-presence", f"2 of {len(DEMO_USERS)} online")
     await send(alice, "Hello, group!")
     await bob.get_by_role("button", name="Back to contacts").click()
+    # New for bob: the group's creation, stored as its first event, and alice's message.
     await playwright_api.expect(bob.locator(f"{group} .unread")).to_have_text(
-        " · 1 new", timeout=WAIT_MS
+        " · 2 new", timeout=WAIT_MS
     )
     await bob.locator(group).click()
+    await playwright_api.expect(bob.locator(".messages .event")).to_have_text(
+        ["alice created the group with bob, carol, dave"], timeout=WAIT_MS
+    )
     await playwright_api.expect(bob.locator(".message .text")).to_have_text(
         ["Hello, group!"], timeout=WAIT_MS
     )
@@ -214,16 +220,21 @@ async def test_new_device_counts_each_message_once(
     )
     await alice.wait_for_function(stored, timeout=WAIT_MS)  # both acknowledged, so stored
 
-    # A fresh browser context is a new device of bob with no read marks: both messages wait.
+    # A fresh browser context is a new device of bob with no read marks: both messages wait,
+    # and in the group also its creation event.
     bob = await signed_in(browser, demo_server, "bob", PHONE)
     caught_up = (
         "() => window.tetherDemo.chats.get('d:alice:bob')?.size === 1"
-        f" && window.tetherDemo.chats.get('g:{DEMO_GROUP}')?.size === 1"
+        f" && window.tetherDemo.chats.get('g:{DEMO_GROUP}')?.size === 2"
     )
     await bob.wait_for_function(caught_up, timeout=WAIT_MS)
-    for selector in ('.contact[data-user="alice"]', f'.group[data-group="{DEMO_GROUP}"]'):
+    waiting = {
+        '.contact[data-user="alice"]': " · 1 new",
+        f'.group[data-group="{DEMO_GROUP}"]': " · 2 new",
+    }
+    for selector, badge in waiting.items():
         await playwright_api.expect(bob.locator(f"{selector} .unread")).to_have_text(
-            " · 1 new", timeout=WAIT_MS
+            badge, timeout=WAIT_MS
         )
 
     # A live message adds one.

@@ -98,6 +98,27 @@ function messageOf(item) {
     text: textDecoder.decode(body),
     timestampMs: item.timestampMs ?? 0,
     clientMessageId: item.clientMessageId ?? "",
+    /** The group event this message records (see groupEventOf), or null for a user's message. */
+    event: item.groupEvent ? groupEventOf(item) : null,
+  });
+}
+
+/**
+ * Return a group event {groupId, conversationId, sequence, kind, actor, userIds, timestampMs}:
+ * kind is "created", "members_added", "members_removed" or "owner_changed".
+ */
+function groupEventOf(item) {
+  const event = item.groupEvent;
+  const kind = typeof event.kind === "string" ? event.kind : "GROUP_EVENT_UNSPECIFIED";
+  const conversationId = item.conversationId ?? "";
+  return Object.freeze({
+    groupId: conversationId.startsWith("g:") ? conversationId.slice(2) : conversationId,
+    conversationId,
+    sequence: item.sequence ?? 0,
+    kind: kind.replace(/^GROUP_EVENT_/, "").toLowerCase(),
+    actor: event.actor ?? "",
+    userIds: Object.freeze([...(event.userIds ?? [])]),
+    timestampMs: item.timestampMs ?? 0,
   });
 }
 
@@ -123,7 +144,11 @@ function sendAckOf(item) {
  * - `unread`: {conversations: [{conversationId, lastSequence, readSequence, unread}], truncated}
  * - `message`: a message for this user, once and in sequence order per conversation. A group
  *   message has the group's conversation id ("g:" + group id) as conversationId and recipient.
- * - `groups`: {joined: [group], left: [groupId]}, this user joined or left groups while connected
+ * - `groupEvent`: {groupId, sequence, kind, actor, userIds, ...}, a change of a group's members
+ *   or owner, in sequence order with the group's messages; kind is "created", "members_added",
+ *   "members_removed" or "owner_changed", and actor is empty for an operator.
+ * - `groups`: {joined: [group], left: [groupId], deleted: [groupId]}, this user joined or left
+ *   groups while connected; a deleted group is in both left and deleted
  * - `groupOnline`: {groupId, online, memberCount}, a large group's online count changed. It comes
  *   at most once per count interval, and smaller groups get none (docs/groups.md).
  * - `refreshed`: {tokenExpiresMs}, the server accepted a Refresh with a new token
@@ -184,7 +209,10 @@ export class TetherClient {
     /** @type {Map<string, object>} the last online count of each large group, by group id */
     this.groupOnline = new Map();
     this.conversations = new Conversations({
-      deliver: (message) => this.emit("message", messageOf(message)),
+      deliver: (message) =>
+        message.groupEvent
+          ? this.emit("groupEvent", groupEventOf(message))
+          : this.emit("message", messageOf(message)),
       deviceId: this.deviceId,
       autoAck: options.autoAck ?? true,
       requestTimeoutMs: this.ackTimeoutMs,
@@ -558,8 +586,9 @@ export class TetherClient {
     } else if (frame.groupsChanged !== undefined) {
       const joined = (frame.groupsChanged.joined ?? []).map(groupOf);
       const left = frame.groupsChanged.left ?? [];
+      const deleted = frame.groupsChanged.deleted ?? [];
       for (const groupId of left) this.groupOnline.delete(groupId);
-      this.emit("groups", { joined, left });
+      this.emit("groups", { joined, left, deleted });
     } else if (frame.groupCounts !== undefined) {
       for (const item of frame.groupCounts.counts ?? []) {
         const count = groupCountOf(item);

@@ -111,7 +111,11 @@ test("GroupsChanged and GroupCounts become groups and groupOnline events", async
     groupsChanged: { joined: [{ groupId: "big", conversationId: "g:big", owner: "bob", memberCount: 150 }] },
   });
   assert.deepEqual(groups, [
-    { joined: [{ groupId: "big", conversationId: "g:big", owner: "bob", memberCount: 150 }], left: [] },
+    {
+      joined: [{ groupId: "big", conversationId: "g:big", owner: "bob", memberCount: 150 }],
+      left: [],
+      deleted: [],
+    },
   ]);
   socket.receive({
     groupCounts: {
@@ -127,9 +131,58 @@ test("GroupsChanged and GroupCounts become groups and groupOnline events", async
   ]);
   assert.equal(client.groupOnline.get("big").online, 12);
   socket.receive({ groupsChanged: { left: ["big"] } });
-  assert.deepEqual(groups[1], { joined: [], left: ["big"] });
+  assert.deepEqual(groups[1], { joined: [], left: ["big"], deleted: [] });
   assert.equal(client.groupOnline.has("big"), false);
   assert.equal(client.groupOnline.get("huge").memberCount, 900);
+  await client.close();
+});
+
+test("a deleted group is in both left and deleted", async () => {
+  const { client, socket } = await openClient();
+  const groups = [];
+  client.on("groups", (event) => groups.push(event));
+  socket.receive({ groupsChanged: { left: ["team"], deleted: ["team"] } });
+  assert.deepEqual(groups, [{ joined: [], left: ["team"], deleted: ["team"] }]);
+  await client.close();
+});
+
+test("a group event becomes a groupEvent, in sequence order with the messages", async () => {
+  const { client, socket } = await openClient();
+  const seen = [];
+  client.on("groupEvent", (event) => seen.push(["groupEvent", event]));
+  client.on("message", (message) => seen.push(["message", message]));
+  const created = { kind: "GROUP_EVENT_CREATED", actor: "bob", userIds: ["alice", "carol"] };
+  socket.receive({
+    deliver: {
+      messages: [
+        { messageId: 7, conversationId: "g:team", sequence: 1, sender: "bob", groupEvent: created },
+        {
+          messageId: 8,
+          conversationId: "g:team",
+          sequence: 2,
+          sender: "bob",
+          recipient: "g:team",
+          body: new TextEncoder().encode("welcome"),
+        },
+      ],
+    },
+  });
+  await waitFor(() => seen.length === 2);
+  assert.deepEqual(
+    seen.map(([name]) => name),
+    ["groupEvent", "message"],
+  );
+  assert.deepEqual(seen[0][1], {
+    groupId: "team",
+    conversationId: "g:team",
+    sequence: 1,
+    kind: "created",
+    actor: "bob",
+    userIds: ["alice", "carol"],
+    timestampMs: 0,
+  });
+  assert.equal(seen[1][1].text, "welcome");
+  assert.equal(seen[1][1].event, null);
   await client.close();
 });
 

@@ -228,6 +228,24 @@ function remember(message) {
   chat.set(`seq:${String(message.sequence).padStart(20, "0")}`, message);
 }
 
+/** Return a line that tells what a group event changed, as the group's chat shows it. */
+function describeEvent(event) {
+  const actor = event.actor || "an operator";
+  const users = event.userIds.join(", ");
+  switch (event.kind) {
+    case "created":
+      return `${actor} created the group${users ? ` with ${users}` : ""}`;
+    case "members_added":
+      return `${actor} added ${users}`;
+    case "members_removed":
+      return users === event.actor ? `${actor} left` : `${actor} removed ${users}`;
+    case "owner_changed":
+      return `${users} is now the owner`;
+    default:
+      return "the group changed";
+  }
+}
+
 function renderMessages() {
   const list = $("messages");
   if (!demo.open) {
@@ -243,6 +261,11 @@ function renderMessages() {
     ...keys.map((key) => {
       const message = chat.get(key);
       const item = document.createElement("li");
+      if (message.kind) {
+        item.className = "event";
+        item.textContent = describeEvent(message);
+        return item;
+      }
       item.className = message.sender === demo.user ? "message mine" : "message";
       if (message.sequence) item.dataset.sequence = String(message.sequence);
       const text = document.createElement("span");
@@ -268,7 +291,7 @@ async function loadHistory(conversationId) {
     const probe = await demo.client.history(conversationId, { limit: 1 });
     const after = Math.max(0, probe.lastSequence - HISTORY_PAGE);
     const page = await demo.client.history(conversationId, { afterSequence: after, limit: HISTORY_PAGE });
-    for (const message of page.messages) remember(message);
+    for (const message of page.messages) remember(message.event ?? message);
   } catch (error) {
     // NOT_FOUND (6) means the conversation holds no message yet; anything else is retried.
     if (error.code !== 6) demo.loaded.delete(conversationId);
@@ -400,6 +423,7 @@ async function signIn(user) {
     renderContacts();
   });
   client.on("message", onMessage);
+  client.on("groupEvent", onMessage); // a line in the group's chat, counted as new like a message
   client.on("unread", ({ conversations }) => {
     for (const { conversationId, lastSequence, unread } of conversations) {
       const key = chatKey(conversationId);
