@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from tether.client import events as ev
 from tether.client.transport import ClientTransport
 from tether.protocol import tether_pb2 as pb
+from tether.protocol.codes import Code
 from tether.protocol.errors import RequestError
 
 __all__ = ["Conversations"]
@@ -160,7 +161,17 @@ class Conversations:
         try:
             while self._to_fetch:
                 conversation = next(iter(self._to_fetch))
-                await self._sync(conversation)
+                try:
+                    await self._sync(conversation)
+                except RequestError as error:
+                    if error.code != Code.NOT_FOUND or not conversation.startswith("g:"):
+                        raise
+                    # Removed from the group, or it was deleted, before the fetch: there is
+                    # nothing of it to catch up, and a reconnect would not change that.
+                    logger.info("not catching up %s: %s", conversation, error.message)
+                    self._waiting.pop(conversation, None)
+                    del self._to_fetch[conversation]
+                    continue
                 if not self._release_waiting(conversation):
                     del self._to_fetch[conversation]
                 await self._flush_released(conversation)
