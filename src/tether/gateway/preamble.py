@@ -272,15 +272,10 @@ async def create_preamble_server(
     def create_protocol() -> Preamble:
         return Preamble(gateway, security, hand_over)
 
-    if security.proxy_protocol:
-        return await loop.create_server(
-            create_protocol,
-            host,
-            port,
-            reuse_address=True,
-            reuse_port=gateway.config.reuse_port,
-            backlog=LISTEN_BACKLOG,
-        )
+    # With a PROXY header to read first, the preamble starts TLS itself after the header.
+    tls: dict[str, Any] = {}
+    if not security.proxy_protocol:
+        tls = {"ssl": security.ssl_context, "ssl_handshake_timeout": gateway.config.connect_timeout}
     return await loop.create_server(
         create_protocol,
         host,
@@ -288,8 +283,7 @@ async def create_preamble_server(
         reuse_address=True,
         reuse_port=gateway.config.reuse_port,
         backlog=LISTEN_BACKLOG,
-        ssl=security.ssl_context,
-        ssl_handshake_timeout=gateway.config.connect_timeout,
+        **tls,
     )
 
 
