@@ -109,9 +109,10 @@ class StreamConsumer:
                 logger.warning("reading stream %s failed, will retry: %s", stream, exc)
                 await asyncio.sleep(config.reconnect_delay_min)
             except ResponseError as exc:
-                if str(exc).startswith("NOGROUP"):
+                if str(exc).startswith(("NOGROUP", "UNBLOCKED")):
                     # The stream or group vanished, for example after a server restart
-                    # without persistence: create it again and start from the beginning.
+                    # without persistence, or FLUSHALL, which ends a blocked read with
+                    # UNBLOCKED: create it again and start from the beginning.
                     logger.warning("stream %s lost its consumer group, recreating it", stream)
                     group_exists = False
                     pending_from = b"0"

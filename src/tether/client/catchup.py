@@ -54,6 +54,7 @@ class Conversations:
         self.last: dict[str, int] = {}
         self._waiting: dict[str, list[pb.Message]] = {}  # live messages held during a sync
         self._to_fetch: dict[str, None] = {}  # conversations to sync, in order
+        self._resets: dict[str, int] = {}  # per conversation, how often on_deleted forgot it
         self._replies: dict[str, asyncio.Future[pb.SyncResult]] = {}
         self._request_ids = itertools.count(1)
         self._worker: asyncio.Task[None] | None = None
@@ -129,6 +130,19 @@ class Conversations:
             if conversation not in self.last:
                 self._fetch(conversation)
 
+    def on_deleted(self, conversations: list[str]) -> None:
+        """Forget the positions in the conversations of deleted groups.
+
+        A group created again under the same id starts its sequence numbers at 1, so a kept
+        position would drop the new group's first messages as duplicates.
+        """
+        for conversation in conversations:
+            self.last.pop(conversation, None)
+            self._waiting.pop(conversation, None)
+            self._to_fetch.pop(conversation, None)
+            self._unacked.pop(conversation, None)
+            self._resets[conversation] = self._resets.get(conversation, 0) + 1
+
     def on_send_ack(self, ack: pb.SendAck) -> None:
         """Count this device's own message as seen, so it opens no gap."""
         last = self.last.get(ack.conversation_id)
@@ -161,19 +175,25 @@ class Conversations:
         try:
             while self._to_fetch:
                 conversation = next(iter(self._to_fetch))
+                resets = self._resets.get(conversation, 0)
                 try:
-                    await self._sync(conversation)
+                    await self._sync(conversation, resets)
                 except RequestError as error:
                     if error.code != Code.NOT_FOUND or not conversation.startswith("g:"):
                         raise
+                    if self._resets.get(conversation, 0) != resets:
+                        continue  # the group was deleted meanwhile, and maybe created again
                     # Removed from the group, or it was deleted, before the fetch: there is
                     # nothing of it to catch up, and a reconnect would not change that.
                     logger.info("not catching up %s: %s", conversation, error.message)
                     self._waiting.pop(conversation, None)
-                    del self._to_fetch[conversation]
+                    self._to_fetch.pop(conversation, None)
                     continue
+                if self._resets.get(conversation, 0) != resets:
+                    continue  # deleted meanwhile: fetched again if the user is back in
                 if not self._release_waiting(conversation):
-                    del self._to_fetch[conversation]
+                    # pop: the group may have been deleted during the Sync (on_deleted).
+                    self._to_fetch.pop(conversation, None)
                 await self._flush_released(conversation)
             if self._more_unread and self._transport is not None:
                 self._more_unread = False
@@ -187,7 +207,8 @@ class Conversations:
             if self._transport is not None:
                 self._transport.close()
 
-    async def _sync(self, conversation: str) -> None:
+    async def _sync(self, conversation: str, resets: int) -> None:
+        """Fetch a conversation up to its end, or until its group is deleted (resets grew)."""
         transport = self._transport
         assert transport is not None
         while True:
@@ -204,6 +225,8 @@ class Conversations:
             await self._pace_sync()
             await transport.send(pb.Frame(sync=sync).SerializeToString())
             result = await asyncio.wait_for(future, self._timeout)
+            if self._resets.get(conversation, 0) != resets:
+                return  # the page is of a deleted group, maybe created again since
             if conversation not in self.last and result.messages:
                 self.last[conversation] = result.messages[0].sequence - 1
             for message in result.messages:
@@ -277,7 +300,9 @@ class Conversations:
                 del self._unacked[conversation]
             try:
                 for conversation in batch:
-                    sequence = self.last[conversation]
+                    sequence = self.last.get(conversation)
+                    if sequence is None:
+                        continue  # its group was deleted while the batch went out
                     ack = pb.DeliverAck(conversation_id=conversation, sequence=sequence)
                     await transport.send(pb.Frame(deliver_ack=ack).SerializeToString())
             except (ConnectionError, OSError) as error:

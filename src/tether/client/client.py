@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from tether.client import events as ev
 from tether.client.catchup import Conversations
-from tether.client.groups import ClientGroups
+from tether.client.groups import GROUP_PREFIX, ClientGroups
 from tether.client.transport import TLS_SCHEMES, ClientTransport, check_url, open_transport
 from tether.protocol import tether_pb2 as pb
 from tether.protocol.codes import Code, is_final
@@ -471,6 +471,7 @@ class Client(ClientGroups):
         elif kind == "groups_changed":
             groups = frame.groups_changed
             joined = [ev.Group.from_proto(group) for group in groups.joined]
+            self._conversations.on_deleted([GROUP_PREFIX + group for group in groups.deleted])
             self._conversations.on_joined([group.conversation_id for group in joined])
             await self._emit(ev.GroupsChanged(joined, list(groups.left), list(groups.deleted)))
         elif kind == "group_counts":

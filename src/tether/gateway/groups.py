@@ -174,6 +174,9 @@ class GroupInterest:
             self._add_member(connection, group.group_id, group.member_count)
         for group_id in removed:
             self._remove_member(connection, group_id)
+        if removed and connection.push_queue is not None:
+            # Messages held by pacing were sent before the change: they go first.
+            self._push_batch(connection, self._loop.time())  # type: ignore[union-attr]
         changed = pb.GroupsChanged(joined=added, left=removed, deleted=removed if deleted else ())
         connection.send_frame(pb.Frame(groups_changed=changed))
 

@@ -334,7 +334,7 @@ class GroupLogic:
 
     async def _group_of(self, store: Store, actor: str | None, group_id: str) -> GroupRecord:
         """Return the group; raise NOT_FOUND if it is missing or actor is not a member."""
-        record = await store.group(group_id)
+        record = await store.group(group_id, lock=True)
         if record is None and actor is None:
             raise GroupError(Code.NOT_FOUND, f"no group {group_id!r}")
         member = record is not None and (
@@ -402,6 +402,8 @@ class GroupLogic:
         sender = send_request.sender
         group_id = group_of_conversation(send.recipient)
         assert group_id is not None
+        # Locked, so that a deletion by another worker waits for this message or comes first.
+        await store.group(group_id, lock=True)
         if not await store.is_participant(sender, send.recipient):
             failure = await _non_member_failure(store, send_request, group_id)
             if failure is not None:

@@ -58,6 +58,8 @@ _DRIVER_ERRORS = (
 class PostgresStore(SqlStore[_Connection]):
     """The store in a PostgreSQL database, shared by every logic worker of a cluster."""
 
+    _ROW_LOCK = " FOR UPDATE"
+
     def __init__(self, url: str, pool: asyncpg.Pool[asyncpg.Record]) -> None:
         super().__init__(redact_url(url))
         self._pool = pool

@@ -6,7 +6,11 @@ user may read, acknowledge or sync a conversation cover groups too, and `Unread`
 group like any other conversation.
 
 Concurrent writers on PostgreSQL stay correct because each change of the member list and
-its count happens in one transaction. The count is updated with `member_count = member_count
+its count happens in one transaction, and because the logic reads the group with
+`group(lock=True)` before it checks a request: the row lock makes a send, a change and a
+deletion of one group wait for each other, so no check is stale by the time its change is
+written (a message stored into a group deleted meanwhile, a group handed to a member removed
+meanwhile). The count is updated with `member_count = member_count
 + n` under the row lock of the group. A member inserted twice by racing workers is stored once
 (`ON CONFLICT DO NOTHING`) and counted once, because only the insert that stored it returns
 it.
@@ -35,6 +39,8 @@ _GROUP_COLUMNS = "g.id, g.owner, g.member_count, g.created_ms"
 class SqlGroups:
     """Group queries of `SqlStore`, which inherits this mixin."""
 
+    _ROW_LOCK = ""  # what `group(lock=True)` appends to its SELECT: PostgreSQL's FOR UPDATE
+
     if TYPE_CHECKING:
         # Provided by SqlStore.
         def transaction(self) -> AbstractAsyncContextManager[None]: ...
@@ -56,9 +62,10 @@ class SqlGroups:
             await self.add_group_members(group_id, [owner])
         return True
 
-    async def group(self, group_id: str) -> GroupRecord | None:
+    async def group(self, group_id: str, *, lock: bool = False) -> GroupRecord | None:
+        suffix = self._ROW_LOCK if lock else ""
         rows = await self._fetch(
-            f"SELECT {_GROUP_COLUMNS} FROM chat_groups g WHERE g.id = ?", group_id
+            f"SELECT {_GROUP_COLUMNS} FROM chat_groups g WHERE g.id = ?{suffix}", group_id
         )
         return _group(rows[0]) if rows else None
 

@@ -289,8 +289,13 @@ class Store(ABC):
         """Create a group with owner as its first member; return False if the id is taken."""
 
     @abstractmethod
-    async def group(self, group_id: str) -> GroupRecord | None:
-        """Return a group, or None if there is none with this id."""
+    async def group(self, group_id: str, *, lock: bool = False) -> GroupRecord | None:
+        """Return a group, or None if there is none with this id.
+
+        With lock set, the group's row stays locked until the transaction ends, so that no
+        other logic worker changes or deletes the group between a check and the change it
+        allows (PostgreSQL; SQLite has one writer at a time anyway).
+        """
 
     @abstractmethod
     async def add_group_members(self, group_id: str, user_ids: list[str]) -> list[str]:
