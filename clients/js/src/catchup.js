@@ -11,7 +11,7 @@
  * alike.
  */
 
-import { RequestError } from "./codes.js";
+import { Code, RequestError } from "./codes.js";
 
 /** Messages per Sync page. */
 export const SYNC_PAGE = 100;
@@ -59,6 +59,19 @@ export class Conversations {
     this.nextSyncAt = 0;
     this.moreUnread = false;
     this.generation = 0; // bumped by stop(), so work of an old connection ends quietly
+    this.resets = new Map(); // conversation -> times forgotten, so an old Sync's answer is ignored
+  }
+
+  /**
+   * Forget the position in a conversation that no longer exists, such as a deleted group: a
+   * group created again under its id starts its sequence numbers at 1.
+   */
+  forget(conversation) {
+    this.last.delete(conversation);
+    this.waiting.delete(conversation);
+    this.toFetch.delete(conversation);
+    this.unacked.delete(conversation);
+    this.resets.set(conversation, (this.resets.get(conversation) ?? 0) + 1);
   }
 
   /** Start a new connection: forget its predecessor's requests, keep the positions. */
@@ -180,7 +193,17 @@ export class Conversations {
     try {
       while (this.toFetch.size > 0 && generation === this.generation) {
         const conversation = this.toFetch.values().next().value;
-        await this.sync(conversation, generation);
+        try {
+          await this.sync(conversation, generation);
+        } catch (error) {
+          const gone = error instanceof RequestError && error.code === Code.NOT_FOUND;
+          if (!gone || !conversation.startsWith("g:")) throw error;
+          // Removed from the group, or it was deleted, before the fetch: nothing of it is left
+          // to catch up, and a reconnect would not change that.
+          this.waiting.delete(conversation);
+          this.toFetch.delete(conversation);
+          continue;
+        }
         if (generation !== this.generation) return;
         const gapLeft = this.releaseWaiting(conversation);
         if (!gapLeft) this.toFetch.delete(conversation);
@@ -206,6 +229,7 @@ export class Conversations {
       this.nextSyncAt = Date.now() + SYNC_INTERVAL_MS;
       if (generation !== this.generation) return;
       const known = this.last.has(conversation);
+      const resets = this.resets.get(conversation) ?? 0;
       const result = await this.request({
         conversationId: conversation,
         afterSequence: this.last.get(conversation) ?? 0,
@@ -213,6 +237,7 @@ export class Conversations {
         fromReadMarker: !known,
       });
       if (generation !== this.generation) return;
+      if ((this.resets.get(conversation) ?? 0) !== resets) return; // deleted meanwhile
       const messages = result.messages ?? [];
       if (!this.last.has(conversation) && messages.length > 0) {
         this.last.set(conversation, messages[0].sequence - 1);

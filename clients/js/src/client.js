@@ -588,6 +588,7 @@ export class TetherClient {
       const left = frame.groupsChanged.left ?? [];
       const deleted = frame.groupsChanged.deleted ?? [];
       for (const groupId of left) this.groupOnline.delete(groupId);
+      for (const groupId of deleted) this.conversations.forget(`g:${groupId}`);
       this.emit("groups", { joined, left, deleted });
     } else if (frame.groupCounts !== undefined) {
       for (const item of frame.groupCounts.counts ?? []) {

@@ -114,3 +114,39 @@ test("a failed Sync reports the failure so the client reconnects", async () => {
   assert.equal(failures[0].code, 3);
   conversations.stop();
 });
+
+test("a group the user left before its Sync is skipped without a reconnect", async () => {
+  const failures = [];
+  const sent = [];
+  const conversations = new Conversations({
+    deliver: () => {},
+    deviceId: "web",
+    requestTimeoutMs: 1000,
+    onFailure: (error) => failures.push(error),
+  });
+  conversations.connected((frame) => sent.push(frame), "alice");
+  conversations.onLive(message(3, "bob", "g:team"));
+  conversations.onLive(message(2, "bob", "d:alice:bob"));
+  await waitFor(() => sent.some((frame) => frame.sync), 1000, "a Sync");
+  const first = sent.find((frame) => frame.sync).sync;
+  assert.equal(first.conversationId, "g:team");
+  conversations.onError({ code: 6, message: "no conversation 'g:team' of this user", ref: first.requestId });
+  // The next conversation is fetched on the same connection.
+  await waitFor(() => sent.filter((frame) => frame.sync).length === 2, 1000, "the second Sync");
+  assert.equal(sent.filter((frame) => frame.sync)[1].sync.conversationId, "d:alice:bob");
+  assert.deepEqual(failures, []);
+  conversations.stop();
+});
+
+test("forget drops a deleted group's position, so a new group of that id starts at 1", async () => {
+  const { conversations, delivered } = setUp();
+  conversations.onUnread({ conversations: [{ conversationId: "g:team", lastSequence: 5, readSequence: 5 }] });
+  conversations.onLive(message(6, "bob", "g:team"));
+  conversations.onLive(message(1, "bob", "g:team")); // the old group's: a duplicate
+  assert.deepEqual(delivered, [6]);
+  conversations.forget("g:team");
+  conversations.onLive(message(1, "bob", "g:team")); // the new group's first message
+  conversations.onLive(message(2, "bob", "g:team"));
+  assert.deepEqual(delivered, [6, 1, 2]);
+  conversations.stop();
+});

@@ -137,12 +137,25 @@ test("GroupsChanged and GroupCounts become groups and groupOnline events", async
   await client.close();
 });
 
-test("a deleted group is in both left and deleted", async () => {
+test("a deleted group is in both left and deleted, and a new one of its id starts at 1", async () => {
   const { client, socket } = await openClient();
   const groups = [];
+  const texts = [];
   client.on("groups", (event) => groups.push(event));
+  client.on("message", (message) => texts.push(message.text));
+  const groupMessage = (sequence, text) => ({
+    conversationId: "g:team",
+    recipient: "g:team",
+    sequence,
+    sender: "bob",
+    body: new TextEncoder().encode(text),
+  });
+  socket.receive({ deliver: { messages: [groupMessage(1, "old one"), groupMessage(2, "old two")] } });
   socket.receive({ groupsChanged: { left: ["team"], deleted: ["team"] } });
   assert.deepEqual(groups, [{ joined: [], left: ["team"], deleted: ["team"] }]);
+  socket.receive({ deliver: { messages: [groupMessage(1, "new one")] } });
+  await waitFor(() => texts.length === 3);
+  assert.deepEqual(texts, ["old one", "old two", "new one"]);
   await client.close();
 });
 
