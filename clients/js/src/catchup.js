@@ -59,7 +59,7 @@ export class Conversations {
     this.nextSyncAt = 0;
     this.moreUnread = false;
     this.generation = 0; // bumped by stop(), so work of an old connection ends quietly
-    this.resets = new Map(); // conversation -> times forgotten, so an old Sync's answer is ignored
+    this.resets = new Map(); // conversation -> times forgotten, so an older SyncResult is ignored
   }
 
   /**
@@ -196,8 +196,8 @@ export class Conversations {
         try {
           await this.sync(conversation, generation);
         } catch (error) {
-          const gone = error instanceof RequestError && error.code === Code.NOT_FOUND;
-          if (!gone || !conversation.startsWith("g:")) throw error;
+          const notFound = error instanceof RequestError && error.code === Code.NOT_FOUND;
+          if (!notFound || !conversation.startsWith("g:")) throw error;
           // Removed from the group, or it was deleted, before the fetch: nothing of it is left
           // to catch up, and a reconnect would not change that.
           this.waiting.delete(conversation);
