@@ -333,23 +333,30 @@ async def test_same_device_on_two_gateways_one_survives(
     cluster: Cluster, clients: list[Client]
 ) -> None:
     cluster.logic()
-    gw1, gw2 = cluster.gateway("gw1"), cluster.gateway("gw2")
+    # Info logs name each open and close: in about one full suite run in six neither
+    # connection was closed, for a reason not found yet, and the logs go into the message.
+    gw1 = cluster.gateway("gw1", log_level="info")
+    gw2 = cluster.gateway("gw2", log_level="info")
     first, second = await asyncio.gather(
         connect(clients, gw1, "alice", "phone"), connect(clients, gw2, "alice", "phone")
     )
     closed: list[tuple[Client, int]] = []
+    seen: list[str] = []
     deadline = asyncio.get_running_loop().time() + TIMEOUT
     # Wait for the first close (the device claims cross the bus), then long enough for a second.
     while not closed and asyncio.get_running_loop().time() < deadline:
         for client in (first, second):
             for event in await drain(client, quiet=0.3):
+                seen.append(f"{client.url}: {event!r}")
                 if isinstance(event, ev.Disconnected):
                     closed.append((client, event.code))
     for client in (first, second):
         for event in await drain(client, quiet=1.0):
+            seen.append(f"{client.url}: {event!r}")
             if isinstance(event, ev.Disconnected):
                 closed.append((client, event.code))
-    assert len(closed) == 1
+    logs = "\n".join(f"{p.name}: {p.stderr_path.read_text()[-3000:]}" for p in (gw1, gw2))
+    assert len(closed) == 1, "\n".join([*seen, logs])
     assert closed[0][1] == Code.REPLACED
 
 
