@@ -159,7 +159,7 @@ async def test_serve_runs_from_the_file(tmp_path: Path) -> None:
     process = TetherProcess(["serve", "--config", str(config)], tmp_path)
     try:
         line = await process.wait_ready()
-        assert " ws=off " in line  # WebSocket off, as the file says
+        assert " ws=off " in line  # WebSocket off, as set in the file
         status, _ = await http_get(process.port("http"), "/healthz/ready")
         assert status == 200
     finally:

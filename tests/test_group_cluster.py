@@ -409,7 +409,7 @@ async def test_online_counts_across_gateways(
         joined = await next_of(newcomer, ev.GroupsChanged)
         assert isinstance(joined, ev.GroupsChanged)
         assert [group.group_id for group in joined.joined] == ["big"]
-        # Members on other gateways are told, with the group's system message.
+        # Members on other gateways are notified by the group's system message.
         added = await next_of(watcher, ev.GroupEvent)
         assert isinstance(added, ev.GroupEvent)
         assert (added.kind, added.actor, added.user_ids) == ("members_added", "owner", ["m6"])

@@ -45,7 +45,7 @@ from tether.server import EmbeddedServer
 
 
 async def deleted_from(client: Client, group_id: str) -> None:
-    """Wait for the GroupsChanged that tells the client the group was deleted."""
+    """Wait for the GroupsChanged that reports the group as deleted."""
     while True:
         changed = await next_of(client, ev.GroupsChanged)
         assert isinstance(changed, ev.GroupsChanged)
@@ -214,7 +214,7 @@ async def test_rejoined_member_misses_nothing(
 
 
 async def test_sends_racing_a_delete(server: EmbeddedServer, connect: ClientFactory) -> None:
-    """Each send is stored in the old group or refused; the new group holds none of them."""
+    """Each send is stored in the old group or refused; the new group contains none of them."""
     alice = await connect(server, "alice")
     bob = await connect(server, "bob")
     await alice.create_group("team", ["bob"])

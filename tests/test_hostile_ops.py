@@ -431,7 +431,7 @@ async def test_system_sender_and_lookalikes(
 async def test_message_ids_are_per_sender(
     start_server: ServerFactory, connect: ClientFactory
 ) -> None:
-    """Two members may use one client_message_id; a sender's retry is answered, not stored."""
+    """Two members may use one client_message_id; a sender's retry returns the first one."""
     server = await api_server(start_server)
     carol = await connect(server, "carol")
     async with api_of(server) as api:

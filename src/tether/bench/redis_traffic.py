@@ -77,7 +77,7 @@ class RedisTraffic:
             if calls != self._commands_before.get(name, 0)
         }
         assert self._client is not None
-        # Redis counts a command after running it, so the delta holds the INFO of start() but
+        # Redis counts a command after running it, so the delta contains the INFO of start() but
         # not this one. CLIENT LIST and PUBSUB NUMSUB below run after it.
         commands["info"] = commands.get("info", 0) - 1
         commands = {name: calls for name, calls in commands.items() if calls}

@@ -10,7 +10,7 @@ Routes, when the process has at least one admin key (`--admin-keys`, `--admin-ke
   the same body as the server API's `sessions` route returns.
 
 The page needs no key; every `/admin/api/` route does, as `Authorization: Bearer KEY` or
-`X-Admin-Key: KEY`, and answers a missing or wrong key with 401 `unauthorized`. Errors have
+`X-Admin-Key: KEY`, and rejects a missing or wrong key with 401 `unauthorized`. Errors have
 the server API's JSON body and codes (`tether.ops.api_errors`). Admin keys are separate from
 API keys: the dashboard only reads, while an API key can publish messages and disconnect
 users. Without an admin key every `/admin` path answers 404 `not_found` saying how to turn

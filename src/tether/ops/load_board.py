@@ -133,7 +133,7 @@ class RedisLoadBoard:
         for gateway_id in ids:
             pipeline.get(self._report_key(gateway_id))
         try:
-            # A key of another type answers WRONGTYPE: that error comes back in its place.
+            # A key of another type makes Redis return a WRONGTYPE error in its place.
             reports: list[object] = await pipeline.execute(raise_on_error=False) if ids else []
         except _REDIS_ERRORS as error:
             raise BusUnavailable(f"gateway loads cannot be read: {error}") from error

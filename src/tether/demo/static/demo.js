@@ -228,7 +228,7 @@ function remember(message) {
   chat.set(`seq:${String(message.sequence).padStart(20, "0")}`, message);
 }
 
-/** Return a line that tells what a group event changed, as the group's chat shows it. */
+/** Return the line of the group's chat that describes what a group event changed. */
 function describeEvent(event) {
   const actor = event.actor || "an operator";
   const users = event.userIds.join(", ");
