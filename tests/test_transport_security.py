@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import socket
 import ssl
@@ -166,6 +167,46 @@ async def test_websockets_library_over_wss(
     socket_, reply = await ws_open_session(ws_url(server, "wss"), "carol", ssl=trust)
     assert reply.WhichOneof("kind") == "connected"
     assert reply.connected.user_id == "carol"
+    await socket_.close()
+
+
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+async def test_open_websocket_keeps_no_headers_or_logger(
+    start_server: ServerFactory,
+    certificate: tuple[Path, Path],
+    trust: ssl.SSLContext,
+    scheme: str,
+) -> None:
+    """Once a connection is open, picows keeps neither its upgrade headers nor a logger of
+    its own, which would cost idle memory (docs/benchmarks.md). wss goes through the preamble."""
+    cert, key = certificate
+    server = await start_server(**(secured(tls_cert=cert, tls_key=key) if scheme == "wss" else {}))
+    gateway = server.gateway
+    assert gateway is not None
+    tls: dict[str, object] = {"ssl": trust} if scheme == "wss" else {}
+    socket_, reply = await ws_open_session(ws_url(server, scheme), "alice", **tls)
+    assert reply.WhichOneof("kind") == "connected"
+
+    (connection,) = gateway.connections.values()
+    transport = connection.transport  # type: ignore[attr-defined]
+    assert len(transport.request.headers) == 0
+    assert len(transport.response.headers) == 0
+    assert transport.request.path == server.config.gateway.ws_path.encode()
+    own_loggers = [
+        item
+        for item in gc.get_objects()
+        # type(), not isinstance(): a dead weakref.proxy among the objects raises on the latter.
+        if type(item) is logging.Logger and item.name.startswith("tether.gateway.websocket.picows.")
+    ]
+    assert own_loggers == []
+
+    # The connection still replies to a heartbeat.
+    await socket_.send(pb.Frame(heartbeat=pb.Heartbeat(nonce=7)).SerializeToString())
+    while True:
+        frame = pb.Frame.FromString(await asyncio.wait_for(socket_.recv(), TIMEOUT))  # type: ignore[arg-type]
+        if frame.WhichOneof("kind") == "heartbeat_ack":
+            break
+    assert frame.heartbeat_ack.nonce == 7
     await socket_.close()
 
 
