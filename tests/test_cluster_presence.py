@@ -23,11 +23,12 @@ _prefixes = itertools.count()
 
 
 class Watcher:
-    """Collects presence changes published for some users, through a RedisBus."""
+    """A collector of presence changes and device claims published for some users."""
 
     def __init__(self, server: RedisUnderTest) -> None:
         self.bus = RedisBus(RedisBusConfig(url=server.url, cluster=server.cluster))
         self.changes: asyncio.Queue[pb.UserPresence] = asyncio.Queue()
+        self.claims: asyncio.Queue[env.DeviceClaim] = asyncio.Queue()
 
     async def watch(self, *users: str) -> None:
         await self.bus.start()
@@ -35,9 +36,20 @@ class Watcher:
             self.bus.subscribe(channels.presence_channel(user), self._on_change)
         await self.bus.flush_subscriptions()
 
+    async def watch_claims(self, user: str) -> None:
+        await self.bus.start()
+        self.bus.subscribe(channels.user_channel(user), self._on_claim)
+        await self.bus.flush_subscriptions()
+
     def _on_change(self, channel: str, payload: bytes) -> None:
         envelope = env.Envelope.FromString(payload)
         self.changes.put_nowait(envelope.presence_change.presence)
+
+    def _on_claim(self, channel: str, payload: bytes) -> None:
+        self.claims.put_nowait(env.Envelope.FromString(payload).device_claim)
+
+    async def next_claim(self, timeout: float = TIMEOUT) -> env.DeviceClaim:
+        return await asyncio.wait_for(self.claims.get(), timeout)
 
     async def next(self, timeout: float = TIMEOUT) -> pb.UserPresence:
         return await asyncio.wait_for(self.changes.get(), timeout)
@@ -136,19 +148,61 @@ async def test_reconnect_inside_grace_is_silent(cluster: dict) -> None:  # type:
     assert await watcher.nothing(0.8)
 
 
+async def phone_moves(
+    cluster: dict,  # type: ignore[type-arg]
+    devices: list[LocalDevice] | None = None,
+) -> tuple[RedisPresence, RedisPresence]:
+    """Report alice's phone ONLINE as connection "old" on gw1, then as "new" on gw2."""
+    first = await cluster["gateway"]("gw1", devices)
+    first.report([transition(ONLINE, "alice", "phone", "old")])
+    await cluster["watcher"].next()
+    second = await cluster["gateway"]("gw2")
+    second.report([transition(ONLINE, "alice", "phone", "new")])
+    return first, second
+
+
 async def test_stale_cleanup_keeps_new_session(cluster: dict) -> None:  # type: ignore[type-arg]
     watcher = cluster["watcher"]
     await watcher.watch("alice")
-    first = await cluster["gateway"]("gw1")
-    second = await cluster["gateway"]("gw2")
-    first.report([transition(ONLINE, "alice", "phone", "old")])
-    await watcher.next()
-    second.report([transition(ONLINE, "alice", "phone", "new")])
+    first, second = await phone_moves(cluster)
     await asyncio.sleep(0.1)
     first.report([transition(OFFLINE, "alice", "phone", "old")])
     assert await watcher.nothing(0.8)
     (presence,) = await second.query(["alice"])
     assert presence.status == pb.STATUS_ONLINE
+
+
+async def test_online_elsewhere_names_replaced_connection(cluster: dict) -> None:  # type: ignore[type-arg]
+    watcher = cluster["watcher"]
+    await watcher.watch("alice")
+    await watcher.watch_claims("alice")
+    first, second = await phone_moves(cluster)
+    claim = await watcher.next_claim()
+    assert (claim.device_id, claim.gateway_id, claim.connection_id) == ("phone", "gw2", "new")
+    assert (claim.replaced_gateway_id, claim.replaced_connection_id) == ("gw1", "old")
+
+    second.report([transition(ONLINE, "alice", "phone", "newer")])  # gw2 replaces its own
+    first.report([transition(ONLINE, "alice", "laptop", "other")])  # another device
+    await asyncio.sleep(0.3)
+    assert watcher.claims.empty()
+
+
+async def test_restored_session_yields_to_other_gateway(cluster: dict) -> None:  # type: ignore[type-arg]
+    watcher = cluster["watcher"]
+    await watcher.watch("alice")
+    await watcher.watch_claims("alice")
+    devices = [LocalDevice("alice", "phone", "old", pb.ACTIVITY_ACTIVE, 0)]
+    first, _ = await phone_moves(cluster, devices)
+    assert (await watcher.next_claim()).replaced_connection_id == "old"
+
+    # Suppose gw1 missed that claim and resyncs: its session must not take the device back.
+    first.request_resync()
+    claim = await watcher.next_claim()
+    assert (claim.gateway_id, claim.connection_id) == ("gw2", "new")
+    assert (claim.replaced_gateway_id, claim.replaced_connection_id) == ("gw1", "old")
+    holder = await cluster["redis"].hget(cluster["prefix"] + "p:{alice}", "dev:phone")
+    gateway, _, connection, _ = holder.decode().split("\t")
+    assert (gateway, connection) == ("gw2", "new")
 
 
 async def test_statuses_aggregate(cluster: dict) -> None:  # type: ignore[type-arg]

@@ -183,14 +183,18 @@ class ContactsUpdate(_message.Message):
     def __init__(self, added: _Optional[_Iterable[str]] = ..., removed: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeviceClaim(_message.Message):
-    __slots__ = ("device_id", "connection_id", "opened_ms")
+    __slots__ = ("device_id", "connection_id", "gateway_id", "replaced_gateway_id", "replaced_connection_id")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     CONNECTION_ID_FIELD_NUMBER: _ClassVar[int]
-    OPENED_MS_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
+    REPLACED_CONNECTION_ID_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     connection_id: str
-    opened_ms: int
-    def __init__(self, device_id: _Optional[str] = ..., connection_id: _Optional[str] = ..., opened_ms: _Optional[int] = ...) -> None: ...
+    gateway_id: str
+    replaced_gateway_id: str
+    replaced_connection_id: str
+    def __init__(self, device_id: _Optional[str] = ..., connection_id: _Optional[str] = ..., gateway_id: _Optional[str] = ..., replaced_gateway_id: _Optional[str] = ..., replaced_connection_id: _Optional[str] = ...) -> None: ...
 
 class UserDisconnect(_message.Message):
     __slots__ = ("device_id", "code", "reason")

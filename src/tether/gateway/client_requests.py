@@ -207,7 +207,8 @@ class ClientRequests:
         if status.mode:
             connection.mode = status.mode
             self._mode_changed(connection)
-        self._add_transition(connection, _Transition.KIND_STATUS, status)
+        if connection.claimed:  # otherwise the ONLINE reported at the claim has the new status
+            self._add_transition(connection, _Transition.KIND_STATUS, status)
 
     def _on_deliver_ack(self, connection: Connection, ack: pb.DeliverAck) -> None:
         if "\x00" in ack.conversation_id:

@@ -31,6 +31,7 @@ class Connection:
         "activity",
         "address",
         "bucket",
+        "claimed",
         "closing_deadline",
         "contacts",
         "device_id",
@@ -39,7 +40,6 @@ class Connection:
         "id",
         "last_heard",
         "mode",
-        "opened_ms",
         "outbox",
         "outbox_bytes",
         "peer",
@@ -77,7 +77,9 @@ class Connection:
         self.address = ""  # peer IP counted against the per-address limit; empty if not counted
         self.bucket: TokenBucket | None = None  # frames per second, set once accepted
         self.token_expires = 0.0  # Unix time the token expires, 0 if it never does
-        self.opened_ms = 0  # Unix ms of its device claim; 0 before it, so it yields to claims
+        # Whether its ONLINE transition was reported, which makes it the device's owner in
+        # presence (see Gateway._claim_device). Its status changes and OFFLINE follow only then.
+        self.claimed = False
         self.groups: frozenset[str] = frozenset()  # groups of the user, once the session opened
         # Pacing of group pushes (tether.gateway.groups): a token bucket, and the encoded
         # messages waiting for the next push tick (None when none wait) with their size.

@@ -8,7 +8,9 @@ last-heard order, never by a timer per connection.
 Tables, all local to this process:
 
 - `sessions`: user -> device -> open connection. A new connection of a device replaces the
-  old one, which is closed with REPLACED.
+  old one, which is closed with REPLACED. In a cluster the old one may be on another gateway.
+  Presence records which connection owns each device, and a gateway whose connection lost
+  that place receives a device claim on the user's channel (see `_claim_device`).
 - `watchers` and `presence_cache`: presence interest, described in `tether.gateway.interest`.
 
 `Gateway` inherits presence interest from `PresenceInterest` (`tether.gateway.interest`),
@@ -482,7 +484,6 @@ class Gateway(PresenceInterest, ClientRequests, GroupInterest):
         connection.last_heard = self._now()
         self._live[connection] = None
         self._track_expiry(connection)
-        self._claim_device(connection)
         config = self.config
         connection.send_frame(
             pb.Frame(
@@ -507,47 +508,43 @@ class Gateway(PresenceInterest, ClientRequests, GroupInterest):
             connection.transport_name,
             connection.peer,
         )
-        self._add_transition(
-            connection,
-            _Transition.KIND_ONLINE,
-            pb.SetStatus(activity=connection.activity, mode=connection.mode),
-        )
+        if previous is not None and previous.claimed:
+            # This gateway has listened on the user's channel since the previous claim.
+            self._claim(connection)
+        else:
+            self._claim_device(connection)
         connection.contacts = self._limit_watched(connection, frozenset(contacts))
         self._watch(connection, connection.contacts)
         self._send_snapshot(connection)
 
     def _claim_device(self, connection: Connection) -> None:
-        """Announce to other gateways that this connection owns its device now."""
-        task = self._loop.create_task(self._publish_claim(connection))  # type: ignore[union-attr]
+        """Report the connection ONLINE once this gateway listens on the user's channel.
+
+        Presence decides which connection owns a device: the one whose ONLINE it applied
+        last. In a cluster, the script that applies an ONLINE over another gateway's owner
+        publishes a DeviceClaim naming that owner on the user's channel, and its gateway
+        closes it. That gateway listens there, because it reported its owner only after its
+        own subscription was confirmed. So of two connections of one device, however close
+        in time and however far apart the gateways' clocks are, exactly one stays open, and
+        it is the one presence records.
+        """
+        task = self._loop.create_task(self._claim_when_listening(connection))  # type: ignore[union-attr]
         self._claims.add(task)
         task.add_done_callback(self._claims.discard)
 
-    async def _publish_claim(self, connection: Connection) -> None:
-        # The claim is timed once this gateway receives the user's channel. A later claim from
-        # another gateway then reaches this one, so of two connections of one device opened
-        # at once, the one with the earlier claim always learns of the later and yields.
-        # NOTE: across machines this assumes clocks agree to well under the time a claim
-        # takes to cross the bus.
+    async def _claim_when_listening(self, connection: Connection) -> None:
         try:
             await self.bus.flush_subscriptions()
         except BusError as error:
-            logger.warning("could not announce %s: %s", connection.describe(), error)
+            logger.warning("device claim of %s failed: %s", connection.describe(), error)
             return
-        if connection.protocol.state is not ConnectionState.OPEN:
-            return
-        connection.opened_ms = _now_ms()
-        claim = env.Envelope(
-            device_claim=env.DeviceClaim(
-                device_id=connection.device_id,
-                connection_id=connection.id,
-                opened_ms=connection.opened_ms,
-            )
-        )
-        try:
-            self.bus.publish(channels.user_channel(connection.user_id), claim.SerializeToString())
-        except BusError as error:
-            # The older connection elsewhere stays open until it times out or closes.
-            logger.warning("could not announce %s: %s", connection.describe(), error)
+        if connection.protocol.state is ConnectionState.OPEN:
+            self._claim(connection)
+
+    def _claim(self, connection: Connection) -> None:
+        connection.claimed = True
+        status = pb.SetStatus(activity=connection.activity, mode=connection.mode)
+        self._add_transition(connection, _Transition.KIND_ONLINE, status)
 
     # Messages from the bus.
 
@@ -581,13 +578,20 @@ class Gateway(PresenceInterest, ClientRequests, GroupInterest):
         elif kind == "device_claim":
             claim = message.device_claim
             holder = devices.get(claim.device_id)
-            # Two gateways opening the same device at once both see the other's claim: only
-            # the older connection (earlier open, then smaller id) gives way, so one survives.
-            if holder is not None and (holder.opened_ms, holder.id) < (
-                claim.opened_ms,
-                claim.connection_id,
+            if (
+                holder is not None
+                and holder.id == claim.replaced_connection_id
+                and claim.replaced_gateway_id == self.id
             ):
-                del devices[claim.device_id]  # the newer session elsewhere owns presence now
+                # Presence names the newer session already: closing this one emits no OFFLINE.
+                del devices[claim.device_id]
+                if logger.isEnabledFor(logging.DEBUG):
+                    logger.debug(
+                        "%s replaced by conn=%s on gateway %s",
+                        holder.describe(),
+                        claim.connection_id,
+                        claim.gateway_id,
+                    )
                 self._close(holder, Code.REPLACED, "replaced by a newer connection", abort=False)
         elif kind == "contacts_update":
             update = message.contacts_update
@@ -667,6 +671,7 @@ class Gateway(PresenceInterest, ClientRequests, GroupInterest):
             LocalDevice(user_id, device_id, connection.id, connection.activity, connection.mode)
             for user_id, devices in self.sessions.items()
             for device_id, connection in devices.items()
+            if connection.claimed  # the others report ONLINE themselves once they claim
         ]
 
     # Closing.
@@ -725,7 +730,8 @@ class Gateway(PresenceInterest, ClientRequests, GroupInterest):
         if devices is not None:
             if devices.get(connection.device_id) is connection:
                 del devices[connection.device_id]
-                self._add_transition(connection, _Transition.KIND_OFFLINE, pb.SetStatus())
+                if connection.claimed:
+                    self._add_transition(connection, _Transition.KIND_OFFLINE, pb.SetStatus())
             if not devices:
                 del self.sessions[user_id]
                 self.bus.unsubscribe(channels.user_channel(user_id), self._on_user_message)

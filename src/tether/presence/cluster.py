@@ -12,6 +12,10 @@ whichever gateway's reaper claims it first removes that gateway's devices and pu
 changes. A gateway that restarts takes a new epoch and reaps its old ones at once, so old
 sessions never come back.
 
+The device entries also decide which connection owns each device: an ONLINE that replaces
+another gateway's connection publishes a DeviceClaim on the user's channel, and that gateway
+closes the replaced connection (see `Gateway._claim_device`).
+
 The same code runs on a standalone server and on a Redis Cluster: each script touches one
 hash slot (a user's keys and channels share the hash tag `{<user>}`), and what spans slots
 (a gateway's device index, the grace set) is written with plain commands in an order that
@@ -259,7 +263,8 @@ class RedisPresence:
                         at_ms=now,
                     )
                     for device in devices
-                ]
+                ],
+                restore=True,
             )
         if old:
             await self._redis.zadd(self._leases_key, {member: _now_ms() for member in old}, xx=True)
@@ -360,8 +365,11 @@ class RedisPresence:
                 backoff = min(backoff * 2, 5.0)
                 self._wakeup.set()
 
-    async def _apply(self, batch: list[env.Transition]) -> None:
+    async def _apply(self, batch: list[env.Transition], *, restore: bool = False) -> None:
         """Apply transitions in order, in up to three pipelined round trips.
+
+        With restore, the batch is the sessions a resync reports ONLINE again. Each one takes
+        its device only if no other gateway's connection owns it (see scripts.lua).
 
         1. Index: add each ONLINE device to this epoch's device set, and each OFFLINE user to
            the grace set with a late check time. Done first, so that a crash before step 2
@@ -387,12 +395,16 @@ class RedisPresence:
         calls: list[tuple[Any, ...]] = []
         for transition in batch:
             status = transition.status
+            kind = _KINDS[transition.kind]
+            if restore and kind == "online":
+                kind = "restore"
             call = (
                 self._user_key(transition.user_id),
-                _KINDS[transition.kind], transition.user_id, transition.device_id,
+                kind, transition.user_id, transition.device_id,
                 self.gateway_id, self.epoch, transition.connection_id,
                 status.activity, status.mode, transition.at_ms or now, now, grace_ms,
                 channels.presence_channel(transition.user_id), self._publish_command,
+                channels.user_channel(transition.user_id),
             )  # fmt: skip
             calls.append(call)
         results = await self._run_script("transition", calls)

@@ -4,10 +4,10 @@
 --
 -- Every script touches the keys of one hash slot only, because Redis Cluster runs a script on
 -- the primary of its keys' slot and rejects any other key: transition, finish_grace and
--- reap_device change one user's hash (and publish on that user's presence channel, which has
--- the same hash tag), renew and claim_leases the two lease sets (tag {leases}), claim_grace
--- and grace_done the grace set. The gateway writes its device index and the grace set with
--- plain commands before and after the transition scripts (see RedisPresence._apply).
+-- reap_device change one user's hash (and publish on that user's presence and user channels,
+-- which have the same hash tag), renew and claim_leases the two lease sets (tag {leases}),
+-- claim_grace and grace_done the grace set. The gateway writes its device index and the grace
+-- set with plain commands before and after the transition scripts (see RedisPresence._apply).
 --
 -- Keys (PREFIX is "tether:" by default):
 --   PREFIX p:{<user>}        hash: "dev:<device>" = "<gateway>\t<epoch>\t<connection>\t<activity>",
@@ -36,14 +36,26 @@ local function varint(n)
   return table.concat(out)
 end
 
+-- Encode a length-delimited Protobuf field (wire type 2): a string or a message.
+local function bytes_field(number, value)
+  return varint(number * 8 + 2) .. varint(#value) .. value
+end
+
 -- Encode tether.bus.v1.Envelope{presence_change{presence{user_id, status, last_seen_ms, version}}}.
 -- Timestamps stay below 2^53, so Lua's doubles hold them exactly.
 local function encode_change(user, status, seen, version)
-  local inner = "\10" .. varint(#user) .. user .. "\16" .. varint(status)
+  local inner = bytes_field(1, user) .. "\16" .. varint(status)
   if seen > 0 then inner = inner .. "\24" .. varint(seen) end
   inner = inner .. "\32" .. varint(version)
-  local change = "\10" .. varint(#inner) .. inner
-  return "\130\1" .. varint(#change) .. change
+  return bytes_field(16, bytes_field(1, inner))
+end
+
+-- Encode tether.bus.v1.Envelope{device_claim{device_id, connection_id, gateway_id,
+-- replaced_gateway_id, replaced_connection_id}}.
+local function encode_claim(device, gateway, connection, old_gateway, old_connection)
+  local claim = bytes_field(1, device) .. bytes_field(2, connection) .. bytes_field(4, gateway)
+    .. bytes_field(5, old_gateway) .. bytes_field(6, old_connection)
+  return bytes_field(23, claim)
 end
 
 -- Return the visible status and the number of devices of a user hash.
@@ -113,8 +125,12 @@ end
 
 --- transition
 -- KEYS: user hash
--- ARGV: kind (online|offline|status), user, device, gateway, epoch, connection, activity,
---       mode, at_ms, now_ms, grace_ms, channel, publish command
+-- ARGV: kind (online|restore|offline|status), user, device, gateway, epoch, connection,
+--       activity, mode, at_ms, now_ms, grace_ms, presence channel, publish command, user channel
+-- An ONLINE makes its connection the device's owner. If another gateway's connection owned
+-- the device, a DeviceClaim naming that one goes to the user channel, and its gateway closes
+-- it. A restore is an ONLINE reported again after a resync. It takes a free device, but when
+-- another gateway owns the device, the claim names the restored connection instead.
 -- Return the time the user's OFFLINE is due (Unix ms) if one is pending after this change,
 -- else 1 if a change was published, else 0.
 local hash = KEYS[1]
@@ -124,8 +140,25 @@ local activity, mode = tonumber(ARGV[7]), tonumber(ARGV[8])
 local at, now, grace_ms = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
 local field = "dev:" .. device
 
-if kind == "online" then
+if kind == "online" or kind == "restore" then
   if activity == 0 then activity = 1 end
+  local previous = redis.call("HGET", hash, field)
+  local old_gateway, old_connection
+  if previous then
+    old_gateway, old_connection = string.match(previous, "^([^\t]*)\t[^\t]*\t([^\t]*)\t")
+  end
+  -- A gateway replaces its own connections itself, and a restarted one has none left.
+  if previous and old_gateway ~= ARGV[4] then
+    if kind == "restore" then
+      -- Another gateway's connection took the device while this gateway's state was lost
+      -- from Redis: that one claimed later, so the restored connection yields.
+      redis.call(ARGV[13], ARGV[14],
+        encode_claim(device, old_gateway, old_connection, ARGV[4], ARGV[6]))
+      return 0
+    end
+    redis.call(ARGV[13], ARGV[14],
+      encode_claim(device, ARGV[4], ARGV[6], old_gateway, old_connection))
+  end
   redis.call("HSET", hash, field, owner .. "\t" .. activity)
   if mode > 0 then redis.call("HSET", hash, "mode", mode) end
 elseif kind == "offline" then
