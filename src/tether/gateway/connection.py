@@ -78,7 +78,7 @@ class Connection:
         self.bucket: TokenBucket | None = None  # frames per second, set once accepted
         self.token_expires = 0.0  # Unix time the token expires, 0 if it never does
         self.opened_ms = 0  # Unix ms of its device claim; 0 before it, so it yields to claims
-        self.groups: frozenset[str] = frozenset()  # groups of the user, once the session opened
+        self.groups: set[str] = set()  # groups of the user, once the session opened
         # Pacing of group pushes (tether.gateway.groups): a token bucket, and the encoded
         # messages waiting for the next push tick (None when none wait) with their size.
         self.push_tokens = 0.0
