@@ -470,6 +470,36 @@ async def test_first_migration_upgraded(any_database: str) -> None:
         await upgraded.close()
 
 
+async def test_incarnation_migration_fills_groups(any_database: str) -> None:
+    """Groups of a version 4 database take the id of their first message as incarnation."""
+    scripts = migrations.POSTGRES if is_postgres_url(any_database) else migrations.SQLITE
+    statements = [migrations.VERSION_TABLE]
+    for script in scripts[:4]:
+        statements += migrations.statements(script)
+    await _query(any_database, *statements, "INSERT INTO schema_version VALUES (4)")
+    await _query(
+        any_database,
+        "INSERT INTO chat_groups VALUES ('team', 'alice', 1, 0), ('quiet', 'alice', 1, 0)",
+        "INSERT INTO conversations VALUES ('g:team', 2)",
+        "INSERT INTO messages (conversation_id, sequence, sender, sender_device, recipient, "
+        "client_message_id, body, created_ms, kind) VALUES "
+        "('d:alice:bob', 1, 'alice', 'd', 'bob', 'c0', 'x', 0, 0), "
+        "('g:team', 1, 'alice', '', 'g:team', 'c1', 'x', 0, 1), "
+        "('g:team', 2, 'alice', 'd', 'g:team', 'c2', 'x', 0, 0)",
+    )
+    upgraded = await open_store(any_database)
+    try:
+        [(first_id,)] = await _query(
+            any_database, "SELECT id FROM messages WHERE client_message_id = 'c1'"
+        )
+        team = await upgraded.group("team")
+        quiet = await upgraded.group("quiet")
+        assert team is not None and quiet is not None
+        assert (team.incarnation, quiet.incarnation) == (first_id, 0)
+    finally:
+        await upgraded.close()
+
+
 async def test_concurrent_opens_migrate_once(any_database: str) -> None:
     opened = await asyncio.gather(*(open_store(any_database) for _ in range(4)))
     for store in opened:

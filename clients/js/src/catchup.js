@@ -7,6 +7,11 @@
  * further above it waits while Sync fetches the gap, oldest first. The Unread frame after
  * Connected lists the conversations this device is behind in, fetched the same way.
  *
+ * A group deleted and created again under its id starts its conversation again at sequence 1.
+ * Unread, SyncResult and the joined groups of GroupsChanged carry the group's incarnation,
+ * which differs between the two, so a position taken in the old group is forgotten even when
+ * the client was not told of the deletion (it had left the group, or was offline).
+ *
  * This follows the Python SDK's `tether.client.catchup` step by step, so both clients behave
  * alike.
  */
@@ -60,6 +65,7 @@ export class Conversations {
     this.moreUnread = false;
     this.generation = 0; // bumped by stop(), so work of an old connection ends quietly
     this.resets = new Map(); // conversation -> times forgotten, so an older SyncResult is ignored
+    this.incarnations = new Map(); // group conversation -> incarnation that `last` counts in
   }
 
   /**
@@ -67,11 +73,16 @@ export class Conversations {
    * group created again under its id starts its sequence numbers at 1.
    */
   forget(conversation) {
-    this.last.delete(conversation);
-    this.waiting.delete(conversation);
-    this.toFetch.delete(conversation);
-    this.unacked.delete(conversation);
-    this.resets.set(conversation, (this.resets.get(conversation) ?? 0) + 1);
+    this.drop(conversation);
+    this.incarnations.delete(conversation);
+  }
+
+  /**
+   * Record the incarnations of groups this user joined, forgetting a position kept from
+   * another incarnation. A member added back to the same group resumes where it left.
+   */
+  onJoined(groups) {
+    for (const group of groups) this.checkIncarnation(group.conversationId, group.incarnation);
   }
 
   /** Start a new connection: forget its predecessor's requests, keep the positions. */
@@ -102,6 +113,7 @@ export class Conversations {
   onUnread(unread) {
     for (const state of unread.conversations ?? []) {
       const conversation = state.conversationId;
+      this.checkIncarnation(conversation, state.incarnation);
       const last = Math.max(this.last.get(conversation) ?? 0, state.readSequence ?? 0);
       this.last.set(conversation, last);
       if ((state.lastSequence ?? 0) > last) this.fetch(conversation);
@@ -180,6 +192,29 @@ export class Conversations {
 
   // Internals.
 
+  /**
+   * Record a group's incarnation; forget the position if it counted in another one, and
+   * return true then. 0 (a direct conversation, or a server that sends none) changes nothing,
+   * and a position whose incarnation was never learned is taken to belong to the first one.
+   */
+  checkIncarnation(conversation, incarnation) {
+    if (!incarnation) return false;
+    const held = this.incarnations.get(conversation);
+    this.incarnations.set(conversation, incarnation);
+    if (held === undefined || held === incarnation) return false;
+    this.drop(conversation);
+    return true;
+  }
+
+  /** Drop the position and pending work of a conversation whose group is gone. */
+  drop(conversation) {
+    this.last.delete(conversation);
+    this.waiting.delete(conversation);
+    this.toFetch.delete(conversation);
+    this.unacked.delete(conversation);
+    this.resets.set(conversation, (this.resets.get(conversation) ?? 0) + 1);
+  }
+
   fetch(conversation) {
     this.toFetch.add(conversation);
     this.startWorker();
@@ -193,6 +228,7 @@ export class Conversations {
     try {
       while (this.toFetch.size > 0 && generation === this.generation) {
         const conversation = this.toFetch.values().next().value;
+        const resets = this.resets.get(conversation) ?? 0;
         try {
           await this.sync(conversation, generation);
         } catch (error) {
@@ -205,6 +241,8 @@ export class Conversations {
           continue;
         }
         if (generation !== this.generation) return;
+        // Forgotten meanwhile: fetched again if the group was created again, else dropped.
+        if ((this.resets.get(conversation) ?? 0) !== resets) continue;
         const gapLeft = this.releaseWaiting(conversation);
         if (!gapLeft) this.toFetch.delete(conversation);
       }
@@ -238,6 +276,12 @@ export class Conversations {
       });
       if (generation !== this.generation) return;
       if ((this.resets.get(conversation) ?? 0) !== resets) return; // deleted meanwhile
+      if (this.checkIncarnation(conversation, result.incarnation)) {
+        // The page is of a group created since the position was taken, and continues from a
+        // position in another group. Fetch again, from the read marker.
+        this.toFetch.add(conversation);
+        return;
+      }
       const messages = result.messages ?? [];
       if (!this.last.has(conversation) && messages.length > 0) {
         this.last.set(conversation, messages[0].sequence - 1);

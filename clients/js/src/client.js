@@ -339,7 +339,7 @@ export class TetherClient {
 
   /**
    * Create a group owned by this user, with members besides the owner; resolves with the
-   * group {groupId, conversationId, owner, memberCount}. Rejects with RequestError
+   * group {groupId, conversationId, owner, memberCount, incarnation}. Rejects with RequestError
    * ALREADY_EXISTS if another user owns a group of that id, and BAD_REQUEST for an invalid id.
    */
   async createGroup(groupId, members = []) {
@@ -589,6 +589,7 @@ export class TetherClient {
       const deleted = frame.groupsChanged.deleted ?? [];
       for (const groupId of left) this.groupOnline.delete(groupId);
       for (const groupId of deleted) this.conversations.forget(`g:${groupId}`);
+      this.conversations.onJoined(joined);
       this.emit("groups", { joined, left, deleted });
     } else if (frame.groupCounts !== undefined) {
       for (const item of frame.groupCounts.counts ?? []) {

@@ -21,6 +21,8 @@ export function groupOf(item) {
     conversationId: item.conversationId || GROUP_PREFIX + groupId,
     owner: item.owner ?? "",
     memberCount: item.memberCount ?? 0,
+    // Differs between groups created under the same id one after the other; 0 if not sent.
+    incarnation: item.incarnation ?? 0,
   });
 }
 

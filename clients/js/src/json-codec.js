@@ -12,6 +12,7 @@
 /** Fields of type int64 or uint64 anywhere in tether.proto, by their JSON name. */
 export const LONG_FIELDS = new Set([
   "afterSequence",
+  "incarnation",
   "lastSeenMs",
   "lastSequence",
   "messageId",

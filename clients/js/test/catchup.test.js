@@ -150,3 +150,43 @@ test("forget drops a deleted group's position, so a new group of that id starts 
   assert.deepEqual(delivered, [6, 1, 2]);
   conversations.stop();
 });
+
+test("a new incarnation in Unread or a SyncResult forgets the old group's position", async () => {
+  const { conversations, delivered, sent, syncs } = setUp();
+  const group = (sequence) => message(sequence, "bob", "g:team");
+  const answer = (sync, sequences, incarnation) =>
+    conversations.onSyncResult({
+      requestId: sync.requestId,
+      conversationId: "g:team",
+      messages: sequences.map(group),
+      incarnation,
+    });
+  conversations.onUnread({
+    conversations: [{ conversationId: "g:team", lastSequence: 5, readSequence: 5, incarnation: 7 }],
+  });
+  conversations.onLive(group(6));
+  assert.deepEqual(delivered, [6]);
+
+  // Offline meanwhile: the group was deleted and created again, and has 3 messages.
+  conversations.connected((frame) => sent.push(frame), "alice");
+  conversations.onUnread({
+    conversations: [{ conversationId: "g:team", lastSequence: 3, readSequence: 0, incarnation: 9 }],
+  });
+  await waitFor(() => syncs().length === 1, 1000, "a Sync of the new group");
+  assert.equal(syncs()[0].afterSequence, 0);
+  answer(syncs()[0], [1, 2, 3], 9);
+  await waitFor(() => delivered.length === 4, 1000, "the new group's messages");
+  assert.deepEqual(delivered, [6, 1, 2, 3]);
+
+  // Created once more, and only a SyncResult shows it: the page is dropped and fetched again.
+  conversations.onLive(group(6));
+  await waitFor(() => syncs().length === 2, 1000, "a Sync of the gap");
+  assert.equal(syncs()[1].afterSequence, 3);
+  answer(syncs()[1], [4, 5], 11);
+  await waitFor(() => syncs().length === 3, 1000, "a Sync from the read marker");
+  assert.equal(syncs()[2].fromReadMarker, true);
+  answer(syncs()[2], [1, 2], 11);
+  await waitFor(() => delivered.length === 6, 1000, "the newest group's messages");
+  assert.deepEqual(delivered, [6, 1, 2, 3, 1, 2]);
+  conversations.stop();
+});

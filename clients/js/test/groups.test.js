@@ -40,11 +40,17 @@ test("createGroup sends a GroupRequest and resolves with the group of its GroupR
   socket.receive({
     groupResult: {
       requestId: request.requestId,
-      groups: [{ groupId: "team", conversationId: "g:team", owner: "alice", memberCount: 3 }],
+      groups: [{ groupId: "team", conversationId: "g:team", owner: "alice", memberCount: 3, incarnation: 41 }],
       changed: ["alice", "bob", "carol"],
     },
   });
-  assert.deepEqual(await created, { groupId: "team", conversationId: "g:team", owner: "alice", memberCount: 3 });
+  assert.deepEqual(await created, {
+    groupId: "team",
+    conversationId: "g:team",
+    owner: "alice",
+    memberCount: 3,
+    incarnation: 41,
+  });
 
   const listed = client.listGroups();
   const list = socket.sentOf("groupRequest")[1];
@@ -55,6 +61,7 @@ test("createGroup sends a GroupRequest and resolves with the group of its GroupR
   const [team] = await listed;
   assert.equal(team.conversationId, "g:team"); // filled in from the id when left out
   assert.equal(team.memberCount, 0);
+  assert.equal(team.incarnation, 0);
   await client.close();
 });
 
@@ -112,7 +119,7 @@ test("GroupsChanged and GroupCounts become groups and groupOnline events", async
   });
   assert.deepEqual(groups, [
     {
-      joined: [{ groupId: "big", conversationId: "g:big", owner: "bob", memberCount: 150 }],
+      joined: [{ groupId: "big", conversationId: "g:big", owner: "bob", memberCount: 150, incarnation: 0 }],
       left: [],
       deleted: [],
     },
@@ -137,23 +144,48 @@ test("GroupsChanged and GroupCounts become groups and groupOnline events", async
   await client.close();
 });
 
+/** Return a message of bob's in the group "team". */
+function teamMessage(sequence, text) {
+  return {
+    conversationId: "g:team",
+    recipient: "g:team",
+    sequence,
+    sender: "bob",
+    body: new TextEncoder().encode(text),
+  };
+}
+
 test("a deleted group is in both left and deleted, and a new one of its id starts at 1", async () => {
   const { client, socket } = await openClient();
   const groups = [];
   const texts = [];
   client.on("groups", (event) => groups.push(event));
   client.on("message", (message) => texts.push(message.text));
-  const groupMessage = (sequence, text) => ({
-    conversationId: "g:team",
-    recipient: "g:team",
-    sequence,
-    sender: "bob",
-    body: new TextEncoder().encode(text),
-  });
-  socket.receive({ deliver: { messages: [groupMessage(1, "old one"), groupMessage(2, "old two")] } });
+  socket.receive({ deliver: { messages: [teamMessage(1, "old one"), teamMessage(2, "old two")] } });
   socket.receive({ groupsChanged: { left: ["team"], deleted: ["team"] } });
   assert.deepEqual(groups, [{ joined: [], left: ["team"], deleted: ["team"] }]);
-  socket.receive({ deliver: { messages: [groupMessage(1, "new one")] } });
+  socket.receive({ deliver: { messages: [teamMessage(1, "new one")] } });
+  await waitFor(() => texts.length === 3);
+  assert.deepEqual(texts, ["old one", "old two", "new one"]);
+  await client.close();
+});
+
+test("a member that left learns from the joined group's incarnation that it is new", async () => {
+  const { client, socket } = await openClient();
+  const texts = [];
+  client.on("message", (message) => texts.push(message.text));
+  const joined = (incarnation) => ({
+    groupsChanged: { joined: [{ groupId: "team", conversationId: "g:team", incarnation }] },
+  });
+  socket.receive(joined(5));
+  socket.receive({ deliver: { messages: [teamMessage(1, "old one"), teamMessage(2, "old two")] } });
+  socket.receive({ groupsChanged: { left: ["team"] } });
+  socket.receive(joined(5)); // added back to the same group: its position is kept
+  socket.receive({ deliver: { messages: [teamMessage(2, "old two")] } });
+  socket.receive({ groupsChanged: { left: ["team"] } });
+  // Deleted and created again while this user was out: no deletion reached it.
+  socket.receive(joined(8));
+  socket.receive({ deliver: { messages: [teamMessage(1, "new one")] } });
   await waitFor(() => texts.length === 3);
   assert.deepEqual(texts, ["old one", "old two", "new one"]);
   await client.close();

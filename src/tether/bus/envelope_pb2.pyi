@@ -281,14 +281,16 @@ class GroupsUpdate(_message.Message):
     def __init__(self, joined: _Optional[_Iterable[_Union[_tether_pb2.Group, _Mapping]]] = ..., left: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GroupDelivery(_message.Message):
-    __slots__ = ("deliver", "sender", "sender_device")
+    __slots__ = ("deliver", "sender", "sender_device", "incarnation")
     DELIVER_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
     SENDER_DEVICE_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     deliver: bytes
     sender: str
     sender_device: str
-    def __init__(self, deliver: _Optional[bytes] = ..., sender: _Optional[str] = ..., sender_device: _Optional[str] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, deliver: _Optional[bytes] = ..., sender: _Optional[str] = ..., sender_device: _Optional[str] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class GroupSize(_message.Message):
     __slots__ = ("member_count",)
@@ -329,5 +331,7 @@ class GroupMembers(_message.Message):
     def __init__(self, group: _Optional[_Union[_tether_pb2.Group, _Mapping]] = ..., members: _Optional[_Iterable[str]] = ..., more_members: _Optional[bool] = ...) -> None: ...
 
 class GroupDeleted(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("incarnation",)
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
+    incarnation: int
+    def __init__(self, incarnation: _Optional[int] = ...) -> None: ...

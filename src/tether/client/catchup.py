@@ -10,6 +10,11 @@ lists the conversations this device is behind in, and they are fetched the same 
 Each message reaches the application once and in sequence order per conversation, across
 reconnects of one `Client`. A new `Client` starts from the server's read markers, which the
 DeliverAcks move.
+
+A group deleted and created again under its id starts its conversation again at sequence 1.
+Unread, SyncResult and the joined groups of GroupsChanged carry the group's incarnation, which
+differs between the two, so a position taken in the old group is forgotten even when this
+client was not told of the deletion (it had left the group, or was offline).
 """
 
 from __future__ import annotations
@@ -52,9 +57,11 @@ class Conversations:
         self._auto_ack = auto_ack
         self._timeout = timeout
         self.last: dict[str, int] = {}
+        # Per group conversation, the incarnation of the group that `last` counts in.
+        self._incarnations: dict[str, int] = {}
         self._waiting: dict[str, list[pb.Message]] = {}  # live messages held during a sync
         self._to_fetch: dict[str, None] = {}  # conversations to sync, in order
-        self._resets: dict[str, int] = {}  # per conversation, how often on_deleted forgot it
+        self._resets: dict[str, int] = {}  # per conversation, how often its position was forgotten
         self._replies: dict[str, asyncio.Future[pb.SyncResult]] = {}
         self._request_ids = itertools.count(1)
         self._worker: asyncio.Task[None] | None = None
@@ -93,6 +100,7 @@ class Conversations:
         """Queue a fetch of every conversation the server lists this device as behind in."""
         for state in unread.conversations:
             conversation = state.conversation_id
+            self._check_incarnation(conversation, state.incarnation)
             last = max(self.last.get(conversation, 0), state.read_sequence)
             self.last[conversation] = last
             if state.last_sequence > last:
@@ -120,13 +128,17 @@ class Conversations:
             self._waiting[conversation] = [message]
             self._fetch(conversation)
 
-    def on_joined(self, conversations: list[str]) -> None:
+    def on_joined(self, groups: list[ev.Group]) -> None:
         """Fetch the conversations of groups this user just joined.
 
         The gateway subscribes to a group only when it learns of the join, so what the group
         stored just before, such as the event recording the join itself, never comes live.
+        A member added back to the same incarnation of a group keeps its position and resumes
+        where it left.
         """
-        for conversation in conversations:
+        for group in groups:
+            conversation = group.conversation_id
+            self._check_incarnation(conversation, group.incarnation)
             if conversation not in self.last:
                 self._fetch(conversation)
 
@@ -137,11 +149,8 @@ class Conversations:
         position would drop the new group's first messages as duplicates.
         """
         for conversation in conversations:
-            self.last.pop(conversation, None)
-            self._waiting.pop(conversation, None)
-            self._to_fetch.pop(conversation, None)
-            self._unacked.pop(conversation, None)
-            self._resets[conversation] = self._resets.get(conversation, 0) + 1
+            self._forget(conversation)
+            self._incarnations.pop(conversation, None)
 
     def on_send_ack(self, ack: pb.SendAck) -> None:
         """Count this device's own message as seen, so it opens no gap."""
@@ -165,6 +174,31 @@ class Conversations:
         return True
 
     # Internals.
+
+    def _check_incarnation(self, conversation: str, incarnation: int) -> bool:
+        """Record a group's incarnation; forget the position if it counted in another one.
+
+        Return True if the position was forgotten. 0 (a direct conversation, or a server
+        that sends no incarnation) changes nothing, and a position whose incarnation was
+        never learned is taken to belong to the first one learned.
+        """
+        if not incarnation:
+            return False
+        held = self._incarnations.get(conversation)
+        self._incarnations[conversation] = incarnation
+        if held is None or held == incarnation:
+            return False
+        logger.info("group of %s was created again; catching up from its start", conversation)
+        self._forget(conversation)
+        return True
+
+    def _forget(self, conversation: str) -> None:
+        """Drop the position and pending work of a conversation whose group is gone."""
+        self.last.pop(conversation, None)
+        self._waiting.pop(conversation, None)
+        self._to_fetch.pop(conversation, None)
+        self._unacked.pop(conversation, None)
+        self._resets[conversation] = self._resets.get(conversation, 0) + 1
 
     def _fetch(self, conversation: str) -> None:
         self._to_fetch[conversation] = None
@@ -227,6 +261,11 @@ class Conversations:
             result = await asyncio.wait_for(future, self._timeout)
             if self._resets.get(conversation, 0) != resets:
                 return  # the page is of a deleted group, maybe created again since
+            if self._check_incarnation(conversation, result.incarnation):
+                # The page is of a group created since the position was taken, and continues
+                # from a position in another group. Fetch again, from the read marker.
+                self._to_fetch[conversation] = None
+                return
             if conversation not in self.last and result.messages:
                 self.last[conversation] = result.messages[0].sequence - 1
             for message in result.messages:

@@ -472,7 +472,7 @@ class Client(ClientGroups):
             groups = frame.groups_changed
             joined = [ev.Group.from_proto(group) for group in groups.joined]
             self._conversations.on_deleted([GROUP_PREFIX + group for group in groups.deleted])
-            self._conversations.on_joined([group.conversation_id for group in joined])
+            self._conversations.on_joined(joined)
             await self._emit(ev.GroupsChanged(joined, list(groups.left), list(groups.deleted)))
         elif kind == "group_counts":
             for count in frame.group_counts.counts:

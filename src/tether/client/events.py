@@ -82,10 +82,19 @@ class Group:
     conversation_id: str
     owner: str
     member_count: int
+    incarnation: int = 0
+    """Differs between groups created under the same id one after the other; 0 if the
+    server does not send it."""
 
     @classmethod
     def from_proto(cls, group: pb.Group) -> Group:
-        return cls(group.group_id, group.conversation_id, group.owner, group.member_count)
+        return cls(
+            group.group_id,
+            group.conversation_id,
+            group.owner,
+            group.member_count,
+            group.incarnation,
+        )
 
 
 @dataclass(frozen=True, slots=True)

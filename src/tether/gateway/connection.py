@@ -80,7 +80,7 @@ class Connection:
         # Whether its ONLINE transition was reported, which makes it the device's owner in
         # presence (see Gateway._claim_device). Its status changes and OFFLINE follow only then.
         self.claimed = False
-        self.groups: frozenset[str] = frozenset()  # groups of the user, once the session opened
+        self.groups: set[str] = set()  # groups of the user, once the session opened
         # Pacing of group pushes (tether.gateway.groups): a token bucket, and the encoded
         # messages waiting for the next push tick (None when none wait) with their size.
         self.push_tokens = 0.0

@@ -7,6 +7,13 @@ Tables, kept on the gateway and local to this process:
   published once reaches exactly the gateways with an online member, and each delivers it to
   its own members. No central registry of members or connections is consulted.
 - `group_sizes`: member count of each of those groups, from the logic layer.
+- `group_incarnations`: the incarnation of each of those groups that its local members are
+  in. A group deleted and created again under its id has a newer one. Messages and deletions
+  published on the channel name the incarnation of their group. So one of a newer incarnation
+  shows that the local members' group was deleted, even when the deletion notice was lost
+  because it was published after the logic read a connecting user's groups and before this
+  gateway subscribed to them. Those members then leave the group with a deletion notice, and
+  receive nothing of the new group, which they are not members of.
 
 Pushes are paced per connection by a token bucket (`pushes_per_second`, `push_burst`). Above
 the rate, a connection's group messages wait in a list and go out together, as one Deliver
@@ -109,6 +116,7 @@ class GroupInterest:
     def _init_groups(self) -> None:
         self.group_connections: dict[str, set[Connection]] = {}
         self.group_sizes: dict[str, int] = {}
+        self.group_incarnations: dict[str, int] = {}
         self.group_counts: GroupCountStore = MemoryGroupCounts()
         """Where online counts are added up: in memory, or in Redis in cluster mode."""
         self._paced: list[Connection] = []  # connections with group messages waiting
@@ -139,16 +147,13 @@ class GroupInterest:
 
     def _enter_groups(self, connection: Connection, groups: Iterable[pb.Group]) -> None:
         """Make a newly opened session a local member of its user's groups."""
-        joined = list(groups)
-        connection.groups = frozenset(group.group_id for group in joined)
-        for group in joined:
-            self._add_member(connection, group.group_id, group.member_count)
+        for group in groups:
+            self._add_member(connection, group)
 
     def _leave_groups(self, connection: Connection) -> None:
         """Remove a closing connection from every group; drop the messages it has waiting."""
-        for group_id in connection.groups:
+        for group_id in tuple(connection.groups):  # a copy: each removal changes the set
             self._remove_member(connection, group_id)
-        connection.groups = frozenset()
         connection.push_queue = None
         connection.push_queue_bytes = 0
 
@@ -165,13 +170,10 @@ class GroupInterest:
         With deleted set, the groups in left were deleted, and GroupsChanged lists them in
         its deleted field too.
         """
-        added = [group for group in joined if group.group_id not in connection.groups]
+        added = [group for group in joined if self._add_member(connection, group)]
         removed = sorted(set(left) & connection.groups)
         if not added and not removed:
             return
-        connection.groups = (connection.groups | {group.group_id for group in added}) - set(removed)
-        for group in added:
-            self._add_member(connection, group.group_id, group.member_count)
         for group_id in removed:
             self._remove_member(connection, group_id)
         if removed and connection.push_queue is not None:
@@ -186,18 +188,39 @@ class GroupInterest:
         left = connection.groups - set(current)
         self._update_groups(connection, current.values(), left)
 
-    def _add_member(self, connection: Connection, group_id: str, member_count: int) -> None:
+    def _add_member(self, connection: Connection, group: pb.Group) -> bool:
+        """Make a connection a local member of a group; return False if nothing changed.
+
+        Nothing changes for a member of the same incarnation, nor for a group of an older
+        incarnation than the local members', which was deleted since. A newer incarnation
+        means the local members' group was deleted: they leave it first.
+        """
+        group_id = group.group_id
         members = self.group_connections.get(group_id)
+        if members is not None:
+            current = self.group_incarnations[group_id]
+            if group.incarnation < current:
+                return False
+            if group.incarnation == current:
+                if connection in members:
+                    return False
+            else:
+                self._leave_deleted(group_id)
+                members = self.group_connections.get(group_id)
         if members is None:
             members = self.group_connections[group_id] = set()
+            self.group_incarnations[group_id] = group.incarnation
             self.bus.subscribe(channels.group_channel(group_id), self._on_group_message)
         members.add(connection)
-        self._set_group_size(group_id, member_count)
+        connection.groups.add(group_id)
+        self._set_group_size(group_id, group.member_count)
         if self._is_counted(group_id):
             self._count_dirty.add(group_id)
             self._newcomers.setdefault(group_id, set()).add(connection)
+        return True
 
     def _remove_member(self, connection: Connection, group_id: str) -> None:
+        connection.groups.discard(group_id)
         members = self.group_connections.get(group_id)
         if members is None:
             return
@@ -209,6 +232,7 @@ class GroupInterest:
             self._count_dirty.add(group_id)
         if not members:
             del self.group_connections[group_id]
+            del self.group_incarnations[group_id]
             self.group_sizes.pop(group_id, None)
             self._totals_sent.pop(group_id, None)
             self._newcomers.pop(group_id, None)
@@ -238,16 +262,42 @@ class GroupInterest:
         message = env.Envelope.FromString(payload)
         kind = message.WhichOneof("kind")
         if kind == "group_delivery":
-            self._deliver_group(group_id, message.group_delivery)
+            delivery = message.group_delivery
+            if self._is_local_incarnation(group_id, delivery.incarnation):
+                self._deliver_group(group_id, delivery)
         elif kind == "group_size":
             if group_id in self.group_connections:
                 self._set_group_size(group_id, message.group_size.member_count)
         elif kind == "group_deleted":
-            # A copy, because the set shrinks as its connections leave the group.
-            for connection in tuple(self.group_connections.get(group_id, ())):
-                self._update_groups(connection, (), (group_id,), deleted=True)
+            current = self.group_incarnations.get(group_id)
+            # Of an older incarnation: its members left it when the newer one appeared.
+            if current is not None and message.group_deleted.incarnation >= current:
+                self._leave_deleted(group_id)
         else:
             logger.warning("ignored message of kind %s on %s", kind, channel)
+
+    def _is_local_incarnation(self, group_id: str, incarnation: int) -> bool:
+        """Tell whether a message on a group's channel is of the group the local members are in.
+
+        A message of a newer incarnation shows that their group was deleted, so they leave it.
+        One of an older incarnation was published before a deletion and is dropped.
+        """
+        current = self.group_incarnations.get(group_id)
+        if current is None or incarnation < current:
+            return False
+        if incarnation > current:
+            logger.info(
+                "group %s was created again; its deletion never reached this gateway", group_id
+            )
+            self._leave_deleted(group_id)
+            return False
+        return True
+
+    def _leave_deleted(self, group_id: str) -> None:
+        """Take every local member out of a deleted group and tell it so."""
+        # A copy, because the set shrinks as its connections leave the group.
+        for connection in tuple(self.group_connections.get(group_id, ())):
+            self._update_groups(connection, (), (group_id,), deleted=True)
 
     def _deliver_group(self, group_id: str, delivery: env.GroupDelivery) -> None:
         """Push one group message to every local member except the device that sent it.

@@ -88,6 +88,7 @@ def group_info(record: GroupRecord) -> pb.Group:
         conversation_id=record.conversation_id,
         owner=record.owner,
         member_count=record.member_count,
+        incarnation=record.incarnation,
     )
 
 
@@ -235,7 +236,8 @@ class GroupLogic:
         """Add users; actor None is the command line, which has the owner's rights.
 
         The group event records the change: MEMBERS_ADDED, or CREATED for a new group, which
-        is recorded even when it has no members besides its owner.
+        is recorded even when it has no members besides its owner. The CREATED event's message
+        id becomes the group's incarnation, so the GroupsUpdate of the new members carries it.
         """
         _check_group_id(group_id)
         _check_user_ids(users)
@@ -257,13 +259,18 @@ class GroupLogic:
         await self._check_user_limits(store, group_id, users)
 
         added = await store.add_group_members(group_id, users)
+        stored_event = None
+        if added or event == pb.GROUP_EVENT_CREATED:
+            stored_event = await _store_event(store, group_id, actor, event, added)
+            if event == pb.GROUP_EVENT_CREATED:
+                await store.set_group_incarnation(group_id, stored_event.message_id)
         record = await _group(store, group_id)
         if added:
             joined = _joined(record)
             for user in added:
                 outbox.add(channels.user_channel(user), joined)
-        if added or event == pb.GROUP_EVENT_CREATED:
-            await _record_event(store, outbox, group_id, actor, event, added)
+        if stored_event is not None:
+            _publish(outbox, record, stored_event)
         if added:
             _announce_size(outbox, record)
         return record, added
@@ -289,7 +296,7 @@ class GroupLogic:
             for user in removed:
                 outbox.add(channels.user_channel(user), left)
             await _record_event(
-                store, outbox, group_id, actor, pb.GROUP_EVENT_MEMBERS_REMOVED, removed
+                store, outbox, record, actor, pb.GROUP_EVENT_MEMBERS_REMOVED, removed
             )
             _announce_size(outbox, record)
         return record, removed
@@ -305,7 +312,7 @@ class GroupLogic:
 
         await store.delete_group(group_id)
         # One publish: each gateway with online members sends them GroupsChanged.
-        deleted = env.Envelope(group_deleted=env.GroupDeleted())
+        deleted = env.Envelope(group_deleted=env.GroupDeleted(incarnation=record.incarnation))
         outbox.add(channels.group_channel(group_id), deleted)
         return record
 
@@ -329,7 +336,7 @@ class GroupLogic:
             raise GroupError(Code.BAD_REQUEST, f"{owner!r} is not a member of {group_id!r}")
 
         await store.set_group_owner(group_id, owner)
-        await _record_event(store, outbox, group_id, actor, pb.GROUP_EVENT_OWNER_CHANGED, [owner])
+        await _record_event(store, outbox, record, actor, pb.GROUP_EVENT_OWNER_CHANGED, [owner])
         return await _group(store, group_id), [owner]
 
     async def _group_of(self, store: Store, actor: str | None, group_id: str) -> GroupRecord:
@@ -403,12 +410,13 @@ class GroupLogic:
         group_id = group_of_conversation(send.recipient)
         assert group_id is not None
         # Locked, so that a deletion by another worker waits for this message or comes first.
-        await store.group(group_id, lock=True)
+        record = await store.group(group_id, lock=True)
         if not await store.is_participant(sender, send.recipient):
             failure = await _non_member_failure(store, send_request, group_id)
             if failure is not None:
                 reply(outbox, request, env.Envelope(send_result=failure))
                 return
+        assert record is not None, "a send to a missing group passed the membership checks"
 
         stored = await store.store_group(
             sender=sender,
@@ -418,7 +426,7 @@ class GroupLogic:
             body=send.body,
         )
         if stored.new:
-            _publish(outbox, group_id, stored)
+            _publish(outbox, record, stored)
         reply(outbox, request, env.Envelope(send_result=send_result(send_request, stored)))
 
 
@@ -474,30 +482,37 @@ async def _group(store: Store, group_id: str) -> GroupRecord:
     return record
 
 
-def _publish(outbox: Outbox, group_id: str, stored: StoredMessage) -> None:
+def _publish(outbox: Outbox, record: GroupRecord, stored: StoredMessage) -> None:
     """Publish a stored group message or event once, on the group's channel."""
     delivery = env.GroupDelivery(
         deliver=pb.Deliver(messages=[to_message(stored)]).SerializeToString(),
         sender=stored.sender,
         sender_device=stored.sender_device,  # empty for an event: every device gets it
+        incarnation=record.incarnation,
     )
-    outbox.add(channels.group_channel(group_id), env.Envelope(group_delivery=delivery))
+    outbox.add(channels.group_channel(record.group_id), env.Envelope(group_delivery=delivery))
 
 
 async def _record_event(
     store: Store,
     outbox: Outbox,
-    group_id: str,
+    record: GroupRecord,
     actor: str | None,
     kind: pb.GroupEventKind,
     users: list[str],
 ) -> None:
     """Store a group event as a system message of the group and publish it."""
+    _publish(outbox, record, await _store_event(store, record.group_id, actor, kind, users))
+
+
+async def _store_event(
+    store: Store, group_id: str, actor: str | None, kind: pb.GroupEventKind, users: list[str]
+) -> StoredMessage:
+    """Store a group event as a system message of the group and return it."""
     event = pb.GroupEvent(kind=kind, actor=actor or "", user_ids=users)
-    stored = await store.store_group_event(
+    return await store.store_group_event(
         group_id=group_id, actor=actor or "", event=event.SerializeToString()
     )
-    _publish(outbox, group_id, stored)
 
 
 def _joined(record: GroupRecord) -> env.Envelope:

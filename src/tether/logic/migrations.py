@@ -86,6 +86,15 @@ SQLITE: list[str] = [
     """
     ALTER TABLE messages ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;
     """,
+    # A group's incarnation: the message id of its first message, the event of its creation.
+    # Message ids are never reused, so a group created again under a deleted group's id gets
+    # another one. A group without messages keeps 0, which clients read as unknown.
+    """
+    ALTER TABLE chat_groups ADD COLUMN incarnation INTEGER NOT NULL DEFAULT 0;
+    UPDATE chat_groups SET incarnation = COALESCE(
+        (SELECT m.id FROM messages m
+         WHERE m.conversation_id = 'g:' || chat_groups.id AND m.sequence = 1), 0);
+    """,
 ]
 
 POSTGRES: list[str] = [
@@ -148,6 +157,12 @@ POSTGRES: list[str] = [
     """,
     """
     ALTER TABLE messages ADD COLUMN kind BIGINT NOT NULL DEFAULT 0;
+    """,
+    """
+    ALTER TABLE chat_groups ADD COLUMN incarnation BIGINT NOT NULL DEFAULT 0;
+    UPDATE chat_groups SET incarnation = COALESCE(
+        (SELECT m.id FROM messages m
+         WHERE m.conversation_id = 'g:' || chat_groups.id AND m.sequence = 1), 0);
     """,
 ]
 

@@ -165,10 +165,17 @@ class LogicService(GroupLogic):
         connect = request.connect_request
         await store.ensure_user(connect.user_id)
         rows = await store.unread(connect.user_id, connect.device_id, MAX_UNREAD_LISTED + 1)
+        groups = await store.user_groups(connect.user_id)
+        # A user is behind only in conversations it takes part in, so each group listed in
+        # Unread is one of the user's groups.
+        incarnations = {record.conversation_id: record.incarnation for record in groups}
         unread = pb.Unread(
             conversations=[
                 pb.ConversationState(
-                    conversation_id=conversation, last_sequence=last, read_sequence=read
+                    conversation_id=conversation,
+                    last_sequence=last,
+                    read_sequence=read,
+                    incarnation=incarnations.get(conversation, 0),
                 )
                 for conversation, last, read in rows[:MAX_UNREAD_LISTED]
             ],
@@ -177,7 +184,7 @@ class LogicService(GroupLogic):
         result = env.ConnectResult(
             contacts=await store.contacts(connect.user_id),
             unread=unread,
-            groups=[group_info(record) for record in await store.user_groups(connect.user_id)],
+            groups=[group_info(record) for record in groups],
         )
         reply(outbox, request, env.Envelope(connect_result=result))
 
@@ -198,12 +205,15 @@ class LogicService(GroupLogic):
             after = await store.read_marker(user_id, device_id, sync.conversation_id)
         messages = await store.history(sync.conversation_id, after, limit + 1)
         page = _within_budget(messages[:limit], MAX_SYNC_PAGE_BYTES)
+        group_id = group_of_conversation(sync.conversation_id)
+        group = await store.group(group_id) if group_id is not None else None
         result = pb.SyncResult(
             request_id=sync.request_id,
             conversation_id=sync.conversation_id,
             messages=[to_message(stored) for stored in page],
             has_more=len(messages) > len(page),
             last_sequence=await store.last_sequence(sync.conversation_id),
+            incarnation=group.incarnation if group is not None else 0,
         )
         reply(outbox, request, env.Envelope(sync_reply=env.SyncReply(result=result)))
 

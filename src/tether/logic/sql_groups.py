@@ -33,7 +33,7 @@ _CHUNK = 400
 # Bounds of the group conversation ids: "g:" and the next string after every id that starts
 # with it (";" follows ":" in ASCII), so a range scan of an index finds them.
 _GROUP_RANGE = (GROUP_PREFIX, GROUP_PREFIX[:-1] + chr(ord(GROUP_PREFIX[-1]) + 1))
-_GROUP_COLUMNS = "g.id, g.owner, g.member_count, g.created_ms"
+_GROUP_COLUMNS = "g.id, g.owner, g.member_count, g.created_ms, g.incarnation"
 
 
 class SqlGroups:
@@ -52,7 +52,8 @@ class SqlGroups:
     async def create_group(self, group_id: str, owner: str) -> bool:
         async with self.transaction():
             created = await self._fetch(
-                "INSERT INTO chat_groups VALUES (?, ?, 0, ?) ON CONFLICT DO NOTHING RETURNING id",
+                "INSERT INTO chat_groups (id, owner, member_count, created_ms) VALUES (?, ?, 0, ?) "
+                "ON CONFLICT DO NOTHING RETURNING id",
                 group_id,
                 owner,
                 _now_ms(),
@@ -135,6 +136,11 @@ class SqlGroups:
     async def set_group_owner(self, group_id: str, owner: str) -> None:
         await self._execute("UPDATE chat_groups SET owner = ? WHERE id = ?", owner, group_id)
 
+    async def set_group_incarnation(self, group_id: str, incarnation: int) -> None:
+        await self._execute(
+            "UPDATE chat_groups SET incarnation = ? WHERE id = ?", incarnation, group_id
+        )
+
     async def group_members(
         self, group_id: str, *, after: str = "", limit: int | None = None
     ) -> list[str]:
@@ -197,7 +203,11 @@ def _pairs(users: list[str], second: object) -> list[object]:
 
 def _group(row: tuple[Any, ...]) -> GroupRecord:
     return GroupRecord(
-        group_id=str(row[0]), owner=str(row[1]), member_count=int(row[2]), created_ms=int(row[3])
+        group_id=str(row[0]),
+        owner=str(row[1]),
+        member_count=int(row[2]),
+        created_ms=int(row[3]),
+        incarnation=int(row[4]),
     )
 
 

@@ -125,6 +125,9 @@ class GroupRecord:
     owner: str
     member_count: int
     created_ms: int
+    incarnation: int = 0
+    """The message id of the group's creation event, which distinguishes this group from
+    others created under its id before or after; 0 until the event is stored."""
 
     @property
     def conversation_id(self) -> str:
@@ -316,6 +319,10 @@ class Store(ABC):
     @abstractmethod
     async def set_group_owner(self, group_id: str, owner: str) -> None:
         """Make owner, a member of the group, its owner."""
+
+    @abstractmethod
+    async def set_group_incarnation(self, group_id: str, incarnation: int) -> None:
+        """Record the message id of a new group's creation event as its incarnation."""
 
     @abstractmethod
     async def group_members(

@@ -302,14 +302,16 @@ class ContactsChanged(_message.Message):
     def __init__(self, added: _Optional[_Iterable[str]] = ..., removed: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ConversationState(_message.Message):
-    __slots__ = ("conversation_id", "last_sequence", "read_sequence")
+    __slots__ = ("conversation_id", "last_sequence", "read_sequence", "incarnation")
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     READ_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     conversation_id: str
     last_sequence: int
     read_sequence: int
-    def __init__(self, conversation_id: _Optional[str] = ..., last_sequence: _Optional[int] = ..., read_sequence: _Optional[int] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, conversation_id: _Optional[str] = ..., last_sequence: _Optional[int] = ..., read_sequence: _Optional[int] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class Unread(_message.Message):
     __slots__ = ("conversations", "truncated")
@@ -334,18 +336,20 @@ class Sync(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., after_sequence: _Optional[int] = ..., limit: _Optional[int] = ..., from_read_marker: _Optional[bool] = ...) -> None: ...
 
 class SyncResult(_message.Message):
-    __slots__ = ("request_id", "conversation_id", "messages", "has_more", "last_sequence")
+    __slots__ = ("request_id", "conversation_id", "messages", "has_more", "last_sequence", "incarnation")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     HAS_MORE_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     conversation_id: str
     messages: _containers.RepeatedCompositeFieldContainer[Message]
     has_more: bool
     last_sequence: int
-    def __init__(self, request_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., has_more: _Optional[bool] = ..., last_sequence: _Optional[int] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, request_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., has_more: _Optional[bool] = ..., last_sequence: _Optional[int] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message", "ref")
@@ -380,16 +384,18 @@ class GroupRequest(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., action: _Optional[_Union[GroupAction, str]] = ..., group_id: _Optional[str] = ..., user_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Group(_message.Message):
-    __slots__ = ("group_id", "conversation_id", "owner", "member_count")
+    __slots__ = ("group_id", "conversation_id", "owner", "member_count", "incarnation")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     MEMBER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     group_id: str
     conversation_id: str
     owner: str
     member_count: int
-    def __init__(self, group_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., owner: _Optional[str] = ..., member_count: _Optional[int] = ...) -> None: ...
+    incarnation: int
+    def __init__(self, group_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., owner: _Optional[str] = ..., member_count: _Optional[int] = ..., incarnation: _Optional[int] = ...) -> None: ...
 
 class GroupResult(_message.Message):
     __slots__ = ("request_id", "groups", "changed")
