@@ -8,10 +8,14 @@ timed test. The Socket.IO peers need npm and a setup step, so they are not run h
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 import struct
 import subprocess
 import sys
+import time
+from array import array
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +23,7 @@ import pytest
 
 from tether.bench import load as load_module
 from tether.bench.cli import _check
-from tether.bench.clients import SocketIoClient
+from tether.bench.clients import SocketIoClient, TetherSocketClient
 from tether.bench.faults import watch_graph
 from tether.bench.group import _deliveries, net_cpu
 from tether.bench.plots import plot_file
@@ -28,6 +32,7 @@ from tether.bench.profile import summarize
 from tether.bench.redis_traffic import net_per_unit
 from tether.bench.report import markdown_table
 from tether.bench.runner import split
+from tether.bench.servers import SECRET
 from tether.bench.stats import (
     CDF_FRACTIONS,
     compare_runs,
@@ -37,6 +42,8 @@ from tether.bench.stats import (
     ratio,
     summarize_ms,
 )
+from tether.protocol import tether_pb2 as pb
+from tether.protocol.framing import StreamDecoder, prefix_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -153,15 +160,24 @@ def test_markdown_table_rows_and_ratios() -> None:
 
 
 def test_group_deliveries_merge_processes() -> None:
+    # Per message: [deliveries, latest delay, deliveries with a socket time, earliest and
+    # latest delay until the socket had it]. The second process knew no socket time of
+    # message 1, so message 1 has no socket figures.
     received = [
-        {"deliveries": 5, "messages": {"0": [2, 0.004], "1": [2, 0.010], "2": [1, 0.002]},
-         "delays": [0.001, 0.004, 0.003, 0.010, 0.002]},
-        {"deliveries": 4, "messages": {"0": [2, 0.006], "1": [2, 0.003]},
-         "delays": [0.002, 0.006, 0.003, 0.001]},
+        {"deliveries": 5, "frames": 5,
+         "messages": {"0": [2, 0.004, 2, 0.001, 0.003], "1": [2, 0.010, 2, 0.002, 0.009],
+                      "2": [1, 0.002, 1, 0.001, 0.001]},
+         "delays": [0.001, 0.004, 0.003, 0.010, 0.002],
+         "socket_delays": [0.001, 0.003, 0.002, 0.009, 0.001]},
+        {"deliveries": 4, "frames": 2,
+         "messages": {"0": [2, 0.006, 2, 0.002, 0.005], "1": [2, 0.003, 0, None, None]},
+         "delays": [0.002, 0.006, 0.003, 0.001],
+         "socket_delays": [0.002, 0.005]},
     ]  # fmt: skip
     merged = _deliveries(received, members=4, sent=3)
     assert merged["deliveries"] == 9
     assert merged["expected_deliveries"] == 12
+    assert merged["deliveries_per_frame"] == 1.286  # 9 deliveries in 7 frames
     # Message 2 reached one member of four, so only messages 0 and 1 count for the last member.
     assert merged["complete_messages"] == 2
     assert merged["excess_deliveries"] == 0
@@ -169,6 +185,21 @@ def test_group_deliveries_merge_processes() -> None:
     assert merged["last_member_latency"]["p50_ms"] == 6.0
     assert merged["last_member_latency"]["max_ms"] == 10.0
     assert merged["delivery_latency"]["count"] == 9
+    # Only message 0 has a socket time for all four members: the last at 5 ms, the first
+    # at 1 ms, so the fan-out spread over 4 ms.
+    assert merged["last_member_socket_latency"]["count"] == 1
+    assert merged["last_member_socket_latency"]["max_ms"] == 5.0
+    assert merged["fanout_spread"]["max_ms"] == 4.0
+    assert merged["delivery_socket_latency"]["count"] == 7
+
+
+def test_group_deliveries_without_socket_times() -> None:
+    received = [{"deliveries": 2, "frames": 2, "messages": {"0": [2, 0.004, 0, None, None]},
+                 "delays": [0.001, 0.004], "socket_delays": []}]  # fmt: skip
+    merged = _deliveries(received, members=2, sent=1)
+    assert merged["last_member_latency"]["max_ms"] == 4.0
+    assert "last_member_socket_latency" not in merged
+    assert "fanout_spread" not in merged
 
 
 def test_net_cpu_subtracts_baseline_rate() -> None:
@@ -313,6 +344,75 @@ async def test_socketio_client_engineio_framing() -> None:
     client.on_message(b'42["gm",{"group":"big","from":"bob","body":"3:1.0"}]')
     assert load.group_arrivals[3][0] == 1
     assert len(load.group_delays) == 1
+    assert load.group_frames == 1
+
+
+# --- the tether client that reads the kernel's receive time ----------------------------------
+
+
+async def test_socket_client_records_when_bytes_reached_the_socket() -> None:
+    load = load_module.Load()
+    loop = load.loop
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    client_sock = socket.socket()
+    client_sock.setblocking(False)
+    await loop.sock_connect(client_sock, listener.getsockname())
+    server_sock, _ = await loop.sock_accept(listener)
+    listener.close()
+    client = TetherSocketClient(load, "m1", client_sock, deliver_acks=True)
+    try:
+        client.hello(SECRET)
+        decoder = StreamDecoder(1 << 20)
+        (connect,) = decoder.feed(await loop.sock_recv(server_sock, 65536))
+        assert pb.Frame.FromString(connect).connect.device_id == "b"
+
+        def send_group_message(number: int) -> None:
+            body = f"{number}:{time.time()!r}".encode()
+            message = pb.Message(conversation_id="g:big", sequence=number, body=body)
+            frame = pb.Frame(deliver=pb.Deliver(messages=[message]))
+            server_sock.sendall(prefix_frame(frame.SerializeToString()))
+
+        # Linux turns receive timestamps on a moment after the first socket asks for them,
+        # so messages go out until one arrives with its socket time.
+        for number in range(100):
+            send_group_message(number)
+            while len(load.group_delays) <= number:
+                await asyncio.sleep(0.01)
+            if load.group_socket_delays:
+                break
+        assert load.group_socket_delays, "no receive timestamp in 100 messages"
+        load.group_delays, load.group_socket_delays = array("d"), array("d")
+        acks = number + 1
+
+        # The frame is written while the client's loop is blocked, which reads it 50 ms later:
+        # its socket time is when it was written, its parse time 50 ms after.
+        send_group_message(1000)
+        time.sleep(0.05)
+        while not load.group_delays:
+            await asyncio.sleep(0.01)
+        (parsed,) = load.group_delays
+        (in_socket,) = load.group_socket_delays
+        assert 0 <= in_socket < 0.05 <= parsed
+        count, _latest, stamped, first, last = load.group_arrivals[1000]
+        assert (count, stamped) == (1, 1)
+        assert first == last == in_socket
+
+        # The client acknowledges every Deliver through its own writes.
+        frames: list[pb.Frame] = []
+        while len(frames) <= acks:
+            data = await asyncio.wait_for(loop.sock_recv(server_sock, 65536), 5)
+            frames.extend(pb.Frame.FromString(payload) for payload in decoder.feed(data))
+        assert frames[-1].deliver_ack.sequence == 1000
+
+        # The server closes: the client stops watching its socket and fails its session.
+        server_sock.close()
+        while client.sock is not None:
+            await asyncio.sleep(0.01)
+        assert isinstance(client.ready.exception(), ConnectionError)
+    finally:
+        client.close()
+        server_sock.close()
 
 
 # --- plots -----------------------------------------------------------------------------------
@@ -507,6 +607,12 @@ def test_group_smoke_cluster(tmp_path: Path) -> None:
     assert 0 < last["p50_ms"] <= last["p99_ms"] <= last["max_ms"]
     assert run["delivery_latency"]["count"] == 3000
     assert run["delivery_latency"]["max_ms"] <= last["max_ms"]
+    # Each member's socket had a message before its client parsed it.
+    in_socket = run["last_member_socket_latency"]
+    assert in_socket["count"] == 10
+    assert 0 < in_socket["max_ms"] <= last["max_ms"]
+    assert run["fanout_spread"]["count"] == 10
+    assert run["delivery_socket_latency"]["count"] == 3000
     assert run["deliveries_per_server_cpu_second_gross"] > 0
     redis = run["redis"]
     # One publish per message on the group's channel, received by each gateway with members
@@ -518,11 +624,15 @@ def test_group_smoke_cluster(tmp_path: Path) -> None:
 
 
 def test_group_smoke_embedded(tmp_path: Path) -> None:
+    # Pacing at 2 pushes per second, a burst of 1: the first message goes at once, the others
+    # wait for a push tick and share frames.
     data = _bench(tmp_path, "group", "--members", "100", "--messages", "5", "--rate", "10",
-                  "--baseline", "1", "--drain", "10", "--deliver-acks")  # fmt: skip
+                  "--baseline", "1", "--drain", "10", "--deliver-acks", "--member-nice", "5",
+                  "--pushes-per-second", "2", "--push-burst", "1")  # fmt: skip
     (run,) = data["runs"]["tether"]
     assert run["deliver_acks"] is True
     assert run["deliveries"] == 500
+    assert run["deliveries_per_frame"] > 1
     assert run["complete_messages"] == 5
     assert run["gateways_with_members"] == 1
     assert "redis" not in run

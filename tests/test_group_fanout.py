@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 
 from conftest import (
     QUIET,
@@ -17,6 +18,7 @@ from conftest import (
 )
 
 from tether.auth import issue_token
+from tether.bus import envelope_pb2 as env
 from tether.client import Client
 from tether.client import events as ev
 from tether.gateway.groups import GroupConfig
@@ -93,39 +95,102 @@ async def test_slow_reader_closed_and_catches_up(
         await again.close()
 
 
-async def test_hot_group_merged_into_batches(
-    start_server: ServerFactory, connect: ClientFactory
-) -> None:
-    rate, burst, count = 5.0, 2, 40
-    server = await start_server(groups=GroupConfig(pushes_per_second=rate, push_burst=burst))
-    alice = await connect(server, "alice")
-    await alice.create_group("hot", ["bob"])
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.tcp_port)
-    connect_frame = pb.Connect(protocol_version=1, token=issue_token(SECRET, "bob"), device_id="r")
-    writer.write(prefix_frame(pb.Frame(connect=connect_frame).SerializeToString()))
-
+async def _raw_member(server: EmbeddedServer, user: str) -> tuple[socket.socket, StreamDecoder]:
+    """Open a session of user over a non-blocking socket; read until its presence snapshot."""
+    sock = socket.socket()
+    sock.setblocking(False)
     loop = asyncio.get_running_loop()
-    started = loop.time()
-    await asyncio.gather(*(alice.send_to_group("hot", f"m{n}") for n in range(count)))
+    await loop.sock_connect(sock, ("127.0.0.1", server.tcp_port))
+    connect = pb.Connect(protocol_version=1, token=issue_token(SECRET, user), device_id="r")
+    await loop.sock_sendall(sock, prefix_frame(pb.Frame(connect=connect).SerializeToString()))
     decoder = StreamDecoder(1 << 24)
+    while True:
+        data = await asyncio.wait_for(loop.sock_recv(sock, 65536), TIMEOUT)
+        assert data, "connection closed"
+        kinds = [pb.Frame.FromString(p).WhichOneof("kind") for p in decoder.feed(data)]
+        if "presence_snapshot" in kinds:
+            return sock, decoder
+
+
+async def _read_delivers(
+    sock: socket.socket, decoder: StreamDecoder, count: int
+) -> tuple[list[pb.Deliver], list[int]]:
+    """Read until count group messages arrived; return the Deliver frames and sequences."""
+    loop = asyncio.get_running_loop()
     delivers: list[pb.Deliver] = []
     sequences: list[int] = []
     while len(sequences) < count:
-        data = await asyncio.wait_for(reader.read(65536), TIMEOUT)
+        data = await asyncio.wait_for(loop.sock_recv(sock, 65536), TIMEOUT)
         assert data, "connection closed"
         for payload in decoder.feed(data):
             frame = pb.Frame.FromString(payload)
             if frame.WhichOneof("kind") == "deliver":
                 delivers.append(frame.deliver)
                 sequences.extend(m.sequence for m in frame.deliver.messages)
-    elapsed = loop.time() - started
-    writer.close()
+    return delivers, sequences
 
-    # Sequence number 1 is the group's creation, sent before bob connected.
-    assert sorted(sequences) == sequences == list(range(2, count + 2))
-    assert max(len(d.messages) for d in delivers) > 1
-    # Pacing: the burst, then at most one frame per push tick.
-    assert len(delivers) <= burst + rate * elapsed + 1, (len(delivers), elapsed)
+
+async def test_hot_group_merged_into_batches(
+    start_server: ServerFactory, connect: ClientFactory
+) -> None:
+    rate, burst, count = 5.0, 2, 40
+    server = await start_server(groups=GroupConfig(pushes_per_second=rate, push_burst=burst))
+    alice = await connect(server, "alice")
+    await alice.create_group("hot", ["bob", "carol"])
+    # Both members hold the same messages at each push tick, so the gateway encodes each
+    # batch once for both. Each must still get every message once, in order.
+    members = [await _raw_member(server, user) for user in ("bob", "carol")]
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.gather(*(alice.send_to_group("hot", f"m{n}") for n in range(count)))
+    for sock, decoder in members:
+        delivers, sequences = await _read_delivers(sock, decoder, count)
+        elapsed = loop.time() - started
+        sock.close()
+
+        # Sequence number 1 is the group's creation, sent before the members connected.
+        assert sorted(sequences) == sequences == list(range(2, count + 2))
+        assert max(len(d.messages) for d in delivers) > 1
+        # Pacing: the burst, then at most one frame per push tick.
+        assert len(delivers) <= burst + rate * elapsed + 1, (len(delivers), elapsed)
+
+
+async def test_group_push_written_at_once_behind_queued_frames(
+    server: EmbeddedServer, connect: ClientFactory
+) -> None:
+    gateway = server.gateway
+    assert gateway is not None
+    alice = await connect(server, "alice")
+    await alice.create_group("team", ["bob"])
+    sock, decoder = await _raw_member(server, "bob")
+    (bob,) = gateway.sessions["bob"].values()
+
+    def group_message(sequence: int) -> env.GroupDelivery:
+        message = pb.Message(conversation_id="g:team", sequence=sequence, sender="alice",
+                             recipient="g:team", body=b"hi")  # fmt: skip
+        deliver = pb.Deliver(messages=[message]).SerializeToString()
+        return env.GroupDelivery(deliver=deliver, sender="alice", sender_device="elsewhere")
+
+    # Nothing waits in bob's outbox: the push is written within the call, before the event
+    # loop runs again, so its bytes are already in bob's socket.
+    gateway._deliver_group("team", group_message(100))
+    assert not bob.outbox
+    frames = [pb.Frame.FromString(p) for p in decoder.feed(sock.recv(65536))]
+    assert [f.deliver.messages[0].sequence for f in frames] == [100]
+
+    # A frame queued earlier in the same pass stays ahead of the push.
+    bob.send_frame(pb.Frame(heartbeat_ack=pb.HeartbeatAck(nonce=7)))
+    gateway._deliver_group("team", group_message(101))
+    frames = []
+    while len(frames) < 2:
+        data = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(sock, 65536), TIMEOUT)
+        assert data, "connection closed"
+        frames.extend(pb.Frame.FromString(p) for p in decoder.feed(data))
+    sock.close()
+    assert [f.WhichOneof("kind") for f in frames] == ["heartbeat_ack", "deliver"]
+    assert frames[0].heartbeat_ack.nonce == 7
+    assert frames[1].deliver.messages[0].sequence == 101
 
 
 async def test_online_counts_follow_members(

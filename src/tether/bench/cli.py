@@ -61,6 +61,13 @@ def _positive(text: str) -> float:
     return value
 
 
+def _nice(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 19:
+        raise argparse.ArgumentTypeError(f"must be 0 to 19, got {text}")
+    return value
+
+
 def _source_addresses(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 254:
@@ -305,6 +312,26 @@ def add_bench_parser(commands: Any) -> None:
         help="load processes that hold the members (more when one would hold over 15,000)",
     )
     group.add_argument(
+        "--pushes-per-second",
+        type=_positive,
+        default=None,
+        help="tether: the gateways' --pushes-per-second (default: the server's, 20); above "
+        "it, a member's messages are merged into one push",
+    )
+    group.add_argument(
+        "--push-burst",
+        type=_positive_int,
+        default=None,
+        help="tether: the gateways' --push-burst (default: the server's, 20)",
+    )
+    group.add_argument(
+        "--member-nice",
+        type=_nice,
+        default=0,
+        help="nice value (0 to 19) of the members' load processes; a higher value lets the "
+        "servers run first when both want the CPU",
+    )
+    group.add_argument(
         "--baseline",
         type=_positive,
         default=5.0,
@@ -393,6 +420,8 @@ async def _bench(arguments: argparse.Namespace) -> int:
         grace_period=getattr(arguments, "grace_period", 5.0),
         results_dir=arguments.results_dir,
         profile=arguments.profile,
+        pushes_per_second=getattr(arguments, "pushes_per_second", None),
+        push_burst=getattr(arguments, "push_burst", None),
     )
     workroot = Path(tempfile.mkdtemp(prefix=f"tether-bench-{scenario}-"))
     progress = Progress()

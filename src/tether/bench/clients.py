@@ -3,12 +3,19 @@
 Each client parses what its server sends and reports it to its `Load` (counters, latencies,
 presence notifications); the `Load` decides what to send and when. Hot path of the load
 process: one parse per frame, no task per frame or per client.
+
+A client parses a frame only when its load process gets to it. A process that reads thousands
+of sockets which became readable at once reaches the last of them only after parsing all the
+others. `TetherSocketClient` therefore also records when the kernel queued the bytes to its
+socket, a time that does not depend on how busy the load process is.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
 import time
 from typing import TYPE_CHECKING, Any, cast
 
@@ -27,6 +34,7 @@ __all__ = [
     "BenchClient",
     "SocketIoClient",
     "TetherClient",
+    "TetherSocketClient",
     "TetherTcpClient",
     "TetherWsClient",
     "WsListener",
@@ -40,6 +48,12 @@ _STATUS_NAMES = {
     pb.STATUS_BUSY: "busy",
 }
 _ACTIVITY = {"online": pb.ACTIVITY_ACTIVE, "away": pb.ACTIVITY_IDLE}
+# SO_TIMESTAMPNS of Linux's asm-generic/socket.h, which Python's socket module does not name.
+# The control message that carries the time in recvmsg() has the same number (SCM_TIMESTAMPNS).
+_SO_TIMESTAMPNS = 35
+_TIMESPEC = struct.Struct("@qq")  # struct timespec on 64-bit Linux: seconds, nanoseconds
+_READ_BYTES = 1 << 16
+_ANCILLARY_BYTES = socket.CMSG_SPACE(_TIMESPEC.size)
 
 
 class BenchClient:
@@ -105,7 +119,8 @@ class TetherClient(BenchClient):
         )
         self.write(pb.Frame(connect=connect).SerializeToString())
 
-    def on_payload(self, payload: bytes) -> None:
+    def on_payload(self, payload: bytes, received: float | None = None) -> None:
+        """Act on one frame; received is when its bytes reached the socket, if known."""
         # Hot path of the load process: one parse per frame, no task per frame.
         frame = pb.Frame.FromString(payload)
         kind = frame.WhichOneof("kind")
@@ -115,11 +130,15 @@ class TetherClient(BenchClient):
         elif kind == "deliver":
             now = time.time()
             messages = frame.deliver.messages
+            grouped = False
             for message in messages:
                 if message.conversation_id.startswith("g:"):
-                    load.on_group_delivered(now, message.body.decode())
+                    load.on_group_delivered(now, message.body.decode(), received)
+                    grouped = True
                 else:
                     load.on_delivered(now, message.body.decode())
+            if grouped:
+                load.group_frames += 1
             if self.deliver_acks:
                 last = messages[-1]
                 ack = pb.DeliverAck(conversation_id=last.conversation_id, sequence=last.sequence)
@@ -188,6 +207,114 @@ class TetherTcpClient(TetherClient, asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+class TetherSocketClient(TetherClient):
+    """A tether client over TCP that reads its socket itself, to learn when bytes arrived.
+
+    With SO_TIMESTAMPNS set, Linux stamps each TCP segment when it is queued to the socket,
+    and recvmsg() returns the stamp of the last segment it read along with the bytes. On
+    loopback a segment is queued within the sender's write(), so the stamp is when the server
+    wrote the frame, however late this process reads it. The stamp uses the same clock as
+    time.time() (CLOCK_REALTIME).
+
+    The socket is connected and non-blocking; the client watches it with the loop's
+    add_reader() instead of a transport, because transports read without ancillary data.
+
+    NOTE: Linux turns receive timestamps on for the whole machine shortly after the first
+    socket asks for them (a deferred static key), so the first bytes read can come without a
+    time. Such deliveries count in the figures of parse times only.
+    """
+
+    __slots__ = ("decoder", "pending", "sock")
+
+    def __init__(
+        self, load: Load, user: str, sock: socket.socket, *, deliver_acks: bool = True
+    ) -> None:
+        super().__init__(load, user, deliver_acks=deliver_acks)
+        self.decoder = StreamDecoder(MAX_FRAME)
+        self.sock: socket.socket | None = sock
+        self.pending = bytearray()
+        """Bytes written while the socket's send buffer was full, sent when it drains."""
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as asyncio transports do
+        load.loop.add_reader(sock.fileno(), self._on_readable)
+
+    def write(self, payload: bytes) -> None:
+        if self.sock is None:
+            return
+        data = prefix_frame(payload)
+        if not self.pending:
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as error:
+                self._shut(f"write failed: {error}")
+                return
+            if sent == len(data):
+                return
+            data = data[sent:]
+            self.load.loop.add_writer(self.sock.fileno(), self._on_writable)
+        self.pending += data
+
+    def close(self) -> None:
+        self._shut("closed by the client")
+
+    def _on_readable(self) -> None:
+        if self.sock is None:
+            return
+        try:
+            data, ancillary, _flags, _address = self.sock.recvmsg(_READ_BYTES, _ANCILLARY_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as error:
+            self._shut(f"connection lost: {error}")
+            return
+        if not data:
+            self._shut("connection closed by the server")
+            return
+        received = _receive_time(ancillary)
+        for payload in self.decoder.feed(data):
+            self.on_payload(payload, received)
+        if self.decoder.error is not None:
+            self._shut(f"bad frame: {self.decoder.error}")
+
+    def _on_writable(self) -> None:
+        if self.sock is None:
+            return
+        try:
+            sent = self.sock.send(self.pending)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as error:
+            self._shut(f"write failed: {error}")
+            return
+        del self.pending[:sent]
+        if not self.pending:
+            self.load.loop.remove_writer(self.sock.fileno())
+
+    def _shut(self, reason: str) -> None:
+        """Stop watching the socket and close it; what waits in pending is dropped."""
+        sock = self.sock
+        if sock is None:
+            return
+        self.sock = None
+        loop = self.load.loop
+        loop.remove_reader(sock.fileno())
+        loop.remove_writer(sock.fileno())
+        sock.close()
+        self.pending.clear()
+        self.on_closed(reason)
+
+
+def _receive_time(ancillary: list[tuple[int, int, bytes]]) -> float | None:
+    """Return the SO_TIMESTAMPNS time among recvmsg()'s control messages, None if absent."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
+            return float(seconds + nanoseconds / 1e9)
+    return None
 
 
 class WsListener(picows.WSListener):
@@ -281,6 +408,7 @@ class SocketIoClient(BenchClient):
             self.load.on_delivered(time.time(), str(data.get("body")))
         elif name == "gm" and isinstance(data, dict):
             self.load.on_group_delivered(time.time(), str(data.get("body")))
+            self.load.group_frames += 1
         elif name == "presence" and isinstance(data, dict):
             self.load.on_presence(self.user, str(data.get("user")), str(data.get("status")))
 

@@ -2,18 +2,22 @@
 
 `--members` users and one sender form the group `big`. The members connect over the gateways in
 turn, or over the first `--member-gateways` of them only. `--member-processes` load processes
-hold them (more when one would pass 15,000 clients). The sender connects to the first gateway
-from a process of its own. After a quiet baseline
+hold them (more when one would pass 15,000 clients), at the nice value `--member-nice`. The
+sender connects to the first gateway from a process of its own. After a quiet baseline
 window the sender sends `--messages` messages at `--rate` per second; each body carries the
 message's number and its send time, and the members record when each message arrived.
 
 Measured per message: the time until the last member had it (from the send time to the latest
-arrival over all members); per delivery: the delay from send to arrival. CPU is the user plus
-system time of every server process over the window from the first send to the last delivery,
-minus what the same processes spent in the baseline window for the same length of time
-(heartbeats and timers), so deliveries per CPU-second count the fan-out alone. In cluster mode
-the Redis server's commands and pub/sub messages are counted over both windows too
-(`tether.bench.redis_traffic`).
+arrival over all members); per delivery: the delay from send to arrival. An arrival is when the
+member's client parsed the message, which includes the time its load process spent on other
+members' frames first. tether's members over TCP also record when the kernel queued the bytes
+to their socket (`clients.TetherSocketClient`): on loopback, when the gateway wrote them.
+
+CPU is the user plus system time of every server process over the window from the first send
+to the last delivery, minus what the same processes spent in the baseline window for the same
+length of time (heartbeats and timers), so deliveries per CPU-second count the fan-out alone.
+In cluster mode the Redis server's commands and pub/sub messages are counted over both windows
+too (`tether.bench.redis_traffic`).
 
 tether's members send no DeliverAck unless `--deliver-acks` is given: with it, every member
 acknowledges every message as the SDK does, and the logic layer stores each member's read
@@ -24,6 +28,7 @@ acknowledge.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,6 +57,8 @@ async def group(run: Run) -> dict[str, Any]:
     loads = LoadGroup(receiving_count + 1, run)
     await loads.start()
     *receiving, sending = loads.processes
+    for process in receiving:
+        os.setpriority(os.PRIO_PROCESS, process.pid, arguments.member_nice)
     chunks = split(members, receiving_count)
     traffic = RedisTraffic(target.redis.url) if target.redis is not None else None
     try:
@@ -140,6 +147,7 @@ async def _open_members(
                     secret=SECRET,
                     timeout=STEP_TIMEOUT,
                     deliver_acks=run.arguments.deliver_acks,
+                    socket_times=True,
                 )
             )
     replies = await asyncio.gather(*calls)
@@ -152,18 +160,35 @@ async def _open_members(
 
 
 def _deliveries(received: list[dict[str, Any]], members: int, sent: int) -> dict[str, Any]:
-    """Merge the load processes' receipts: deliveries, time to last member, delays."""
+    """Merge the load processes' receipts: deliveries, time to last member, delays.
+
+    The figures named `socket` count until the kernel queued the bytes to the member's socket.
+    Only clients that read that time (tether over TCP) give them, and they cover the messages
+    for which every member had it.
+    """
     counts: dict[str, int] = {}
     latest: dict[str, float] = {}
+    stamped: dict[str, int] = {}
+    first_in_socket: dict[str, float] = {}
+    last_in_socket: dict[str, float] = {}
     for reply in received:
-        for number, (count, delay) in reply["messages"].items():
+        for number, (count, delay, with_time, first, last) in reply["messages"].items():
             counts[number] = counts.get(number, 0) + count
             latest[number] = max(latest.get(number, 0.0), delay)
+            if with_time:
+                stamped[number] = stamped.get(number, 0) + with_time
+                first_in_socket[number] = min(first_in_socket.get(number, first), first)
+                last_in_socket[number] = max(last_in_socket.get(number, last), last)
     complete = [number for number, count in counts.items() if count >= members]
+    timed = [number for number in complete if stamped.get(number, 0) >= members]
     delays = [delay for reply in received for delay in reply["delays"]]
-    return {
-        "deliveries": sum(reply["deliveries"] for reply in received),
+    deliveries = sum(reply["deliveries"] for reply in received)
+    frames = sum(reply["frames"] for reply in received)
+    figures: dict[str, Any] = {
+        "deliveries": deliveries,
         "expected_deliveries": members * sent,
+        # Above 1 when pushes merged several messages into one frame (tether's pacing).
+        "deliveries_per_frame": round(deliveries / frames, 3) if frames else None,
         "complete_messages": len(complete),
         "excess_deliveries": sum(max(0, count - members) for count in counts.values()),
         # Over the messages that reached every member: when the last of them had it.
@@ -171,6 +196,17 @@ def _deliveries(received: list[dict[str, Any]], members: int, sent: int) -> dict
         # Over a sample of every delivery (at most 50,000 per load process).
         "delivery_latency": summarize_ms(delays, cdf=True),
     }
+    if timed:
+        figures["last_member_socket_latency"] = summarize_ms(
+            (last_in_socket[number] for number in timed), cdf=True
+        )
+        # From the first member's socket to the last one's: the fan-out itself.
+        figures["fanout_spread"] = summarize_ms(
+            (last_in_socket[number] - first_in_socket[number] for number in timed), cdf=True
+        )
+        socket_delays = [delay for reply in received for delay in reply["socket_delays"]]
+        figures["delivery_socket_latency"] = summarize_ms(socket_delays, cdf=True)
+    return figures
 
 
 def net_cpu(cpu: dict[str, float], baseline: dict[str, float]) -> dict[str, float]:

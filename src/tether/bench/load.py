@@ -27,7 +27,9 @@ The clients share one heartbeat timer, which spreads each interval's heartbeats 
 Message bodies carry their send time (`time.time()`), so a recipient in any process of the
 machine measures send-to-delivery latency against the same clock. A group message's body is
 `<n>:<send time>`, n counting the sender's messages from 0, so the delay of each delivery is
-recorded per message.
+recorded per message. Tether clients over TCP opened with `socket_times` record a second delay
+per delivery: until the kernel queued the bytes to the member's socket
+(`clients.TetherSocketClient`), which leaves out the time this process took to get to them.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from tether.bench.clients import (
     BenchClient,
     SocketIoClient,
     TetherClient,
+    TetherSocketClient,
     TetherTcpClient,
     TetherWsClient,
     WsListener,
@@ -93,6 +96,13 @@ def bound_socket(source: str) -> socket.socket:
     return sock
 
 
+def _unbound_socket() -> socket.socket:
+    """Return a non-blocking TCP socket whose address connect() will choose."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    return sock
+
+
 # --- the process -----------------------------------------------------------------------------
 
 
@@ -118,9 +128,14 @@ class Load:
         self.receipts: list[tuple[float, str, str, str]] = []
         """(time, watcher, watched user, status) of every presence notification."""
         self.group_arrivals: dict[int, list[float]] = {}
-        """Group message number -> [deliveries in this process, latest delay in seconds]."""
+        """Group message number -> [deliveries in this process, latest delay, deliveries with
+        a socket time, earliest and latest delay until the socket had it], delays in seconds."""
         self.group_delays = array("d")
         """Delay of every group message delivered, in seconds, in arrival order."""
+        self.group_socket_delays = array("d")
+        """Delay until the socket had it, of every group message with a socket time."""
+        self.group_frames = 0
+        """Frames (tether's Deliver, Socket.IO's events) that carried group messages."""
         self._next_message_id = 0
 
     # Callbacks of the clients.
@@ -140,22 +155,29 @@ class Load:
             return
         self.delivery_seconds.append(now - sent_at)
 
-    def on_group_delivered(self, now: float, body: str) -> None:
+    def on_group_delivered(self, now: float, body: str, received: float | None = None) -> None:
+        """Record a group message parsed at `now` whose bytes reached the socket at `received`."""
         number, _, sent = body.partition(":")
         try:
-            delay = now - float(sent)
+            sent_at = float(sent)
             key = int(number)
         except ValueError:
             self.counters["bad_bodies"] += 1
             return
+        delay = now - sent_at
         self.group_delays.append(delay)
         arrival = self.group_arrivals.get(key)
         if arrival is None:
-            self.group_arrivals[key] = [1.0, delay]
-        else:
-            arrival[0] += 1.0
-            if delay > arrival[1]:
-                arrival[1] = delay
+            arrival = self.group_arrivals[key] = [0.0, delay, 0.0, math.inf, -math.inf]
+        arrival[0] += 1.0
+        if delay > arrival[1]:
+            arrival[1] = delay
+        if received is not None:
+            in_socket = received - sent_at
+            self.group_socket_delays.append(in_socket)
+            arrival[2] += 1.0
+            arrival[3] = min(arrival[3], in_socket)
+            arrival[4] = max(arrival[4], in_socket)
 
     def on_acked(self, message_id: str) -> None:
         sent_at = self.pending.pop(message_id, None)
@@ -207,12 +229,14 @@ class Load:
         concurrency: int = 100,
         rate: float = 0.0,
         deliver_acks: bool = True,
+        socket_times: bool = False,
     ) -> dict[str, Any]:
         """Connect one client per user to `url` and wait until each session is usable.
 
         With a `rate` (connections per second) the connects start on a fixed schedule, and
         the reply has the time each one started in `started_at`. Without `deliver_acks`,
-        tether clients acknowledge no Deliver frame.
+        tether clients acknowledge no Deliver frame. With `socket_times`, tether clients over
+        TCP also record when each group message reached their socket.
         """
         limit = asyncio.Semaphore(concurrency)
         failures: Counter[str] = Counter()
@@ -225,7 +249,9 @@ class Load:
             async with limit:
                 started_at[user] = time.time()
                 try:
-                    client = await self._connect(url, protocol, user, secret, deliver_acks)
+                    client = await self._connect(
+                        url, protocol, user, secret, deliver_acks, socket_times
+                    )
                     self.clients[user] = client
                     await asyncio.wait_for(asyncio.shield(client.ready), timeout)
                 except (OSError, TimeoutError, picows.WSError) as error:
@@ -240,10 +266,26 @@ class Load:
         }
 
     async def _connect(
-        self, url: str, protocol: str, user: str, secret: str, deliver_acks: bool
+        self,
+        url: str,
+        protocol: str,
+        user: str,
+        secret: str,
+        deliver_acks: bool,
+        socket_times: bool = False,
     ) -> BenchClient:
         parts = urlsplit(url)
         source = self._source()
+        if protocol == "tether" and parts.scheme == "tcp" and socket_times:
+            sock = bound_socket(source) if source else _unbound_socket()
+            try:
+                await self.loop.sock_connect(sock, (parts.hostname or "", parts.port or 0))
+            except OSError:
+                sock.close()
+                raise
+            stamped = TetherSocketClient(self, user, sock, deliver_acks=deliver_acks)
+            stamped.hello(secret)
+            return stamped
         if protocol == "tether" and parts.scheme == "tcp":
             tcp = TetherTcpClient(self, user, deliver_acks=deliver_acks)
             host, port = parts.hostname or "", parts.port or 0
@@ -369,19 +411,28 @@ class Load:
     async def group_receipts(self, expected: int, timeout: float) -> dict[str, Any]:
         """Wait until `expected` group messages were delivered in this process, or `timeout`.
 
-        Returns and clears, per message number, the deliveries and the latest delay in
-        seconds, and at most _MAX_GROUP_DELAYS delivery delays sampled evenly over arrival.
+        Returns and clears, per message number, [deliveries, latest delay, deliveries with a
+        socket time, earliest and latest delay until the socket had it (None without one)],
+        in seconds. Also the frames that carried them, at most _MAX_GROUP_DELAYS delivery
+        delays sampled evenly over arrival, and as many delays until the socket had it.
         """
         deadline = self.loop.time() + timeout
         while len(self.group_delays) < expected and self.loop.time() < deadline:
             await asyncio.sleep(0.01)
         delays, self.group_delays = self.group_delays, array("d")
+        in_socket, self.group_socket_delays = self.group_socket_delays, array("d")
         arrivals, self.group_arrivals = self.group_arrivals, {}
-        step = max(1, math.ceil(len(delays) / _MAX_GROUP_DELAYS))
+        frames, self.group_frames = self.group_frames, 0
+        messages: dict[str, list[float | None]] = {}
+        for n, (count, latest, stamped, first, last) in arrivals.items():
+            span: list[float | None] = [first, last] if stamped else [None, None]
+            messages[str(n)] = [int(count), latest, int(stamped), *span]
         return {
             "deliveries": len(delays),
-            "messages": {str(n): [int(count), latest] for n, (count, latest) in arrivals.items()},
-            "delays": delays[::step].tolist(),
+            "frames": frames,
+            "messages": messages,
+            "delays": _sample(delays),
+            "socket_delays": _sample(in_socket),
         }
 
     async def status(self, users: list[str], count: int, rate: float) -> dict[str, Any]:
@@ -444,6 +495,12 @@ class Load:
             with contextlib.suppress(Exception):
                 client.close()
         await asyncio.sleep(0.1)
+
+
+def _sample(values: array[float]) -> list[float]:
+    """Return at most _MAX_GROUP_DELAYS of values, evenly spaced."""
+    step = max(1, math.ceil(len(values) / _MAX_GROUP_DELAYS))
+    return values[::step].tolist()
 
 
 def _write(line: dict[str, Any]) -> None:

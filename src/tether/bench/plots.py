@@ -6,7 +6,8 @@ Each results file gives the plots its scenario has data for, named after the fil
 
 - `<name>-latency.png`: latency distributions, one panel per latency figure. Direct has send
   to delivered, presence has status change, connect and leave to contact notified, and group
-  has send to the last member per message and send to each member. Each line is one run's
+  has send to the last member per message (when its client parsed it, and when its socket had
+  it) and send to each member. Each line is one run's
   cumulative distribution (`cdf_ms` in the results), coloured by target, on a logarithmic
   time axis.
 - `<name>-memory.png` (idle): resident memory of the gateways against the connections open,
@@ -45,6 +46,7 @@ LATENCY_PANELS: Mapping[str, Sequence[tuple[str, str]]] = {
     ),
     "group": (
         ("last_member_latency", "send → last member has it (per message)"),
+        ("last_member_socket_latency", "send → last member's socket has it (per message)"),
         ("delivery_latency", "send → member has it (per delivery)"),
     ),
 }

@@ -293,6 +293,8 @@ COMPARED: Mapping[str, Sequence[str]] = {
     "group": (
         "last_member_latency.p50_ms",
         "last_member_latency.p99_ms",
+        "last_member_socket_latency.p50_ms",
+        "last_member_socket_latency.p99_ms",
         "delivery_latency.p50_ms",
         "delivery_latency.p99_ms",
         "deliveries_per_server_cpu_second",

@@ -89,6 +89,10 @@ class TargetOptions:
     """Folder of the results, with the peers installed under peers/."""
     profile: bool = False
     """Record every Python server process with py-spy into the work folder (`profile.py`)."""
+    pushes_per_second: float | None = None
+    """tether: the gateways' `--pushes-per-second`; None keeps the server's default."""
+    push_burst: int | None = None
+    """tether: the gateways' `--push-burst`; None keeps the server's default."""
     extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -263,6 +267,10 @@ class TetherTarget(Target):
             "--max-connections-per-ip", "10000000",
             "--new-connections-per-second", str(options.connections_per_second),
         ]  # fmt: skip
+        if options.pushes_per_second is not None:
+            gateway_options += ["--pushes-per-second", str(options.pushes_per_second)]
+        if options.push_burst is not None:
+            gateway_options += ["--push-burst", str(options.push_burst)]
         if options.mode == "embedded":
             command = [*tether, "serve", *common, *gateway_options]
             self.gateways.append(await self._spawn("tether", command))

@@ -3,13 +3,17 @@
 A `Connection` owns the sans-I/O `ServerProtocol`, the identity the client proved, and an
 outbox of encoded frames. Frames queued during one pass of the event loop are written
 together by the gateway's single flush callback, so a burst of deliveries costs one
-`write()` per connection on TCP. The outbox is bounded: a client that lets more than
-`max_outgoing_bytes` pile up is closed as a slow consumer.
+`write()` per connection on TCP. Group pushes, whose rate per connection is bounded by
+pacing, are written at once instead when nothing waits before them (`push`). The outbox is
+bounded: a client that lets more than `max_outgoing_bytes` pile up is closed as a slow
+consumer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from tether.gateway.limits import TokenBucket
@@ -22,6 +26,10 @@ if TYPE_CHECKING:
     from tether.gateway.gateway import Gateway
 
 __all__ = ["Connection", "TcpConnection"]
+
+logger = logging.getLogger("tether.gateway")
+
+_CLOSED = ConnectionState.CLOSED
 
 
 class Connection:
@@ -102,17 +110,38 @@ class Connection:
 
     def queue(self, data: bytes) -> None:
         """Queue transport-ready bytes; close the connection if its outbox overflows."""
-        if self.closing_deadline:
+        if self.closing_deadline or self.protocol.state is _CLOSED:
             return  # closing: the Disconnect was the last frame
-        if self.protocol.state is ConnectionState.CLOSED:
-            return
-        if not self.outbox:
+        outbox = self.outbox
+        if not outbox:
             self.gateway.mark_dirty(self)
-        self.outbox.append(data)
+        outbox.append(data)
         self.outbox_bytes += len(data)
-        limit = self.gateway.config.max_outgoing_bytes
+        self._check_backlog()
+
+    def push(self, data: bytes) -> None:
+        """Write transport-ready bytes now if no frame is queued before them, else queue them.
+
+        Used for group pushes, whose rate per connection is bounded by pacing. Written at once,
+        they skip the outbox and the flush callback, so the first members of a large group
+        have their copy before the gateway reaches the last ones. A frame queued earlier in
+        this pass keeps its place, because then the bytes join the outbox behind it.
+        """
+        if self.outbox or self.closing_deadline or self.protocol.state is _CLOSED:
+            self.queue(data)
+            return
+        try:
+            self.write_chunks((data,))
+        except Exception:
+            # As in the gateway's flush: one broken transport must not stop a fan-out.
+            logger.exception("write failed for %s", self.describe())
+            return
+        self._check_backlog()
+
+    def _check_backlog(self) -> None:
+        """Close the connection as a slow consumer if more than the limit waits for it."""
         queued = self.outbox_bytes + self.push_queue_bytes + self.write_buffer_size()
-        if queued > limit and not self.closing_deadline:
+        if queued > self.gateway.config.max_outgoing_bytes and not self.closing_deadline:
             self.gateway.slow_consumer(self)
 
     def flush(self) -> None:
@@ -122,7 +151,7 @@ class Connection:
         chunks = self.outbox
         self.outbox = []
         self.outbox_bytes = 0
-        if self.protocol.state is not ConnectionState.CLOSED:
+        if self.protocol.state is not _CLOSED:
             self.write_chunks(chunks)
 
     def describe(self) -> ConnectionLabel:
@@ -135,7 +164,7 @@ class Connection:
 
     # Transport operations, implemented per transport.
 
-    def write_chunks(self, chunks: list[bytes]) -> None:
+    def write_chunks(self, chunks: Sequence[bytes]) -> None:
         raise NotImplementedError
 
     def write_buffer_size(self) -> int:
@@ -181,7 +210,7 @@ class TcpConnection(Connection, asyncio.Protocol):
         self.gateway.connection_lost(self, exc)
         self.transport = None  # break the reference cycle for reference counting
 
-    def write_chunks(self, chunks: list[bytes]) -> None:
+    def write_chunks(self, chunks: Sequence[bytes]) -> None:
         assert self.transport is not None
         self.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 

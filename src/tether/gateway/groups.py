@@ -20,7 +20,7 @@ the rate, a connection's group messages wait in a list and go out together, as o
 frame with several messages, at the next push tick, or at once when they reach a quarter of
 `max_outgoing_bytes`. One timer per gateway drives the ticks, and only while some connection
 has messages waiting. What waits counts against the connection's `max_outgoing_bytes` with
-its outbox and its transport's buffer, checked whenever frames are queued for writing, so a
+its outbox and its transport's buffer, checked whenever frames are queued or written, so a
 reader that falls behind is closed as a slow consumer and nothing is buffered without bound.
 
 Groups with more members than `count_threshold` get online counts. Each count tick (one timer
@@ -97,6 +97,12 @@ class GroupConfig:
             raise ValueError(f"push_burst must be at least 1, got {self.push_burst}")
 
 
+def _deliver_frame(messages: bytes) -> tuple[bytes, bytes]:
+    """Return a Deliver frame around encoded messages, bare and with TCP's length prefix."""
+    frame = _DELIVER_TAG + encode_varint(len(messages)) + messages
+    return frame, prefix_frame(frame)
+
+
 class GroupInterest:
     """Groups of a `Gateway`, which inherits this mixin and calls `_init_groups` first."""
 
@@ -105,6 +111,7 @@ class GroupInterest:
         id: str
         bus: Bus
         config: GatewayConfig
+        sessions: dict[str, dict[str, Connection]]
         _loop: asyncio.AbstractEventLoop | None
 
         def slow_consumer(self, connection: Connection) -> None: ...
@@ -309,10 +316,10 @@ class GroupInterest:
         if not members:
             return
         deliver = delivery.deliver
-        frame = _DELIVER_TAG + encode_varint(len(deliver)) + deliver
-        framed = prefix_frame(frame)  # the same frame for TCP's byte stream
-        sender = delivery.sender
-        sender_device = delivery.sender_device
+        frame, framed = _deliver_frame(deliver)
+        # The sending device has its SendAck: its session here, if any, gets no copy.
+        devices = self.sessions.get(delivery.sender)
+        sending = devices.get(delivery.sender_device) if devices else None
         groups = self.config.groups
         rate = groups.pushes_per_second
         burst = float(groups.push_burst)
@@ -321,8 +328,8 @@ class GroupInterest:
 
         # A copy, because a slow consumer closed during the loop leaves the set.
         for connection in tuple(members):
-            if connection.device_id == sender_device and connection.user_id == sender:
-                continue  # the sending device has its SendAck
+            if connection is sending:
+                continue
             queue = connection.push_queue
             if queue is None:
                 tokens = connection.push_tokens + (now - connection.push_at) * rate
@@ -334,7 +341,7 @@ class GroupInterest:
                     protocol = connection.protocol
                     # frame_bytes returns the frame itself on a binary WebSocket; on a
                     # tether.v1.json one it converts the same frame object once for every member.
-                    connection.queue(framed if protocol.stream else protocol.frame_bytes(frame))
+                    connection.push(framed if protocol.stream else protocol.frame_bytes(frame))
                     continue
                 connection.push_tokens = tokens
                 queue = connection.push_queue = []
@@ -343,8 +350,8 @@ class GroupInterest:
             connection.push_queue_bytes += len(deliver)
             if connection.push_queue_bytes >= early:
                 # Pacing limits frames, not bytes: a large batch goes out now. So what waits
-                # stays below a quarter of the limit, and the slow-consumer check of queue()
-                # sees the rest when the batch is queued for writing.
+                # stays below a quarter of the limit, and the slow-consumer check of push()
+                # sees the rest when the batch is written or queued.
                 self._push_batch(connection, now)
 
     def _hold(self, connection: Connection) -> None:
@@ -360,12 +367,23 @@ class GroupInterest:
         paced = self._paced
         self._paced = []
         now = self._loop.time()  # type: ignore[union-attr]
+        # The members of a group mostly hold the same messages, each the same bytes object,
+        # so each distinct batch is encoded once per tick.
+        built: dict[tuple[bytes, ...], tuple[bytes, bytes]] = {}
         for connection in paced:
             if connection.push_queue is not None:  # else it closed, or its batch went out early
-                self._push_batch(connection, now)
+                self._push_batch(connection, now, built)
 
-    def _push_batch(self, connection: Connection, now: float) -> None:
-        """Send a connection's waiting group messages as one Deliver frame."""
+    def _push_batch(
+        self,
+        connection: Connection,
+        now: float,
+        built: dict[tuple[bytes, ...], tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        """Send a connection's waiting group messages as one Deliver frame.
+
+        built maps batches already encoded in this push tick to their frames.
+        """
         batch = connection.push_queue
         assert batch is not None
         connection.push_queue = None
@@ -373,8 +391,15 @@ class GroupInterest:
         # The batch uses up the connection's push, so the next message within a tick waits.
         connection.push_tokens = 0.0
         connection.push_at = now
-        body = b"".join(batch)
-        connection.send_payload(_DELIVER_TAG + encode_varint(len(body)) + body)
+        key = tuple(batch)
+        frames = built.get(key) if built is not None else None
+        if frames is None:
+            frames = _deliver_frame(b"".join(batch))
+            if built is not None:
+                built[key] = frames
+        frame, framed = frames
+        protocol = connection.protocol
+        connection.push(framed if protocol.stream else protocol.frame_bytes(frame))
 
     # Requests from clients.
 

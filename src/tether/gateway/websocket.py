@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import picows
@@ -82,7 +83,7 @@ class WsConnection(Connection):
         self.fragments: list[bytes] | None = None
         self.fragment_bytes = 0
 
-    def write_chunks(self, chunks: list[bytes]) -> None:
+    def write_chunks(self, chunks: Sequence[bytes]) -> None:
         send = self.transport.send
         # NOTE: picows writes each message separately; uvloop still sends them in one
         # syscall when the socket buffer is already non-empty, but not otherwise.
@@ -118,7 +119,7 @@ class WsJsonConnection(WsConnection):
         super().__init__(gateway, connection_id)
         self.protocol = JsonServerProtocol(max_frame_bytes=gateway.config.max_frame_bytes)
 
-    def write_chunks(self, chunks: list[bytes]) -> None:
+    def write_chunks(self, chunks: Sequence[bytes]) -> None:
         send = self.transport.send
         for chunk in chunks:
             send(_TEXT, chunk)
