@@ -1,4 +1,4 @@
-"""Fixtures shared by the tests: servers on free ports, clients, raw sockets.
+"""Fixtures shared by the tests: servers on free ports, clients, raw sockets, database queries.
 
 Every wait in the tests is a multiple of `TIMEOUT`, which TETHER_TEST_TIMEOUT_SCALE scales
 for slow machines.
@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import uvloop
 from browser_support import launch_chromium
@@ -24,6 +27,7 @@ from tether.client import Client
 from tether.client import events as ev
 from tether.gateway import GatewayConfig
 from tether.gateway.limits import LimitsConfig
+from tether.logic import Store, conversation_id, is_postgres_url
 from tether.presence import PresenceConfig
 from tether.protocol import tether_pb2 as pb
 from tether.protocol.framing import StreamDecoder, prefix_frame
@@ -369,3 +373,40 @@ class RawClient:
 
     def close(self) -> None:
         self.writer.close()
+
+
+async def query_database(database: str, *statements: str) -> list[tuple[object, ...]]:
+    """Run statements on a database directly, bypassing the store; return the last one's rows."""
+    if is_postgres_url(database):
+        connection = await asyncpg.connect(database)
+        try:
+            rows: list[tuple[object, ...]] = []
+            for statement in statements:
+                rows = [tuple(record) for record in await connection.fetch(statement)]
+            return rows
+        finally:
+            await connection.close()
+    with closing(sqlite3.connect(database)) as db, db:
+        for statement in statements:
+            rows = db.execute(statement).fetchall()
+        return rows
+
+
+async def seed_messages(
+    store: Store, sender: str, recipient: str, count: int, body: bytes = b"old"
+) -> str:
+    """Store count messages from sender to recipient in one transaction; return the conversation.
+
+    The two users become contacts first.
+    """
+    async with store.transaction():
+        await store.add_contacts(sender, recipient)
+        for index in range(count):
+            await store.store_direct(
+                sender=sender,
+                sender_device="seed",
+                recipient=recipient,
+                client_message_id=f"seed-{sender}-{index}",
+                body=body,
+            )
+    return conversation_id(sender, recipient)

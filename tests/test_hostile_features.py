@@ -32,6 +32,7 @@ from conftest import (
     ServerFactory,
     add_contacts,
     drain,
+    seed_messages,
     url_of,
 )
 
@@ -40,7 +41,6 @@ from tether.client import Client
 from tether.client import events as ev
 from tether.gateway.limits import LimitsConfig
 from tether.logic import service as logic_service
-from tether.logic.store import conversation_id
 from tether.protocol import tether_pb2 as pb
 from tether.protocol.codes import Code
 from tether.protocol.framing import prefix_frame
@@ -167,18 +167,7 @@ async def seed_direct(
 
     Writing through the store takes milliseconds where the same count of Sends takes seconds.
     """
-    store = server.logic.store
-    async with store.transaction():
-        await store.add_contacts(sender, recipient)
-        for index in range(count):
-            await store.store_direct(
-                sender=sender,
-                sender_device="seed",
-                recipient=recipient,
-                client_message_id=f"seed-{sender}-{index}",
-                body=body,
-            )
-    return conversation_id(sender, recipient)
+    return await seed_messages(server.logic.store, sender, recipient, count, body)
 
 
 async def seed_senders(server: EmbeddedServer, recipient: str, count: int) -> None:

@@ -475,6 +475,27 @@ async def test_entries_of_closed_consumer_are_claimed(
             await asyncio.sleep(0.01)
 
 
+async def test_handled_entries_acknowledged_while_reading(
+    make_bus: BusFactory, client: redis.asyncio.Redis | redis.asyncio.RedisCluster
+) -> None:
+    """The XACK that shares a round trip with the next blocking read takes effect at once."""
+    block_seconds = 4 * TIMEOUT
+    bus = await make_bus(block_ms=int(block_seconds * 1000))
+    log = StreamLog()
+    bus.consume(STREAM, log.handler("a"))
+    for number in range(3):
+        bus.append(STREAM, b"%d" % number)
+    await log.wait_for(3)
+
+    # Well before the read that carries the XACK could return on its own.
+    async with asyncio.timeout(TIMEOUT):
+        while (await client.xpending(STREAM, CONSUMER_GROUP))["pending"]:
+            await asyncio.sleep(0.01)
+
+    bus.append(STREAM, b"after")  # the blocked read still returns new entries
+    assert len(await log.wait_for(4)) == 4
+
+
 async def test_failed_batch_is_retried_after_claim_idle(make_bus: BusFactory) -> None:
     bus = await make_bus(claim_idle=0.3, claim_interval=0.1)
     calls: list[list[bytes]] = []

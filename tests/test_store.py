@@ -7,13 +7,11 @@ several processes' worth of connections to one database, which only PostgreSQL h
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import AsyncIterator
-from contextlib import closing
 from pathlib import Path
 
-import asyncpg
 import pytest
+from conftest import query_database
 
 from tether.logic import migrations
 from tether.logic.store import (
@@ -409,14 +407,14 @@ def test_migrations_in_step() -> None:
 
 
 async def test_schema_version_recorded(store: Store, any_database: str) -> None:
-    versions = await _query(any_database, "SELECT version FROM schema_version")
+    versions = await query_database(any_database, "SELECT version FROM schema_version")
     assert versions == [(len(migrations.SQLITE),)]
 
 
 async def test_newer_schema_rejected(any_database: str) -> None:
     opened = await open_store(any_database)
     await opened.close()
-    await _query(any_database, "UPDATE schema_version SET version = 999")
+    await query_database(any_database, "UPDATE schema_version SET version = 999")
     with pytest.raises(StoreError, match="schema version 999"):
         await open_store(any_database)
 
@@ -429,17 +427,17 @@ async def test_backends_have_same_columns(tmp_path: Path, postgres_url: str) -> 
     # text keys of rowid tables (a documented SQLite quirk), and tether never stores NULL.
     sqlite_columns = {
         (table, column, bool(not_null or primary_key))
-        for (table,) in await _query(
+        for (table,) in await query_database(
             sqlite_path, "SELECT name FROM sqlite_master WHERE type = 'table'"
         )
         if table != "sqlite_sequence"  # SQLite's bookkeeping for AUTOINCREMENT
-        for _, column, _, not_null, _, primary_key in await _query(
+        for _, column, _, not_null, _, primary_key in await query_database(
             sqlite_path, f"PRAGMA table_info({table})"
         )
     }
     postgres_columns = {
         (table, column, nullable == "NO")
-        for table, column, nullable in await _query(
+        for table, column, nullable in await query_database(
             postgres_url,
             "SELECT table_name, column_name, is_nullable FROM information_schema.columns "
             "WHERE table_schema = current_schema()",
@@ -453,8 +451,8 @@ async def test_first_migration_upgraded(any_database: str) -> None:
     """A database left at version 1 gets conversation_members filled from its messages."""
     scripts = migrations.POSTGRES if is_postgres_url(any_database) else migrations.SQLITE
     statements = [migrations.VERSION_TABLE, *migrations.statements(scripts[0])]
-    await _query(any_database, *statements, "INSERT INTO schema_version VALUES (1)")
-    await _query(
+    await query_database(any_database, *statements, "INSERT INTO schema_version VALUES (1)")
+    await query_database(
         any_database,
         "INSERT INTO conversations VALUES ('d:alice:bob', 1)",
         "INSERT INTO messages (conversation_id, sequence, sender, sender_device, recipient, "
@@ -476,8 +474,8 @@ async def test_incarnation_migration_fills_groups(any_database: str) -> None:
     statements = [migrations.VERSION_TABLE]
     for script in scripts[:4]:
         statements += migrations.statements(script)
-    await _query(any_database, *statements, "INSERT INTO schema_version VALUES (4)")
-    await _query(
+    await query_database(any_database, *statements, "INSERT INTO schema_version VALUES (4)")
+    await query_database(
         any_database,
         "INSERT INTO chat_groups VALUES ('team', 'alice', 1, 0), ('quiet', 'alice', 1, 0)",
         "INSERT INTO conversations VALUES ('g:team', 2)",
@@ -489,7 +487,7 @@ async def test_incarnation_migration_fills_groups(any_database: str) -> None:
     )
     upgraded = await open_store(any_database)
     try:
-        [(first_id,)] = await _query(
+        [(first_id,)] = await query_database(
             any_database, "SELECT id FROM messages WHERE client_message_id = 'c1'"
         )
         team = await upgraded.group("team")
@@ -504,7 +502,7 @@ async def test_concurrent_opens_migrate_once(any_database: str) -> None:
     opened = await asyncio.gather(*(open_store(any_database) for _ in range(4)))
     for store in opened:
         await store.close()
-    versions = await _query(any_database, "SELECT version FROM schema_version")
+    versions = await query_database(any_database, "SELECT version FROM schema_version")
     assert versions == [(len(migrations.SQLITE),)]
 
 
@@ -624,6 +622,42 @@ async def test_racing_resend_returns_original(
             await store.close()
 
 
+@pytest.mark.parametrize("existing", [None, 1])
+@pytest.mark.parametrize(("first", "second"), [(5, 3), (3, 5)])
+async def test_racing_read_markers_keep_highest(
+    postgres_url: str, existing: int | None, first: int, second: int
+) -> None:
+    """Two workers move one marker while the first one's transaction is open: the higher wins.
+
+    Logic workers store read markers in the order they took them from the stream, which need
+    not be the order the device sent them in.
+    """
+    stores = await asyncio.gather(*(open_store(postgres_url) for _ in range(2)))
+    first_written = asyncio.Event()
+
+    async def first_writer() -> None:
+        async with stores[0].transaction():
+            await stores[0].mark_read("bob", "phone", "d:alice:bob", first)
+            first_written.set()
+            await asyncio.sleep(0.3)  # the second writer waits for this row meanwhile
+
+    async def second_writer() -> None:
+        await first_written.wait()
+        await stores[1].mark_read("bob", "phone", "d:alice:bob", second)
+
+    try:
+        await stores[0].add_contacts("alice", "bob")
+        for index in range(5):
+            await send(stores[0], "alice", "bob", str(index))
+        if existing is not None:
+            await stores[0].mark_read("bob", "phone", "d:alice:bob", existing)
+        await asyncio.gather(first_writer(), second_writer())
+        assert await stores[1].read_marker("bob", "phone", "d:alice:bob") == 5
+    finally:
+        for store in stores:
+            await store.close()
+
+
 async def test_deadlock_raises_conflict(postgres_url: str) -> None:
     """Two transactions that lock two conversations in opposite orders: one is rolled back."""
     stores = await asyncio.gather(*(open_store(postgres_url) for _ in range(2)))
@@ -649,20 +683,3 @@ async def test_deadlock_raises_conflict(postgres_url: str) -> None:
     finally:
         for store in stores:
             await store.close()
-
-
-async def _query(database: str, *statements: str) -> list[tuple[object, ...]]:
-    """Run statements on a database directly, bypassing the store; return the last one's rows."""
-    if is_postgres_url(database):
-        connection = await asyncpg.connect(database)
-        try:
-            rows: list[tuple[object, ...]] = []
-            for statement in statements:
-                rows = [tuple(record) for record in await connection.fetch(statement)]
-            return rows
-        finally:
-            await connection.close()
-    with closing(sqlite3.connect(database)) as db, db:
-        for statement in statements:
-            rows = db.execute(statement).fetchall()
-        return rows

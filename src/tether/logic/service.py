@@ -2,7 +2,9 @@
 
 It consumes the logic stream of the bus in batches. Each batch runs in one store transaction;
 only after the commit does it publish deliveries and reply to the gateways, so an ack always
-means the message is stored.
+means the message is stored. DeliverAcks are the exception: their read markers are written
+behind (tether.logic.read_markers), so a process killed without a clean stop may lose the
+markers of about its last `read_marker_delay` seconds, and those devices get the messages again.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from tether.bus import envelope_pb2 as env
 from tether.bus.base import Bus
 from tether.logic.groups import GroupError, GroupLogic, group_info, send_result
 from tether.logic.outbox import Outbox, reply, to_message
+from tether.logic.read_markers import PendingReadMarkers
 from tether.logic.store import (
     MAX_STORED_INTEGER,
     Store,
@@ -44,6 +47,10 @@ MAX_SYNC_PAGE = 500
 MAX_SYNC_PAGE_BYTES = 256 * 1024
 # Runs of a batch whose transaction lost a deadlock to another worker, the first included.
 MAX_BATCH_ATTEMPTS = 3
+# Requests that never read read markers. A batch of only these leaves the waiting markers to
+# their timer, which stores many at a time. Storing them with each batch of sends cost as much
+# CPU as a transaction per DeliverAck (bench/store_cost.py).
+_MARKERS_UNREAD_BY = frozenset({"send_request"})
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -57,6 +64,13 @@ class LogicConfig:
     max_groups_per_user: int = 1000
     """Groups one user may belong to (default 1,000). A gateway subscribes to the channel of
     each group of each connected user, so this also bounds its subscriptions per user."""
+    read_marker_delay: float = 0.03
+    """Seconds a DeliverAck's read marker waits in memory before it is stored in a transaction
+    of its own (default 0.03), unless a batch transaction stores it sooner. A process killed
+    without a clean stop loses the markers of about this long (tether.logic.read_markers)."""
+    max_pending_read_markers: int = 10_000
+    """Maximum of read markers waiting in memory, one per user, device and conversation (default
+    10,000). An ack for another one stores the waiting ones at once."""
 
 
 class LogicService(GroupLogic):
@@ -66,6 +80,7 @@ class LogicService(GroupLogic):
         self.config = config
         self._bus = bus
         self.store: Store | None = None
+        self._read_markers: PendingReadMarkers | None = None
 
     async def start(self) -> None:
         """Open the store, migrating it if needed, and start consuming the logic stream.
@@ -73,18 +88,54 @@ class LogicService(GroupLogic):
         Raises StoreError when the database cannot be opened.
         """
         self.store = await open_store(self.config.database)
+        self._read_markers = PendingReadMarkers(
+            self.store,
+            delay=self.config.read_marker_delay,
+            max_pending=self.config.max_pending_read_markers,
+        )
         self._bus.consume(channels.LOGIC_STREAM, self._on_batch)
         logger.info("logic started with database %s", describe_database(self.config.database))
 
     async def close(self) -> None:
+        """Store the read markers that wait, then close the store."""
+        if self._read_markers is not None:
+            await self._read_markers.close()
+            self._read_markers = None
         if self.store is not None:
             await self.store.close()
             self.store = None
 
+    @property
+    def pending_read_markers(self) -> int:
+        """Read markers acknowledged but not stored yet."""
+        return len(self._read_markers) if self._read_markers is not None else 0
+
     async def _on_batch(self, payloads: list[bytes]) -> None:
         store = self.store
-        assert store is not None
-        outbox = await self._run_batch(store, payloads)
+        read_markers = self._read_markers
+        assert store is not None and read_markers is not None
+        requests: list[env.Envelope] = []
+        reads_markers = False
+        for payload in payloads:
+            try:
+                request = env.Envelope.FromString(payload)
+            except Exception:
+                logger.error("dropped an undecodable request of %d bytes", len(payload))
+                continue
+            kind = request.WhichOneof("kind")
+            if kind == "deliver_ack":
+                ack = request.deliver_ack
+                await read_markers.add(
+                    ack.user_id, ack.device_id, ack.ack.conversation_id, ack.ack.sequence
+                )
+                continue
+            requests.append(request)
+            if kind not in _MARKERS_UNREAD_BY:
+                reads_markers = True
+        if not requests:
+            return
+
+        outbox = await self._run_batch(store, requests, read_markers if reads_markers else None)
         for channel, message in outbox.messages:
             try:
                 self._bus.publish(channel, message)
@@ -92,40 +143,55 @@ class LogicService(GroupLogic):
                 # The message is stored: the recipient's next Unread or Sync brings it.
                 logger.warning("could not publish to %s: %s", channel, error)
 
-    async def _run_batch(self, store: Store, payloads: list[bytes]) -> Outbox:
-        """Handle a batch in one transaction; return what to publish once it committed."""
+    async def _run_batch(
+        self,
+        store: Store,
+        requests: list[env.Envelope],
+        read_markers: PendingReadMarkers | None,
+    ) -> Outbox:
+        """Handle a batch in one transaction; return what to publish once it committed.
+
+        With read_markers, the markers that wait are stored first in the same transaction, so
+        that the batch's Unread, Sync and group deletions see them. If that transaction fails,
+        the batch runs again without them, and they wait for a transaction of their own.
+        """
         for attempt in range(1, MAX_BATCH_ATTEMPTS + 1):
             outbox = Outbox()
+            markers = read_markers if read_markers is not None and read_markers.ready else None
+            written: dict[tuple[str, str, str], int] = {}
             try:
                 async with store.transaction():
-                    for payload in payloads:
-                        await self._handle(store, payload, outbox)
+                    if markers is not None:
+                        written = await markers.write()
+                    for request in requests:
+                        await self._handle(store, request, outbox)
+                if markers is not None:
+                    markers.stored(written)
                 return outbox
             except StoreConflict as error:
                 if attempt == MAX_BATCH_ATTEMPTS:
                     logger.error(
                         "logic batch of %d requests failed %d times: %s",
-                        len(payloads),
+                        len(requests),
                         attempt,
                         error,
                     )
                     break
                 logger.warning(
                     "logic batch of %d requests rolled back, running it again: %s",
-                    len(payloads),
+                    len(requests),
                     error,
                 )
             except StoreError as error:
-                logger.error("logic batch of %d requests failed: %s", len(payloads), error)
+                if markers is not None:
+                    markers.failed(error)
+                    if attempt < MAX_BATCH_ATTEMPTS:
+                        continue
+                logger.error("logic batch of %d requests failed: %s", len(requests), error)
                 break
-        return self._fail_all(payloads)
+        return self._fail_all(requests)
 
-    async def _handle(self, store: Store, payload: bytes, outbox: Outbox) -> None:
-        try:
-            request = env.Envelope.FromString(payload)
-        except Exception:
-            logger.error("dropped an undecodable request of %d bytes", len(payload))
-            return
+    async def _handle(self, store: Store, request: env.Envelope, outbox: Outbox) -> None:
         kind = request.WhichOneof("kind")
         try:
             await self._dispatch(store, kind, request, outbox)
@@ -133,7 +199,7 @@ class LogicService(GroupLogic):
             raise  # fails the whole batch, which is rolled back and gets retryable errors
         except Exception:
             logger.exception("logic request of kind %s failed", kind)
-            outbox.messages.extend(self._fail_all([payload]).messages)
+            outbox.messages.extend(self._fail_all([request]).messages)
 
     async def _dispatch(
         self, store: Store, kind: str | None, request: env.Envelope, outbox: Outbox
@@ -144,14 +210,6 @@ class LogicService(GroupLogic):
             await self._send(store, request, outbox)
         elif kind == "sync_request":
             await self._sync(store, request, outbox)
-        elif kind == "deliver_ack":
-            ack = request.deliver_ack
-            if await store.is_participant(ack.user_id, ack.ack.conversation_id):
-                await store.mark_read(
-                    ack.user_id, ack.device_id, ack.ack.conversation_id, ack.ack.sequence
-                )
-            else:
-                logger.info("ignored delivery ack of %s for a conversation not theirs", ack.user_id)
         elif kind == "admin_request":
             await self._admin(store, request, outbox)
         elif kind == "group_command":
@@ -298,14 +356,10 @@ class LogicService(GroupLogic):
             logger.info("%s %s %s", operation, user_a, user_b)
         reply(outbox, request, env.Envelope(admin_result=env.AdminResult()))
 
-    def _fail_all(self, payloads: list[bytes]) -> Outbox:
+    def _fail_all(self, requests: list[env.Envelope]) -> Outbox:
         """Reply to every request of a failed batch with a retryable error."""
         outbox = Outbox()
-        for payload in payloads:
-            try:
-                request = env.Envelope.FromString(payload)
-            except Exception:
-                continue
+        for request in requests:
             kind = request.WhichOneof("kind")
             message = "storage failed; retry"
             if kind == "connect_request":
