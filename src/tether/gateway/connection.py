@@ -3,13 +3,15 @@
 A `Connection` owns the sans-I/O `ServerProtocol`, the identity the client proved, and an
 outbox of encoded frames. Frames queued during one pass of the event loop are written
 together by the gateway's single flush callback, so a burst of deliveries costs one
-`write()` per connection on TCP. The outbox is bounded: a client that lets more than
+`write()` per connection on TCP. The answer to a read that needs nothing else (a heartbeat)
+goes out at once with `send_now`. The outbox is bounded: a client that lets more than
 `max_outgoing_bytes` pile up is closed as a slow consumer.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any
 
 from tether.gateway.limits import TokenBucket
@@ -22,6 +24,11 @@ if TYPE_CHECKING:
     from tether.gateway.gateway import Gateway
 
 __all__ = ["Connection", "TcpConnection"]
+
+# Enum members looked up once. On Python 3.11 each lookup on the class calls
+# EnumType.__getattr__, which costs more than the rest of a state check on the heartbeat path.
+_CLOSING = ConnectionState.CLOSING
+_CLOSED = ConnectionState.CLOSED
 
 
 class Connection:
@@ -102,7 +109,7 @@ class Connection:
         """Queue transport-ready bytes; close the connection if its outbox overflows."""
         if self.closing_deadline:
             return  # closing: the Disconnect was the last frame
-        if self.protocol.state is ConnectionState.CLOSED:
+        if self.protocol.state is _CLOSED:
             return
         if not self.outbox:
             self.gateway.mark_dirty(self)
@@ -113,6 +120,22 @@ class Connection:
         if queued > limit and not self.closing_deadline:
             self.gateway.slow_consumer(self)
 
+    def send_now(self, data: bytes) -> None:
+        """Write transport-ready bytes at once, or queue them if frames are queued already.
+
+        For the reply to a read that needs nothing else: it gets one write, as it would from
+        the next flush, without scheduling the flush callback. The outgoing limit of `queue`
+        holds, counted on what the transport buffers.
+        """
+        if self.outbox or self.closing_deadline:
+            self.queue(data)
+            return
+        if self.protocol.state is _CLOSED:
+            return
+        buffered = self.write_now(data)
+        if buffered + self.push_queue_bytes > self.gateway.config.max_outgoing_bytes:
+            self.gateway.slow_consumer(self)
+
     def flush(self) -> None:
         """Write every queued frame."""
         if not self.outbox:
@@ -120,7 +143,7 @@ class Connection:
         chunks = self.outbox
         self.outbox = []
         self.outbox_bytes = 0
-        if self.protocol.state is not ConnectionState.CLOSED:
+        if self.protocol.state is not _CLOSED:
             self.write_chunks(chunks)
 
     def describe(self) -> ConnectionLabel:
@@ -134,6 +157,10 @@ class Connection:
     # Transport operations, implemented per transport.
 
     def write_chunks(self, chunks: list[bytes]) -> None:
+        raise NotImplementedError
+
+    def write_now(self, data: bytes) -> int:
+        """Write data and return the bytes the transport buffers now."""
         raise NotImplementedError
 
     def write_buffer_size(self) -> int:
@@ -159,14 +186,19 @@ class TcpConnection(Connection, asyncio.Protocol):
         self.gateway.connection_made(self, transport.get_extra_info("peername"))
 
     def data_received(self, data: bytes) -> None:
-        if self.protocol.state is ConnectionState.CLOSING:
-            return  # lingering after our FIN: input is read and discarded
+        protocol = self.protocol
         gateway = self.gateway
+        ack = protocol.receive_heartbeat(data, int(time.time() * 1000))
+        if ack is not None:
+            gateway.send_heartbeat_ack(self, ack)
+            return
+        if protocol.state is _CLOSING:
+            return  # lingering after our FIN: input is read and discarded
         gateway.heard(self)
-        frames = self.protocol.receive_data(data)
+        frames = protocol.receive_data(data)
         if frames:
             gateway.handle_frames(self, frames)
-        if self.protocol.violation is not None:
+        if protocol.violation is not None:
             gateway.protocol_violation(self)
 
     def eof_received(self) -> bool:
@@ -182,6 +214,12 @@ class TcpConnection(Connection, asyncio.Protocol):
     def write_chunks(self, chunks: list[bytes]) -> None:
         assert self.transport is not None
         self.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def write_now(self, data: bytes) -> int:
+        transport = self.transport
+        assert transport is not None
+        transport.write(data)
+        return transport.get_write_buffer_size()
 
     def write_buffer_size(self) -> int:
         return self.transport.get_write_buffer_size() if self.transport is not None else 0
