@@ -8,6 +8,10 @@ the token without checking the signature, and has no store, bus, presence, limit
 Whatever tether spends above it is tether's own cost.
 
     python bench/floor_server.py      # prints "tether ready tcp=127.0.0.1:PORT", like tether serve
+
+With --constant-ack it parses nothing after the Connect and writes one precomputed
+HeartbeatAck for every read: what the event loop and the kernel cost per heartbeat, with no
+Python work beyond one data_received and one write().
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from tether.protocol.framing import StreamDecoder, prefix_frame
 _SNAPSHOT = prefix_frame(pb.Frame(presence_snapshot=pb.PresenceSnapshot()).SerializeToString())
 _USERS: dict[str, FloorConnection] = {}
 _HEARTBEAT_INTERVAL_MS = 4000
+# With --constant-ack: the bytes written for every read after the Connect.
+_CONSTANT_ACK = b""
 
 
 def _token_subject(token: str) -> str:
@@ -89,9 +95,21 @@ class FloorConnection(asyncio.Protocol):
         return prefix_frame(pb.Frame(send_ack=ack).SerializeToString())
 
 
-async def main() -> None:
+class ConstantAckConnection(FloorConnection):
+    """A floor connection that writes _CONSTANT_ACK for every read after the Connect."""
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        if self.user and self.transport is not None:
+            self.transport.write(_CONSTANT_ACK)
+        else:
+            super().data_received(data)
+
+
+async def main(protocol: type[FloorConnection]) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(FloorConnection, "127.0.0.1", 0)
+    server = await loop.create_server(protocol, "127.0.0.1", 0)
     print(f"tether ready tcp=127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
     stop = asyncio.Event()
     for number in (signal.SIGINT, signal.SIGTERM):
@@ -105,5 +123,16 @@ if __name__ == "__main__":
     parser.add_argument(
         "--heartbeat-interval", type=float, default=4.0, help="seconds, sent in Connected"
     )
-    _HEARTBEAT_INTERVAL_MS = int(parser.parse_args().heartbeat_interval * 1000)
-    uvloop.run(main())
+    parser.add_argument(
+        "--constant-ack",
+        action="store_true",
+        help="after the Connect, write one precomputed HeartbeatAck for every read",
+    )
+    options = parser.parse_args()
+    _HEARTBEAT_INTERVAL_MS = int(options.heartbeat_interval * 1000)
+    protocol = FloorConnection
+    if options.constant_ack:
+        ack = pb.HeartbeatAck(nonce=1, server_time_ms=int(time.time() * 1000))
+        _CONSTANT_ACK = prefix_frame(pb.Frame(heartbeat_ack=ack).SerializeToString())
+        protocol = ConstantAckConnection
+    uvloop.run(main(protocol))

@@ -14,7 +14,6 @@ import functools
 import heapq
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -31,6 +30,7 @@ if TYPE_CHECKING:
     from tether.bus.base import Bus
     from tether.gateway.config import GatewayConfig
     from tether.gateway.counters import GatewayCounters
+    from tether.gateway.deadlines import DeadlineWheel
 
 __all__ = ["MAX_ID_BYTES", "ClientRequests", "is_valid_id"]
 
@@ -53,7 +53,7 @@ class ClientRequests:
         bus: Bus
         verifier: TokenVerifier
         counters: GatewayCounters
-        _live: OrderedDict[Connection, None]
+        _live: DeadlineWheel[Connection]
         _expiries: list[tuple[float, str, Connection]]
 
         def _close(

@@ -3,16 +3,17 @@
 A `Connection` owns the sans-I/O `ServerProtocol`, the identity the client proved, and an
 outbox of encoded frames. Frames queued during one pass of the event loop are written
 together by the gateway's single flush callback, so a burst of deliveries costs one
-`write()` per connection on TCP. Group pushes, whose rate per connection is bounded by
-pacing, are written at once instead when nothing waits before them (`push`). The outbox is
-bounded: a client that lets more than `max_outgoing_bytes` pile up is closed as a slow
-consumer.
+`write()` per connection on TCP. Heartbeat answers and group pushes, whose rate per
+connection is bounded by pacing, are written at once instead when nothing waits before them
+(`send_now`). The outbox is bounded: a client that lets more than `max_outgoing_bytes` pile
+up is closed as a slow consumer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,9 @@ __all__ = ["Connection", "TcpConnection"]
 
 logger = logging.getLogger("tether.gateway")
 
+# Enum members looked up once. On Python 3.11 each lookup on the class calls
+# EnumType.__getattr__, which costs more than the rest of a state check on the heartbeat path.
+_CLOSING = ConnectionState.CLOSING
 _CLOSED = ConnectionState.CLOSED
 
 
@@ -117,31 +121,30 @@ class Connection:
             self.gateway.mark_dirty(self)
         outbox.append(data)
         self.outbox_bytes += len(data)
-        self._check_backlog()
+        queued = self.outbox_bytes + self.push_queue_bytes + self.write_buffer_size()
+        if queued > self.gateway.config.max_outgoing_bytes:
+            self.gateway.slow_consumer(self)
 
-    def push(self, data: bytes) -> None:
-        """Write transport-ready bytes now if no frame is queued before them, else queue them.
+    def send_now(self, data: bytes) -> None:
+        """Write transport-ready bytes at once unless a frame is queued before them.
 
-        Used for group pushes, whose rate per connection is bounded by pacing. Written at once,
-        they skip the outbox and the flush callback, so the first members of a large group
-        have their copy before the gateway reaches the last ones. A frame queued earlier in
-        this pass keeps its place, because then the bytes join the outbox behind it.
+        For heartbeat answers and group pushes (whose rate per connection pacing bounds): one
+        write each, as the next flush would make, without scheduling the flush callback, so
+        the first members of a large group have their copy before the gateway reaches the
+        last ones. A frame queued earlier in this pass keeps its place: then the bytes join
+        the outbox behind it. The outgoing limit of `queue` holds, counted on what the
+        transport buffers.
         """
         if self.outbox or self.closing_deadline or self.protocol.state is _CLOSED:
             self.queue(data)
             return
         try:
-            self.write_chunks((data,))
+            buffered = self.write_now(data)
         except Exception:
             # As in the gateway's flush: one broken transport must not stop a fan-out.
             logger.exception("write failed for %s", self.describe())
             return
-        self._check_backlog()
-
-    def _check_backlog(self) -> None:
-        """Close the connection as a slow consumer if more than the limit waits for it."""
-        queued = self.outbox_bytes + self.push_queue_bytes + self.write_buffer_size()
-        if queued > self.gateway.config.max_outgoing_bytes and not self.closing_deadline:
+        if buffered + self.push_queue_bytes > self.gateway.config.max_outgoing_bytes:
             self.gateway.slow_consumer(self)
 
     def flush(self) -> None:
@@ -167,6 +170,10 @@ class Connection:
     def write_chunks(self, chunks: Sequence[bytes]) -> None:
         raise NotImplementedError
 
+    def write_now(self, data: bytes) -> int:
+        """Write data and return the bytes the transport buffers now."""
+        raise NotImplementedError
+
     def write_buffer_size(self) -> int:
         raise NotImplementedError
 
@@ -190,14 +197,19 @@ class TcpConnection(Connection, asyncio.Protocol):
         self.gateway.connection_made(self, transport.get_extra_info("peername"))
 
     def data_received(self, data: bytes) -> None:
-        if self.protocol.state is ConnectionState.CLOSING:
-            return  # lingering after our FIN: input is read and discarded
+        protocol = self.protocol
         gateway = self.gateway
+        ack = protocol.receive_heartbeat(data, int(time.time() * 1000))
+        if ack is not None:
+            gateway.send_heartbeat_ack(self, ack)
+            return
+        if protocol.state is _CLOSING:
+            return  # lingering after our FIN: input is read and discarded
         gateway.heard(self)
-        frames = self.protocol.receive_data(data)
+        frames = protocol.receive_data(data)
         if frames:
             gateway.handle_frames(self, frames)
-        if self.protocol.violation is not None:
+        if protocol.violation is not None:
             gateway.protocol_violation(self)
 
     def eof_received(self) -> bool:
@@ -213,6 +225,12 @@ class TcpConnection(Connection, asyncio.Protocol):
     def write_chunks(self, chunks: Sequence[bytes]) -> None:
         assert self.transport is not None
         self.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def write_now(self, data: bytes) -> int:
+        transport = self.transport
+        assert transport is not None
+        transport.write(data)
+        return transport.get_write_buffer_size()
 
     def write_buffer_size(self) -> int:
         return self.transport.get_write_buffer_size() if self.transport is not None else 0

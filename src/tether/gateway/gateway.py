@@ -1,9 +1,10 @@
 """The gateway core: client connections, local sessions, heartbeats and local fan-out.
 
 Heartbeats end here: a heartbeat costs one read, one parse and one small write, and never a
-bus message. Only transitions (device online, offline, status) leave the gateway, batched once
-per pass of the event loop. Timeouts are found by one periodic sweep over connections kept in
-last-heard order, never by a timer per connection.
+bus message (`send_heartbeat_ack` is the path of the usual one). Only transitions (device
+online, offline, status) leave the gateway, batched once per pass of the event loop. Timeouts
+are found by one periodic sweep over a timing wheel of connections (`DeadlineWheel`), never by
+a timer per connection.
 
 Tables, all local to this process:
 
@@ -47,6 +48,7 @@ from tether.gateway.client_requests import (
 from tether.gateway.config import GatewayConfig
 from tether.gateway.connection import Connection
 from tether.gateway.counters import GatewayCounters
+from tether.gateway.deadlines import DeadlineWheel
 from tether.gateway.groups import GroupInterest
 from tether.gateway.interest import PresenceInterest
 from tether.gateway.limits import ConnectionRateLimiter, PerKeyCounter, TokenBucket
@@ -68,6 +70,11 @@ logger = logging.getLogger("tether.gateway")
 # New connections since the last gc.freeze() that trigger another one.
 _GC_FREEZE_STEP = 1000
 _Transition = env.Transition
+# Enum members looked up once. On Python 3.11 each lookup on the class calls
+# EnumType.__getattr__, which costs more than the rest of a state check on the heartbeat path.
+_OPEN = ConnectionState.OPEN
+_CLOSING = ConnectionState.CLOSING
+_CLOSED = ConnectionState.CLOSED
 
 
 class Gateway(PresenceInterest, ClientRequests, GroupInterest):
@@ -100,8 +107,8 @@ class Gateway(PresenceInterest, ClientRequests, GroupInterest):
         self._handshakes: OrderedDict[Preamble, None] = OrderedDict()
         # Connections waiting for their Connect frame, in accept order.
         self._awaiting: OrderedDict[Connection, None] = OrderedDict()
-        # Open connections, least recently heard first.
-        self._live: OrderedDict[Connection, None] = OrderedDict()
+        # Open connections, by the tick of the sweep that checks whether they fell silent.
+        self._live: DeadlineWheel[Connection] = DeadlineWheel(config.sweep_interval)
         # Connections closing, in the order their flush deadline falls.
         self._closing: OrderedDict[Connection, None] = OrderedDict()
 
@@ -258,9 +265,8 @@ class Gateway(PresenceInterest, ClientRequests, GroupInterest):
         Before the session opens, only the accept time counts, so a client that trickles a
         Connect frame byte by byte still hits the connect timeout.
         """
-        if connection.protocol.state is ConnectionState.OPEN:
+        if connection.protocol.state is _OPEN:
             connection.last_heard = self._loop.time()  # type: ignore[union-attr]
-            self._live.move_to_end(connection)
 
     def connection_lost(self, connection: Connection, exc: Exception | None) -> None:
         """Forget a connection whose transport is gone."""
@@ -334,14 +340,7 @@ class Gateway(PresenceInterest, ClientRequests, GroupInterest):
         """Act on each validated frame of one read, in order."""
         bucket = connection.bucket
         if bucket is not None and not bucket.take(self._loop.time(), len(frames)):  # type: ignore[union-attr]
-            self._limit_hits["frame rate exceeded"] += 1
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("rate limit exceeded by %s", connection.describe())
-            delay_ms = math.ceil(self._retry_delay() * 1000)
-            self._close(
-                connection, Code.RATE_LIMITED, "too many frames per second", abort=False,
-                reconnect_delay_ms=delay_ms,
-            )  # fmt: skip
+            self._close_rate_limited(connection)
             return
         for frame in frames:
             kind = frame.WhichOneof("kind")
@@ -372,8 +371,36 @@ class Gateway(PresenceInterest, ClientRequests, GroupInterest):
                     frame.disconnect.reason[:100],
                 )
                 self._close(connection, None, "", abort=False)
-            if connection.protocol.state in (ConnectionState.CLOSING, ConnectionState.CLOSED):
+            state = connection.protocol.state
+            if state is _CLOSING or state is _CLOSED:
                 return
+
+    def send_heartbeat_ack(self, connection: Connection, ack: bytes) -> None:
+        """Send ack, the HeartbeatAck the protocol core built for a heartbeat it matched.
+
+        Hot path: the steps of a heartbeat through `heard` and `handle_frames` in the same
+        order (liveness, frame rate, counter, HeartbeatAck), without Protobuf objects, and
+        the HeartbeatAck written at once (`Connection.send_now`).
+        """
+        now = self._loop.time()  # type: ignore[union-attr]
+        connection.last_heard = now
+        bucket = connection.bucket
+        if bucket is not None and not bucket.take(now):
+            self._close_rate_limited(connection)
+            return
+        self.counters.heartbeats += 1
+        connection.send_now(ack)
+
+    def _close_rate_limited(self, connection: Connection) -> None:
+        """Close a connection whose frames emptied its token bucket."""
+        self._limit_hits["frame rate exceeded"] += 1
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("rate limit exceeded by %s", connection.describe())
+        delay_ms = math.ceil(self._retry_delay() * 1000)
+        self._close(
+            connection, Code.RATE_LIMITED, "too many frames per second", abort=False,
+            reconnect_delay_ms=delay_ms,
+        )  # fmt: skip
 
     def _on_heartbeat(self, connection: Connection, heartbeat: pb.Heartbeat) -> None:
         self.counters.heartbeats += 1
@@ -482,7 +509,7 @@ class Gateway(PresenceInterest, ClientRequests, GroupInterest):
 
         connection.protocol.move_to(ConnectionState.OPEN)
         connection.last_heard = self._now()
-        self._live[connection] = None
+        self._live.schedule(connection, connection.last_heard + self.config.offline_timeout)
         self._track_expiry(connection)
         config = self.config
         connection.send_frame(
@@ -724,7 +751,7 @@ class Gateway(PresenceInterest, ClientRequests, GroupInterest):
         self._awaiting.pop(connection, None)
         if connection not in self._live:
             return  # never opened, or released already
-        del self._live[connection]
+        self._live.discard(connection)
         user_id = connection.user_id
         devices = self.sessions.get(user_id)
         if devices is not None:
@@ -752,12 +779,7 @@ class Gateway(PresenceInterest, ClientRequests, GroupInterest):
                 Code.CONNECT_TIMEOUT,
                 "no Connect frame within the handshake time",
             )
-            self._expire(
-                self._live,
-                now - config.offline_timeout,
-                Code.HEARTBEAT_TIMEOUT,
-                "no frame within the offline timeout",
-            )
+            self._expire_silent(now)
             while self._closing:
                 connection = next(iter(self._closing))
                 if connection.closing_deadline > now:
@@ -806,6 +828,25 @@ class Gateway(PresenceInterest, ClientRequests, GroupInterest):
             del handshakes[preamble]
             self._limit_hits["handshake timed out"] += 1
             preamble.expire()
+
+    def _expire_silent(self, now: float) -> None:
+        """Close open connections that sent no frame within the offline timeout."""
+        live = self._live
+        timeout = self.config.offline_timeout
+        cutoff = now - timeout
+        for connection in live.due(now):
+            if connection not in live:
+                continue  # closed while an earlier one in this sweep was closed
+            if connection.last_heard > cutoff:
+                live.schedule(connection, connection.last_heard + timeout)
+                continue
+            self._close(
+                connection,
+                Code.HEARTBEAT_TIMEOUT,
+                "no frame within the offline timeout",
+                abort=False,
+            )
+            live.discard(connection)
 
     def _expire(
         self, table: OrderedDict[Connection, None], cutoff: float, code: Code, reason: str

@@ -341,7 +341,7 @@ class GroupInterest:
                     protocol = connection.protocol
                     # frame_bytes returns the frame itself on a binary WebSocket; on a
                     # tether.v1.json one it converts the same frame object once for every member.
-                    connection.push(framed if protocol.stream else protocol.frame_bytes(frame))
+                    connection.send_now(framed if protocol.stream else protocol.frame_bytes(frame))
                     continue
                 connection.push_tokens = tokens
                 queue = connection.push_queue = []
@@ -399,7 +399,7 @@ class GroupInterest:
                 built[key] = frames
         frame, framed = frames
         protocol = connection.protocol
-        connection.push(framed if protocol.stream else protocol.frame_bytes(frame))
+        connection.send_now(framed if protocol.stream else protocol.frame_bytes(frame))
 
     # Requests from clients.
 

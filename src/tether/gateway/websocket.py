@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -76,6 +77,7 @@ class WsConnection(Connection):
     __slots__ = ("fragment_bytes", "fragments", "transport")
 
     transport_name = "ws"
+    message_type = _BINARY  # of every message this connection sends
 
     def __init__(self, gateway: Gateway, connection_id: str) -> None:
         super().__init__(gateway, connection_id, stream=False)
@@ -85,10 +87,16 @@ class WsConnection(Connection):
 
     def write_chunks(self, chunks: Sequence[bytes]) -> None:
         send = self.transport.send
+        message_type = self.message_type
         # NOTE: picows writes each message separately; uvloop still sends them in one
         # syscall when the socket buffer is already non-empty, but not otherwise.
         for chunk in chunks:
-            send(_BINARY, chunk)
+            send(message_type, chunk)
+
+    def write_now(self, data: bytes) -> int:
+        transport = self.transport
+        transport.send(self.message_type, data)
+        return int(transport.underlying_transport.get_write_buffer_size())
 
     def write_buffer_size(self) -> int:
         transport = self.transport
@@ -115,14 +123,11 @@ class WsJsonConnection(WsConnection):
 
     __slots__ = ()
 
+    message_type = _TEXT
+
     def __init__(self, gateway: Gateway, connection_id: str) -> None:
         super().__init__(gateway, connection_id)
         self.protocol = JsonServerProtocol(max_frame_bytes=gateway.config.max_frame_bytes)
-
-    def write_chunks(self, chunks: Sequence[bytes]) -> None:
-        send = self.transport.send
-        for chunk in chunks:
-            send(_TEXT, chunk)
 
 
 class _Listener(picows.WSListener):
@@ -165,9 +170,12 @@ class _Listener(picows.WSListener):
 
     def on_ws_frame(self, transport: Any, frame: Any) -> None:
         connection = self.connection
+        # Read once: each read of msg_type makes a Python enum member (picows 2.3).
         message_type = frame.msg_type
-        if message_type is _BINARY or message_type is _CONTINUATION:
-            payload = self._assemble(frame)
+        if message_type is _BINARY and frame.fin and connection.fragments is None:
+            payload = frame.get_payload_as_bytes()  # the usual case: one message, one frame
+        elif message_type is _BINARY or message_type is _CONTINUATION:
+            payload = self._assemble(frame, message_type)
             if payload is None:
                 return
         elif message_type is _PING:
@@ -191,11 +199,16 @@ class _Listener(picows.WSListener):
             return
 
         gateway = connection.gateway
+        protocol = connection.protocol
+        ack = protocol.receive_heartbeat(payload, int(time.time() * 1000))
+        if ack is not None:
+            gateway.send_heartbeat_ack(connection, ack)
+            return
         gateway.heard(connection)
-        frames = connection.protocol.receive_message(payload)
+        frames = protocol.receive_message(payload)
         if frames:
             gateway.handle_frames(connection, frames)
-        if connection.protocol.violation is not None:
+        if protocol.violation is not None:
             gateway.protocol_violation(connection)
 
     def on_ws_disconnected(self, transport: Any) -> None:
@@ -203,11 +216,11 @@ class _Listener(picows.WSListener):
         connection.gateway.connection_lost(connection, None)
         connection.transport = None  # break the reference cycle for reference counting
 
-    def _assemble(self, frame: Any) -> bytes | None:
+    def _assemble(self, frame: Any, message_type: Any) -> bytes | None:
         """Return a complete message payload, or None while fragments are still arriving."""
         connection = self.connection
         fragments = connection.fragments
-        starts_message = frame.msg_type is not _CONTINUATION
+        starts_message = message_type is not _CONTINUATION
         if starts_message and frame.fin and fragments is None:
             payload: bytes = frame.get_payload_as_bytes()  # the usual case: one message, one frame
             return payload
@@ -255,7 +268,7 @@ class _JsonListener(_Listener):
         if message_type is not _TEXT and message_type is not _CONTINUATION:
             super().on_ws_frame(transport, frame)  # ping, pong and close are handled alike
             return
-        payload = self._assemble(frame)
+        payload = self._assemble(frame, message_type)
         if payload is None:
             return
         # The same steps as for a binary message, which keeps its own copy for speed.

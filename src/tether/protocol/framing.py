@@ -50,29 +50,30 @@ class StreamDecoder:
     to, `feed` only appends to it, so a frame trickled in byte by byte costs linear time.
     """
 
-    __slots__ = ("_buffer", "_needed", "error", "max_frame_bytes")
+    __slots__ = ("_needed", "error", "max_frame_bytes", "pending")
 
     def __init__(self, max_frame_bytes: int) -> None:
         self.max_frame_bytes = max_frame_bytes
         self.error: ProtocolError | None = None
-        self._buffer = bytearray()
+        self.pending = bytearray()
+        """Bytes of an incomplete frame, held until the rest arrives. Callers only read it."""
         self._needed = 0  # buffered bytes needed before parsing can make progress
 
     @property
     def buffered(self) -> int:
         """Number of bytes held while waiting for the rest of a frame."""
-        return len(self._buffer)
+        return len(self.pending)
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add bytes read from the stream and return every payload completed by them."""
         if self.error is not None:
             return []
-        if self._buffer:
-            self._buffer += data
-            if len(self._buffer) < self._needed:
+        if self.pending:
+            self.pending += data
+            if len(self.pending) < self._needed:
                 return []
-            data = bytes(self._buffer)
-            self._buffer.clear()
+            data = bytes(self.pending)
+            self.pending.clear()
 
         payloads: list[bytes] = []
         position = 0
@@ -103,7 +104,7 @@ class StreamDecoder:
             position = body_end
 
         if position < end:
-            self._buffer += data[position:]
+            self.pending += data[position:]
             self._needed = needed
         return payloads
 
