@@ -35,6 +35,10 @@ logger = logging.getLogger("tether.gateway")
 _CLOSING = ConnectionState.CLOSING
 _CLOSED = ConnectionState.CLOSED
 
+# Shared by every connection with no contacts or no groups: an empty set costs 216 bytes, about
+# 6 % of an idle connection, and Python 3.11 makes a new one on each frozenset() call.
+NO_NAMES: frozenset[str] = frozenset()
+
 
 class Connection:
     """State of one client connection; subclasses do the transport's writes."""
@@ -80,7 +84,7 @@ class Connection:
         self.activity: pb.Activity = pb.ACTIVITY_UNSPECIFIED
         self.mode: pb.Mode = pb.MODE_UNSPECIFIED
         self.peer = ""
-        self.contacts: frozenset[str] = frozenset()
+        self.contacts: frozenset[str] = NO_NAMES
         self.snapshot_sent = False
         self.last_heard = 0.0
         self.closing_deadline = 0.0
@@ -92,7 +96,8 @@ class Connection:
         # Whether its ONLINE transition was reported, which makes it the device's owner in
         # presence (see Gateway._claim_device). Its status changes and OFFLINE follow only then.
         self.claimed = False
-        self.groups: set[str] = set()  # groups of the user, once the session opened
+        # Groups of the user once the session opened; a set of its own from the first group on.
+        self.groups: set[str] | frozenset[str] = NO_NAMES
         # Pacing of group pushes (tether.gateway.groups): a token bucket, and the encoded
         # messages waiting for the next push tick (None when none wait) with their size.
         self.push_tokens = 0.0

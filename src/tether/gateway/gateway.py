@@ -46,7 +46,7 @@ from tether.gateway.client_requests import (
     is_valid_id,
 )
 from tether.gateway.config import GatewayConfig
-from tether.gateway.connection import Connection
+from tether.gateway.connection import NO_NAMES, Connection
 from tether.gateway.counters import GatewayCounters
 from tether.gateway.deadlines import DeadlineWheel
 from tether.gateway.groups import GroupInterest
@@ -540,7 +540,9 @@ class Gateway(PresenceInterest, ClientRequests, GroupInterest):
             self._claim(connection)
         else:
             self._claim_device(connection)
-        connection.contacts = self._limit_watched(connection, frozenset(contacts))
+        connection.contacts = self._limit_watched(
+            connection, frozenset(contacts) if contacts else NO_NAMES
+        )
         self._watch(connection, connection.contacts)
         self._send_snapshot(connection)
 
@@ -763,7 +765,7 @@ class Gateway(PresenceInterest, ClientRequests, GroupInterest):
                 del self.sessions[user_id]
                 self.bus.unsubscribe(channels.user_channel(user_id), self._on_user_message)
         self._unwatch(connection, connection.contacts)
-        connection.contacts = frozenset()
+        connection.contacts = NO_NAMES
         self._leave_groups(connection)
 
     # Sweep.

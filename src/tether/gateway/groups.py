@@ -219,7 +219,10 @@ class GroupInterest:
             self.group_incarnations[group_id] = group.incarnation
             self.bus.subscribe(channels.group_channel(group_id), self._on_group_message)
         members.add(connection)
-        connection.groups.add(group_id)
+        groups = connection.groups
+        if not isinstance(groups, set):
+            groups = connection.groups = set()
+        groups.add(group_id)
         self._set_group_size(group_id, group.member_count)
         if self._is_counted(group_id):
             self._count_dirty.add(group_id)
@@ -227,7 +230,9 @@ class GroupInterest:
         return True
 
     def _remove_member(self, connection: Connection, group_id: str) -> None:
-        connection.groups.discard(group_id)
+        groups = connection.groups
+        if isinstance(groups, set):
+            groups.discard(group_id)
         members = self.group_connections.get(group_id)
         if members is None:
             return
