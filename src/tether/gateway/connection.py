@@ -3,7 +3,7 @@
 A `Connection` owns the sans-I/O `ServerProtocol`, the identity the client proved, and an
 outbox of encoded frames. Frames queued during one pass of the event loop are written
 together by the gateway's single flush callback, so a burst of deliveries costs one
-`write()` per connection on TCP. Heartbeat answers and group pushes, whose rate per
+`write()` per connection on TCP. HeartbeatAck frames and group pushes, whose rate per
 connection is bounded by pacing, are written at once instead when nothing waits before them
 (`send_now`). The outbox is bounded: a client that lets more than `max_outgoing_bytes` pile
 up is closed as a slow consumer.
@@ -133,7 +133,7 @@ class Connection:
     def send_now(self, data: bytes) -> None:
         """Write transport-ready bytes at once unless a frame is queued before them.
 
-        For heartbeat answers and group pushes (whose rate per connection pacing bounds): one
+        For HeartbeatAck frames and group pushes (whose rate per connection pacing bounds): one
         write each, as the next flush would make, without scheduling the flush callback, so
         the first members of a large group have their copy before the gateway reaches the
         last ones. A frame queued earlier in this pass keeps its place: then the bytes join
