@@ -133,9 +133,9 @@ class Connection:
     def send_now(self, data: bytes) -> None:
         """Write transport-ready bytes at once unless a frame is queued before them.
 
-        For HeartbeatAck frames and group pushes (whose rate per connection pacing bounds): one
-        write each, as the next flush would make, without scheduling the flush callback, so
-        the first members of a large group have their copy before the gateway reaches the
+        For HeartbeatAck frames and group pushes, whose rate per connection pacing bounds. Each
+        gets one write, as the next flush would make, without scheduling the flush callback.
+        So the first members of a large group have their copy before the gateway reaches the
         last ones. A frame queued earlier in this pass keeps its place: then the bytes join
         the outbox behind it. The outgoing limit of `queue` holds, counted on what the
         transport buffers.

@@ -355,8 +355,8 @@ class GroupInterest:
             connection.push_queue_bytes += len(deliver)
             if connection.push_queue_bytes >= early:
                 # Pacing limits frames, not bytes: a large batch goes out now. So what waits
-                # stays below a quarter of the limit, and the slow-consumer check of push()
-                # sees the rest when the batch is written or queued.
+                # stays below a quarter of the limit, and the slow-consumer check of send_now()
+                # counts the rest when the batch is written or queued.
                 self._push_batch(connection, now)
 
     def _hold(self, connection: Connection) -> None:
